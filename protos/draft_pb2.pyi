@@ -1,0 +1,98 @@
+from protos import common_pb2 as _common_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class DraftInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DraftInfo(_message.Message):
+    __slots__ = ("vocab", "drafters", "device", "max_sessions", "active_sessions")
+    VOCAB_FIELD_NUMBER: _ClassVar[int]
+    DRAFTERS_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    vocab: _common_pb2.VocabInfo
+    drafters: _containers.RepeatedScalarFieldContainer[str]
+    device: str
+    max_sessions: int
+    active_sessions: int
+    def __init__(self, vocab: _Optional[_Union[_common_pb2.VocabInfo, _Mapping]] = ..., drafters: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., max_sessions: _Optional[int] = ..., active_sessions: _Optional[int] = ...) -> None: ...
+
+class DraftOptions(_message.Message):
+    __slots__ = ("num_tokens", "adaptive", "max_ngram", "min_ngram", "num_branches", "draft_top_k")
+    NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ADAPTIVE_FIELD_NUMBER: _ClassVar[int]
+    MAX_NGRAM_FIELD_NUMBER: _ClassVar[int]
+    MIN_NGRAM_FIELD_NUMBER: _ClassVar[int]
+    NUM_BRANCHES_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_TOP_K_FIELD_NUMBER: _ClassVar[int]
+    num_tokens: int
+    adaptive: bool
+    max_ngram: int
+    min_ngram: int
+    num_branches: int
+    draft_top_k: int
+    def __init__(self, num_tokens: _Optional[int] = ..., adaptive: _Optional[bool] = ..., max_ngram: _Optional[int] = ..., min_ngram: _Optional[int] = ..., num_branches: _Optional[int] = ..., draft_top_k: _Optional[int] = ...) -> None: ...
+
+class ProposeRequest(_message.Message):
+    __slots__ = ("session_id", "drafter", "offset", "tokens", "max_nodes", "options", "sampling")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    DRAFTER_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    MAX_NODES_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    drafter: str
+    offset: int
+    tokens: _containers.RepeatedScalarFieldContainer[int]
+    max_nodes: int
+    options: DraftOptions
+    sampling: _common_pb2.SamplingParams
+    def __init__(self, session_id: _Optional[str] = ..., drafter: _Optional[str] = ..., offset: _Optional[int] = ..., tokens: _Optional[_Iterable[int]] = ..., max_nodes: _Optional[int] = ..., options: _Optional[_Union[DraftOptions, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
+
+class ProposeResponse(_message.Message):
+    __slots__ = ("tree", "compute_ms", "context_len")
+    TREE_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_LEN_FIELD_NUMBER: _ClassVar[int]
+    tree: _common_pb2.DraftTree
+    compute_ms: float
+    context_len: int
+    def __init__(self, tree: _Optional[_Union[_common_pb2.DraftTree, _Mapping]] = ..., compute_ms: _Optional[float] = ..., context_len: _Optional[int] = ...) -> None: ...
+
+class ObserveRequest(_message.Message):
+    __slots__ = ("session_id", "num_draft", "num_accepted")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    NUM_DRAFT_FIELD_NUMBER: _ClassVar[int]
+    NUM_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    num_draft: int
+    num_accepted: int
+    def __init__(self, session_id: _Optional[str] = ..., num_draft: _Optional[int] = ..., num_accepted: _Optional[int] = ...) -> None: ...
+
+class ObserveResponse(_message.Message):
+    __slots__ = ("next_num_tokens",)
+    NEXT_NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    next_num_tokens: int
+    def __init__(self, next_num_tokens: _Optional[int] = ...) -> None: ...
+
+class DraftReleaseRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class DraftReleaseResponse(_message.Message):
+    __slots__ = ("released",)
+    RELEASED_FIELD_NUMBER: _ClassVar[int]
+    released: bool
+    def __init__(self, released: _Optional[bool] = ...) -> None: ...

@@ -1,0 +1,72 @@
+"""The two service interfaces the orchestrator talks to.
+
+Each is implemented twice with the same semantics: by the domain object itself (in-process,
+``target_service.verifier.TargetVerifier`` / ``draft_service.service.DraftWorker``) and by
+a gRPC client (``orchestrator.transports``). Errors are :mod:`spec_decode.errors` on both.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from spec_decode.types import (
+    DraftInfo,
+    DraftOptions,
+    DraftTree,
+    PrefillResult,
+    ProposeResult,
+    SamplingParams,
+    TargetInfo,
+    VerifyResult,
+)
+
+
+class TargetAPI(Protocol):
+    """Holds per-session KV caches of the target model; verifies draft trees."""
+
+    def info(self) -> TargetInfo: ...
+
+    def prefill(self, session_id: str, prompt_tokens: Sequence[int], sampling: SamplingParams) -> PrefillResult:
+        """Create ``session_id`` (NOT a duplicate) and feed the prompt; its last token stays pending."""
+        ...
+
+    def verify(self, session_id: str, tree: DraftTree) -> VerifyResult:
+        """Score ``tree`` in one forward pass, accept, commit the accepted path + pending token."""
+        ...
+
+    def release(self, session_id: str) -> bool:
+        """Free the session; False when it did not exist."""
+        ...
+
+
+class DraftAPI(Protocol):
+    """Proposes draft trees; keeps per-session drafter state (token history, draft KV)."""
+
+    def info(self) -> DraftInfo: ...
+
+    def propose(
+        self,
+        session_id: str,
+        drafter: str,
+        offset: int,
+        tokens: Sequence[int],
+        max_nodes: int,
+        options: DraftOptions,
+        sampling: SamplingParams,
+    ) -> ProposeResult:
+        """Append ``tokens`` at ``offset`` to the session's history and propose a tree.
+
+        ``offset == 0`` (re)starts the session with ``tokens`` as the whole context; a
+        later call sends only the tokens emitted since the previous call. An offset that
+        does not match the session's length raises FailedPrecondition (the caller then
+        resends the whole context with offset 0); an unknown session with offset > 0
+        raises NotFound.
+        """
+        ...
+
+    def observe(self, session_id: str, num_draft: int, num_accepted: int) -> int:
+        """Report acceptance of the last draft; returns the draft length used next."""
+        ...
+
+    def release(self, session_id: str) -> bool: ...
