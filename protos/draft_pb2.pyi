@@ -42,7 +42,7 @@ class DraftOptions(_message.Message):
     def __init__(self, num_tokens: _Optional[int] = ..., adaptive: _Optional[bool] = ..., max_ngram: _Optional[int] = ..., min_ngram: _Optional[int] = ..., num_branches: _Optional[int] = ..., draft_top_k: _Optional[int] = ...) -> None: ...
 
 class ProposeRequest(_message.Message):
-    __slots__ = ("session_id", "drafter", "offset", "tokens", "max_nodes", "options", "sampling")
+    __slots__ = ("session_id", "drafter", "offset", "tokens", "max_nodes", "options", "sampling", "has_feedback", "feedback_num_draft", "feedback_num_accepted")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     DRAFTER_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,9 @@ class ProposeRequest(_message.Message):
     MAX_NODES_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    HAS_FEEDBACK_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_NUM_DRAFT_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_NUM_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     drafter: str
     offset: int
@@ -57,7 +60,10 @@ class ProposeRequest(_message.Message):
     max_nodes: int
     options: DraftOptions
     sampling: _common_pb2.SamplingParams
-    def __init__(self, session_id: _Optional[str] = ..., drafter: _Optional[str] = ..., offset: _Optional[int] = ..., tokens: _Optional[_Iterable[int]] = ..., max_nodes: _Optional[int] = ..., options: _Optional[_Union[DraftOptions, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ...) -> None: ...
+    has_feedback: bool
+    feedback_num_draft: int
+    feedback_num_accepted: int
+    def __init__(self, session_id: _Optional[str] = ..., drafter: _Optional[str] = ..., offset: _Optional[int] = ..., tokens: _Optional[_Iterable[int]] = ..., max_nodes: _Optional[int] = ..., options: _Optional[_Union[DraftOptions, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., has_feedback: _Optional[bool] = ..., feedback_num_draft: _Optional[int] = ..., feedback_num_accepted: _Optional[int] = ...) -> None: ...
 
 class ProposeResponse(_message.Message):
     __slots__ = ("tree", "compute_ms", "context_len")

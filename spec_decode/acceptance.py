@@ -31,18 +31,26 @@ def accept_greedy(target_tokens: list[int], tree: DraftTree) -> Acceptance:
         leaf so its row (3) wants 3 -> path (2,), tokens (9,), next_token 3, bonus True.
     """
     kids = children_lists(tree.parents)
+    # Siblings may repeat a token, so more than one child can match: for every node keep
+    # the longest run of matching descendants below it and the (first) child starting it.
+    # Children have larger indices than their parents, so one reverse sweep suffices.
+    run: dict[int, int] = {}
+    best: dict[int, int] = {}
+    for node in range(tree.size - 1, -2, -1):
+        want = target_tokens[node + 1]
+        run[node] = 0
+        for child in kids.get(node, []):
+            if tree.tokens[child] == want and run[child] + 1 > run[node]:
+                run[node] = run[child] + 1
+                best[node] = child
     path: list[int] = []
     node = -1
-    while True:
-        want = target_tokens[node + 1]
-        children = kids.get(node, [])
-        match = next((c for c in children if tree.tokens[c] == want), None)
-        if match is None:
-            return Acceptance(
-                tuple(path), tuple(tree.tokens[i] for i in path), want, bonus=not children
-            )
-        path.append(match)
-        node = match
+    while node in best:
+        node = best[node]
+        path.append(node)
+    return Acceptance(
+        tuple(path), tuple(tree.tokens[i] for i in path), target_tokens[node + 1], bonus=not kids.get(node)
+    )
 
 
 def accept_sampling(

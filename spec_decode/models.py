@@ -90,9 +90,7 @@ def resolve_spec(spec: str) -> tuple[Path, str | None, str]:
         return path.parent, path.name, path.stem
     if path.is_dir():
         return path, None, str(path)
-    raise InvalidArgument(
-        f"model {spec!r} is neither 'smollm2', a transformers model directory, nor a .gguf file"
-    )
+    raise InvalidArgument(f"model {spec!r} is neither 'smollm2', a transformers model directory, nor a .gguf file")
 
 
 def _materialize(spec: str) -> tuple[Path, str]:

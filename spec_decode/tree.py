@@ -100,9 +100,7 @@ def tree_depths(ancestors: torch.Tensor) -> torch.Tensor:
     return ancestors.sum(dim=1).to(torch.long)
 
 
-def tree_pass_inputs(
-    parents: torch.Tensor, prefix_len: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def tree_pass_inputs(parents: torch.Tensor, prefix_len: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention mask and position ids for one pass over the root plus ``N`` tree nodes.
 
     Args:

@@ -81,9 +81,7 @@ def tiny_target(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> 
 @pytest.fixture(scope="session")
 def tiny_draft(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path, tiny_target: Path) -> Path:
     """The tiny target's weights with noise: agrees with it often, not always."""
-    return make_tiny_llama(
-        tmp_path_factory.mktemp("tiny-draft"), smollm2_dir, seed=2, base=tiny_target, noise=0.3
-    )
+    return make_tiny_llama(tmp_path_factory.mktemp("tiny-draft"), smollm2_dir, seed=2, base=tiny_target, noise=0.03)
 
 
 @pytest.fixture(scope="session")
@@ -100,8 +98,59 @@ def foreign_draft(tmp_path_factory: pytest.TempPathFactory) -> Path:
     fast.save_pretrained(out)
     torch.manual_seed(3)
     config = LlamaConfig(
-        vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+        vocab_size=len(words),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
     )
     LlamaForCausalLM(config).save_pretrained(out)
     return out
+
+
+def greedy_reference(model_dir: Path, prompt: list[int], max_new_tokens: int, dtype: torch.dtype) -> list[int]:
+    """transformers' own greedy decoding (stops at EOS like specd does)."""
+    from transformers import AutoModelForCausalLM
+
+    model = _hf_model(model_dir, dtype)
+    ids = torch.tensor([prompt])
+    with torch.inference_mode():
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    del AutoModelForCausalLM
+    return out[0, len(prompt) :].tolist()
+
+
+_HF_CACHE: dict[tuple[str, torch.dtype], object] = {}
+
+
+def _hf_model(model_dir: Path, dtype: torch.dtype):  # noqa: ANN202
+    from transformers import AutoModelForCausalLM
+
+    key = (str(model_dir), dtype)
+    if key not in _HF_CACHE:
+        model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=dtype)
+        model.eval()
+        _HF_CACHE[key] = model
+    return _HF_CACHE[key]
+
+
+def stack_config(target: Path, draft: Path | None, *, dtype: str = "float64", **target_kw: int):  # noqa: ANN201
+    """A StackConfig over tiny models (float64 so float ties cannot flip a greedy argmax)."""
+    from draft_service.service import DraftConfig
+    from orchestrator.service import OrchestratorConfig
+    from specd_cli.stack import StackConfig
+    from target_service.verifier import TargetConfig
+
+    return StackConfig(
+        TargetConfig(model=str(target), device="cpu", dtype=dtype, **target_kw),
+        DraftConfig(draft_model=str(draft) if draft else None, device="cpu", dtype=dtype),
+        OrchestratorConfig(max_new_tokens=256),
+    )

@@ -1,0 +1,94 @@
+"""The drafter interface, and the adaptive draft-length policy.
+
+In the spirit of transformers' ``CandidateGenerator``: one drafter object per session,
+``propose`` returns a draft tree for a context, ``observe`` hears how much of the last
+draft the target accepted. Drafters keep whatever state makes the next proposal cheap
+(an n-gram index, a KV cache) and check it against the context they are given, so a
+context that was rolled back or replaced is always handled correctly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from spec_decode.types import DraftOptions, DraftTree, SamplingParams
+
+
+class Drafter(Protocol):
+    """Proposes draft trees for one session's growing (or rolled-back) context."""
+
+    def configure(self, options: DraftOptions) -> None:
+        """Apply per-request knobs; a zero field keeps the drafter's default."""
+        ...
+
+    def propose(
+        self,
+        context: Sequence[int],
+        max_tokens: int,
+        max_nodes: int,
+        sampling: SamplingParams,
+        generator: torch.Generator | None,
+    ) -> DraftTree:
+        """A tree of at most ``max_nodes`` nodes and depth ``max_tokens`` continuing ``context``.
+
+        ``context`` is the whole token history, its last token the session's pending token
+        (the tree's root). ``generator`` drives any sampling (CPU generator).
+        """
+        ...
+
+    def observe(self, num_draft: int, num_accepted: int) -> None:
+        """The target accepted ``num_accepted`` of the ``num_draft`` tokens last proposed."""
+        ...
+
+
+@dataclass
+class AdaptiveLength:
+    """Draft length policy of HF assisted generation: +2 after full acceptance, -1 otherwise.
+
+    Example:
+        >>> policy = AdaptiveLength(length=5, max_length=8)
+        >>> policy.update(num_draft=5, num_accepted=5), policy.update(5, 5), policy.update(8, 3)
+        (7, 8, 7)
+    """
+
+    length: int
+    max_length: int
+    grow: int = 2
+    shrink: int = 1
+
+    def __post_init__(self) -> None:
+        self.length = self._clamp(self.length)
+
+    def _clamp(self, length: int) -> int:
+        return max(1, min(self.max_length, length))
+
+    def update(self, num_draft: int, num_accepted: int) -> int:
+        """Next draft length. An empty draft (``num_draft == 0``) says nothing: unchanged."""
+        if num_draft > 0:
+            full = num_accepted >= num_draft
+            self.length = self._clamp(self.length + (self.grow if full else -self.shrink))
+        return self.length
+
+
+def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token lists.
+
+    The usual case (``a`` is a prefix of ``b`` or the reverse) costs one C-level slice
+    comparison; otherwise a binary search over slice comparisons, O(n log n) in C.
+    """
+    n = min(len(a), len(b))
+    la, lb = list(a[:n]), list(b[:n])
+    if la == lb:
+        return n
+    lo, hi = 0, n  # invariant: la[:lo] == lb[:lo], la[:hi] != lb[:hi]
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if la[lo:mid] == lb[lo:mid]:
+            lo = mid
+        else:
+            hi = mid
+    return lo

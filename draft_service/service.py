@@ -1,0 +1,298 @@
+"""The draft service's worker: per-session drafter state behind :class:`spec_decode.api.DraftAPI`.
+
+A session holds the token history the client sent (its last token is the pending one),
+one drafter per drafter name used, the adaptive draft length and a sampling generator.
+Clients send only the tokens emitted since their previous call, at ``offset`` = the
+history's length; ``offset == 0`` restarts the session with a whole new context.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from draft_service.drafter import AdaptiveLength, Drafter
+from draft_service.model_drafter import DEFAULT_DRAFT_TOP_K, MAX_DRAFT_TOP_K, ModelDrafter
+from draft_service.prompt_lookup import PromptLookupDrafter
+from spec_decode.errors import FailedPrecondition, InvalidArgument, NotFound
+from spec_decode.models import LoadedModel, load_model, pick_device, pick_dtype
+from spec_decode.sampling import make_generator
+from spec_decode.types import EMPTY_TREE, DraftInfo, DraftOptions, ProposeResult, SamplingParams
+
+log = logging.getLogger(__name__)
+
+PROMPT_LOOKUP = "prompt_lookup"
+MODEL = "model"
+KNOWN_DRAFTERS = (PROMPT_LOOKUP, MODEL)
+MAX_SESSIONS_LIMIT = 1_000_000
+MAX_NUM_TOKENS_LIMIT = 256
+
+
+@dataclass(frozen=True)
+class DraftConfig:
+    """Start-up configuration of one draft service. ``draft_model=None``: model-free only."""
+
+    draft_model: str | None = None
+    device: str = "auto"
+    dtype: str | None = None
+    max_sessions: int = 256
+    default_num_tokens: int = 5
+    max_num_tokens: int = 32
+    default_draft_top_k: int = DEFAULT_DRAFT_TOP_K
+
+    def validate(self) -> DraftConfig:
+        """Raise InvalidArgument naming the first bad field; loads nothing."""
+        if not 1 <= self.max_sessions <= MAX_SESSIONS_LIMIT:
+            limit = MAX_SESSIONS_LIMIT
+            raise InvalidArgument(f"max_sessions must be in [1, {limit}], got {self.max_sessions}")
+        if not 1 <= self.max_num_tokens <= MAX_NUM_TOKENS_LIMIT:
+            limit = MAX_NUM_TOKENS_LIMIT
+            raise InvalidArgument(f"max_num_tokens must be in [1, {limit}], got {self.max_num_tokens}")
+        if not 1 <= self.default_num_tokens <= self.max_num_tokens:
+            raise InvalidArgument(
+                f"default_num_tokens must be in [1, max_num_tokens={self.max_num_tokens}], "
+                f"got {self.default_num_tokens}"
+            )
+        if not 1 <= self.default_draft_top_k <= MAX_DRAFT_TOP_K:
+            raise InvalidArgument(
+                f"default_draft_top_k must be in [1, {MAX_DRAFT_TOP_K}], got {self.default_draft_top_k}"
+            )
+        if self.draft_model is not None and not self.draft_model.strip():
+            raise InvalidArgument("draft_model must be a model spec or None, not an empty string")
+        try:
+            device = torch.device(self.device) if self.device != "auto" else torch.device("cpu")
+        except (RuntimeError, ValueError) as exc:
+            msg = f"device {self.device!r} is not a torch device (cpu, cuda, cuda:1, auto)"
+            raise InvalidArgument(msg) from exc
+        pick_dtype(self.dtype, device)
+        return self
+
+
+@dataclass
+class _Session:
+    history: list[int]
+    generator: torch.Generator
+    seed: int | None
+    drafters: dict[str, Drafter] = field(default_factory=dict)
+    adaptive: AdaptiveLength | None = None
+    last_drafter: str | None = None
+    last_adaptive: bool = False
+    last_length: int = 0  # draft length asked of the drafter last time
+    last_depth: int = 0  # depth of the tree it returned
+
+
+class DraftWorker:
+    """In-process :class:`spec_decode.api.DraftAPI`. Thread-safe: one lock serializes all calls."""
+
+    def __init__(self, config: DraftConfig, model: LoadedModel | None = None) -> None:
+        self.config = config.validate()
+        self.model = model
+        self.device = model.device if model is not None else pick_device(config.device)
+        self._vocab_limit: int | None = None
+        if model is not None:
+            embeddings = model.model.get_input_embeddings().num_embeddings
+            self._vocab_limit = min(model.vocab.vocab_size, embeddings)
+        self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: DraftConfig) -> DraftWorker:
+        """Validate ``config`` and load its draft model, if any."""
+        config.validate()
+        model = load_model(config.draft_model, config.device, config.dtype) if config.draft_model else None
+        return cls(config, model)
+
+    @property
+    def drafters(self) -> tuple[str, ...]:
+        """Drafter names this worker can serve."""
+        return KNOWN_DRAFTERS if self.model is not None else (PROMPT_LOOKUP,)
+
+    def info(self) -> DraftInfo:
+        with self._lock:
+            active = len(self._sessions)
+        return DraftInfo(
+            vocab=self.model.vocab if self.model is not None else None,
+            drafters=self.drafters,
+            device=str(self.device),
+            max_sessions=self.config.max_sessions,
+            active_sessions=active,
+        )
+
+    def propose(
+        self,
+        session_id: str,
+        drafter: str,
+        offset: int,
+        tokens: Sequence[int],
+        max_nodes: int,
+        options: DraftOptions,
+        sampling: SamplingParams,
+    ) -> ProposeResult:
+        """Append ``tokens`` at ``offset`` to the session's history and propose a tree.
+
+        ``offset == 0`` (re)starts the session with ``tokens`` as the whole context; a
+        later call sends only the tokens emitted since the previous call. An offset that
+        does not match the session's length raises FailedPrecondition (the caller then
+        resends the whole context with offset 0); an unknown session with offset > 0
+        raises NotFound.
+        """
+        new_tokens = self._check_request(session_id, drafter, offset, tokens, max_nodes, sampling)
+        length = self._check_length(options)
+        with self._lock:
+            known = self._sessions.get(session_id)
+            impl = (known.drafters.get(drafter) if known else None) or self._new_drafter(drafter)
+            impl.configure(options)  # validates the drafter's own knobs before any session changes
+            session = self._session_at(session_id, offset, sampling)
+            session.drafters[drafter] = impl
+            session.history.extend(new_tokens)
+            self._reseed(session, sampling)
+            if options.adaptive:
+                if session.adaptive is None:
+                    session.adaptive = AdaptiveLength(length, self.config.max_num_tokens)
+                length = session.adaptive.length
+            start = time.perf_counter()
+            tree = EMPTY_TREE
+            if max_nodes > 0:
+                tree = impl.propose(session.history, length, max_nodes, sampling, session.generator)
+            compute_s = time.perf_counter() - start
+            session.last_drafter, session.last_adaptive = drafter, options.adaptive
+            session.last_length, session.last_depth = length, _depth(tree.parents)
+            return ProposeResult(tree=tree, context_len=len(session.history), compute_s=compute_s)
+
+    def observe(self, session_id: str, num_draft: int, num_accepted: int) -> int:
+        """Report acceptance of the last draft; returns the draft length used next."""
+        if not 0 <= num_accepted <= num_draft:
+            raise InvalidArgument(
+                f"need 0 <= num_accepted <= num_draft; got num_accepted={num_accepted}, num_draft={num_draft}"
+            )
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                raise NotFound(f"draft session {session_id!r} does not exist (expired or never started)")
+            self._sessions.move_to_end(session_id)
+            if session.last_drafter is not None:
+                session.drafters[session.last_drafter].observe(num_draft, num_accepted)
+            if session.last_adaptive and session.adaptive is not None:
+                # A tree's accepted path is at most its depth: accepting a whole branch is "full".
+                return session.adaptive.update(min(num_draft, session.last_depth), num_accepted)
+            return session.last_length or self.config.default_num_tokens
+
+    def release(self, session_id: str) -> bool:
+        with self._lock:
+            session = self._sessions.pop(session_id, None)
+        if session is None:
+            return False
+        _free(session)
+        return True
+
+    # -- helpers (validation happens before any state changes) --
+
+    def _check_request(
+        self,
+        session_id: str,
+        drafter: str,
+        offset: int,
+        tokens: Sequence[int],
+        max_nodes: int,
+        sampling: SamplingParams,
+    ) -> list[int]:
+        if not session_id:
+            raise InvalidArgument("session_id must not be empty")
+        if drafter not in KNOWN_DRAFTERS:
+            raise InvalidArgument(f"unknown drafter {drafter!r}; known drafters: {', '.join(KNOWN_DRAFTERS)}")
+        if drafter == MODEL and self.model is None:
+            raise FailedPrecondition("this draft service has no draft model; start it with --draft-model")
+        if offset < 0:
+            raise InvalidArgument(f"offset must be >= 0, got {offset}")
+        if max_nodes < 0:
+            raise InvalidArgument(f"max_nodes must be >= 0, got {max_nodes}")
+        sampling.validate()
+        new_tokens = [int(t) for t in tokens]
+        if new_tokens:
+            low, high = min(new_tokens), max(new_tokens)
+            if low < 0 or (self._vocab_limit is not None and high >= self._vocab_limit):
+                bad = low if low < 0 else high
+                limit = f"[0, {self._vocab_limit})" if self._vocab_limit is not None else ">= 0"
+                raise InvalidArgument(f"token id {bad} is outside the draft vocabulary {limit}")
+        return new_tokens
+
+    def _check_length(self, options: DraftOptions) -> int:
+        length = options.num_tokens or self.config.default_num_tokens
+        if not 1 <= length <= self.config.max_num_tokens:
+            raise InvalidArgument(
+                f"num_tokens must be in [0, {self.config.max_num_tokens}] (0 = default "
+                f"{self.config.default_num_tokens}), got {options.num_tokens}"
+            )
+        return length
+
+    def _session_at(self, session_id: str, offset: int, sampling: SamplingParams) -> _Session:
+        """The session to append to at ``offset`` (created or restarted when ``offset == 0``)."""
+        session = self._sessions.get(session_id)
+        if offset == 0:
+            if session is None:
+                self._evict_for_one()
+                session = _Session([], make_generator(_draft_seed(sampling.seed)), sampling.seed)
+                self._sessions[session_id] = session
+            else:  # restart: drafters keep their caches, they re-check them against the context
+                session.history = []
+                session.generator = make_generator(_draft_seed(sampling.seed))
+                session.seed = sampling.seed
+                session.adaptive = None
+                session.last_drafter, session.last_length, session.last_depth = None, 0, 0
+        elif session is None:
+            raise NotFound(
+                f"draft session {session_id!r} does not exist (expired or never started); "
+                "resend the whole context with offset 0"
+            )
+        elif offset != len(session.history):
+            raise FailedPrecondition(
+                f"draft session {session_id!r} holds {len(session.history)} tokens but the request "
+                f"appends at offset {offset}; resend the whole context with offset 0"
+            )
+        self._sessions.move_to_end(session_id)
+        return session
+
+    def _reseed(self, session: _Session, sampling: SamplingParams) -> None:
+        if sampling.seed != session.seed:
+            session.generator = make_generator(_draft_seed(sampling.seed))
+            session.seed = sampling.seed
+
+    def _evict_for_one(self) -> None:
+        while len(self._sessions) >= self.config.max_sessions:
+            evicted_id, evicted = self._sessions.popitem(last=False)
+            _free(evicted)
+            log.info(
+                "evicted draft session %r (least recently used; max_sessions=%d)",
+                evicted_id,
+                self.config.max_sessions,
+            )
+
+    def _new_drafter(self, name: str) -> Drafter:
+        if name == MODEL:
+            assert self.model is not None  # checked by _check_request
+            return ModelDrafter(self.model.model, self.device, self.config.default_draft_top_k)
+        return PromptLookupDrafter()
+
+
+def _draft_seed(seed: int | None) -> int | None:
+    """The draft's stream differs from the target's, which is seeded with ``seed`` itself."""
+    return None if seed is None else seed + 1
+
+
+def _depth(parents: tuple[int, ...]) -> int:
+    depths: list[int] = []
+    for parent in parents:
+        depths.append(1 if parent < 0 else depths[parent] + 1)
+    return max(depths, default=0)
+
+
+def _free(session: _Session) -> None:
+    for impl in session.drafters.values():
+        if isinstance(impl, ModelDrafter):
+            impl.reset()

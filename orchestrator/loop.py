@@ -1,0 +1,180 @@
+"""The speculative decode loop for one request: prefill, then draft -> verify -> accept -> advance.
+
+The loop is written once against :class:`spec_decode.api.TargetAPI` and
+:class:`spec_decode.api.DraftAPI`, so it runs the same with in-process services and with
+gRPC clients. Every phase is timed inside the loop; the time a call spends outside the
+remote service's own compute is charged to the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+from orchestrator.methods import Method
+from orchestrator.request import GenerateParams
+from spec_decode.api import DraftAPI, TargetAPI
+from spec_decode.errors import DeadlineExceeded, FailedPrecondition, NotFound, Unavailable
+from spec_decode.stats import LoopStats
+from spec_decode.types import EMPTY_TREE, DraftTree, GenerationStats, TargetLimits, VerifyResult
+
+log = logging.getLogger(__name__)
+
+
+class DecodeLoop:
+    """Generates tokens for one session; iterate :meth:`run` for per-step token chunks."""
+
+    def __init__(
+        self,
+        *,
+        session_id: str,
+        target: TargetAPI,
+        draft: DraftAPI | None,
+        method: Method,
+        params: GenerateParams,
+        prompt: list[int],
+        limits: TargetLimits,
+        eos_token_ids: tuple[int, ...],
+    ) -> None:
+        self.session_id = session_id
+        self._target = target
+        self._draft_api = draft if method.drafter is not None else None
+        self._method = method
+        self._params = params
+        self._prompt = prompt
+        self._limits = limits
+        self._eos = set() if params.ignore_eos else set(eos_token_ids)
+        self._options = params.draft_options(method.default_num_tokens)
+        self.tokens: list[int] = []  # generated so far
+        self.stats = LoopStats()
+        self.finish_reason = "length"
+        self._sent_to_draft = 0  # context tokens the drafter already holds
+        self._start = 0.0
+        self._wall = 0.0
+
+    # ---------------------------------------------------------------- the loop
+    def run(self) -> Iterator[list[int]]:
+        """Yields the tokens each target step adds, until EOS or ``max_new_tokens``."""
+        self._start = time.perf_counter()
+        try:
+            self._prefill()
+            while self.finish_reason == "length" and len(self.tokens) < self._params.max_new_tokens:
+                tree = self._draft()
+                result = self._verify(tree)
+                new_tokens = self._accept(tree, result)
+                self._advance(tree, result, new_tokens)
+                yield new_tokens
+                if self.finish_reason == "eos":
+                    break
+        finally:
+            self._wall = time.perf_counter() - self._start
+            self._release()
+
+    # ---------------------------------------------------------------- phases
+    def _prefill(self) -> None:
+        with self.stats.time("prefill"):
+            self._target.prefill(self.session_id, self._prompt, self._params.sampling)
+
+    def _draft(self) -> DraftTree:
+        """Ask the drafter for a tree that fits the context and the remaining token budget."""
+        if self._draft_api is None or self._method.drafter is None:
+            return EMPTY_TREE
+        context_len = len(self._prompt) + len(self.tokens)
+        remaining = self._params.max_new_tokens - len(self.tokens)
+        max_nodes = min(
+            self._limits.max_tree_nodes,
+            self._limits.max_context - context_len - 1,
+            remaining - 1,  # the target always adds one token of its own
+        )
+        if max_nodes <= 0:
+            return EMPTY_TREE
+        context = self._prompt + self.tokens
+        start = time.perf_counter()
+        try:
+            try:
+                result = self._draft_api.propose(
+                    self.session_id,
+                    self._method.drafter,
+                    self._sent_to_draft,
+                    context[self._sent_to_draft :],
+                    max_nodes,
+                    self._options,
+                    self._params.sampling,
+                )
+            except (FailedPrecondition, NotFound) as err:
+                if self._sent_to_draft == 0:
+                    raise
+                log.info("session %s: drafter lost sync (%s); resending the context", self.session_id, err)
+                result = self._draft_api.propose(
+                    self.session_id,
+                    self._method.drafter,
+                    0,
+                    context,
+                    max_nodes,
+                    self._options,
+                    self._params.sampling,
+                )
+        except (Unavailable, DeadlineExceeded) as err:
+            log.warning("session %s: drafter unavailable (%s); continuing target-only", self.session_id, err)
+            self._draft_api = None
+            return EMPTY_TREE
+        finally:
+            wall = time.perf_counter() - start
+        self._sent_to_draft = len(context)
+        self.stats.phases.draft_s += result.compute_s
+        self.stats.add_network(wall, result.compute_s)
+        return result.tree
+
+    def _verify(self, tree: DraftTree) -> VerifyResult:
+        start = time.perf_counter()
+        result = self._target.verify(self.session_id, tree)
+        self.stats.phases.verify_s += result.compute_s
+        self.stats.add_network(time.perf_counter() - start, result.compute_s)
+        return result
+
+    def _accept(self, tree: DraftTree, result: VerifyResult) -> list[int]:
+        """The tokens this step emits: accepted + recovered/bonus, cut at EOS and the budget."""
+        acc = result.acceptance
+        self.stats.record_step(tree.size, len(acc.tokens))
+        emitted = list(acc.emitted)[: self._params.max_new_tokens - len(self.tokens)]
+        for i, token in enumerate(emitted):
+            if token in self._eos:
+                self.finish_reason = "eos"
+                return emitted[: i + 1]
+        return emitted
+
+    def _advance(self, tree: DraftTree, result: VerifyResult, new_tokens: list[int]) -> None:
+        self.tokens.extend(new_tokens)
+        if self._draft_api is not None and tree.size:
+            try:
+                self._draft_api.observe(self.session_id, tree.size, len(result.acceptance.tokens))
+            except (Unavailable, DeadlineExceeded, NotFound) as err:
+                log.warning("session %s: drafter feedback failed: %s", self.session_id, err)
+
+    def _release(self) -> None:
+        for name, api in (("target", self._target), ("draft", self._draft_api)):
+            if api is None:
+                continue
+            try:
+                api.release(self.session_id)
+            except Exception as err:  # releasing must never mask the request's own outcome
+                log.warning("session %s: releasing the %s session failed: %s", self.session_id, name, err)
+
+    # ---------------------------------------------------------------- results
+    def generation_stats(self) -> GenerationStats:
+        phases = self.stats.phases
+        wall = self._wall or (time.perf_counter() - self._start)
+        accounted = phases.prefill_s + phases.draft_s + phases.verify_s + phases.network_s
+        phases.orchestrate_s = max(0.0, wall - accounted)
+        return GenerationStats(
+            prompt_tokens=len(self._prompt),
+            new_tokens=len(self.tokens),
+            target_steps=self.stats.target_steps,
+            draft_tokens=self.stats.draft_tokens,
+            accepted_tokens=self.stats.accepted_tokens,
+            wall_s=wall,
+            phases=phases,
+            accepted_length_histogram=tuple(self.stats.accepted_hist),
+            finish_reason=self.finish_reason,
+        )

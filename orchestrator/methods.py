@@ -1,0 +1,58 @@
+"""Decoding methods the orchestrator serves and what each needs from the drafter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from spec_decode.errors import FailedPrecondition, InvalidArgument
+
+
+@dataclass(frozen=True)
+class Method:
+    """A decoding method: which drafter (None = target only) and its default draft length."""
+
+    name: str
+    drafter: str | None
+    default_num_tokens: int
+    needs_draft_model: bool = False
+    description: str = ""
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method("vanilla", None, 0, description="target-only autoregressive decoding (τ = 1)"),
+        Method(
+            "sps",
+            "model",
+            5,
+            needs_draft_model=True,
+            description="speculative sampling with a draft LM (Leviathan/Chen 2023)",
+        ),
+        Method("pld", "prompt_lookup", 8, description="prompt lookup decoding: n-gram matches in the context"),
+    )
+}
+
+
+def resolve_method(name: str, *, has_draft_service: bool, draft_drafters: tuple[str, ...]) -> Method:
+    """The method called ``name`` if this deployment can run it; a clear error otherwise."""
+    method = METHODS.get(name or "vanilla")
+    if method is None:
+        raise InvalidArgument(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    if method.drafter is None:
+        return method
+    if not has_draft_service:
+        raise FailedPrecondition(f"method {method.name!r} needs a draft service; none is configured")
+    if method.drafter not in draft_drafters:
+        hint = " (start the draft service with --draft-model)" if method.needs_draft_model else ""
+        raise FailedPrecondition(
+            f"method {method.name!r} needs drafter {method.drafter!r}, which the draft service does not "
+            f"offer{hint}; it offers: {', '.join(draft_drafters) or 'none'}"
+        )
+    return method
+
+
+def available_methods(has_draft_service: bool, draft_drafters: tuple[str, ...]) -> list[str]:
+    return [
+        m.name for m in METHODS.values() if m.drafter is None or (has_draft_service and m.drafter in draft_drafters)
+    ]

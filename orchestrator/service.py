@@ -1,0 +1,148 @@
+"""The orchestrator's domain object: turns client requests into decode loops."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from orchestrator.loop import DecodeLoop
+from orchestrator.methods import available_methods, resolve_method
+from orchestrator.request import GenerateParams
+from orchestrator.text import IncrementalDetokenizer, prompt_tokens
+from spec_decode.api import DraftAPI, TargetAPI
+from spec_decode.errors import Cancelled, FailedPrecondition, InvalidArgument
+from spec_decode.models import check_same_vocab, vocab_fingerprint
+from spec_decode.types import DraftInfo, GenerationStats, TargetInfo
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OrchestratorConfig:
+    max_new_tokens: int = 2048  # cap on a request's max_new_tokens
+
+    def validate(self) -> OrchestratorConfig:
+        if self.max_new_tokens <= 0:
+            raise InvalidArgument(f"max_new_tokens cap must be > 0, got {self.max_new_tokens}")
+        return self
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    text: str
+    token_ids: tuple[int, ...]
+    method: str
+    stats: GenerationStats
+    session_id: str
+
+
+@dataclass(frozen=True)
+class StreamChunk:
+    """New text and tokens of one step; the last chunk has ``done`` and the stats."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    method: str
+    session_id: str
+    done: bool = False
+    stats: GenerationStats | None = None
+
+
+class Orchestrator:
+    """Serves generation requests over a target and an optional draft service."""
+
+    def __init__(
+        self,
+        target: TargetAPI,
+        draft: DraftAPI | None,
+        tokenizer: Any,
+        config: OrchestratorConfig | None = None,
+    ) -> None:
+        self.config = (config or OrchestratorConfig()).validate()
+        self._target = target
+        self._draft = draft
+        self._tokenizer = tokenizer
+        self.target_info: TargetInfo = target.info()
+        self.draft_info: DraftInfo | None = draft.info() if draft is not None else None
+        tok_fp = vocab_fingerprint(tokenizer)
+        if tok_fp != self.target_info.vocab.fingerprint:
+            raise FailedPrecondition(
+                f"the orchestrator's tokenizer (fingerprint {tok_fp[:12]}) is not the tokenizer of target "
+                f"model {self.target_info.vocab.model!r} ({self.target_info.vocab.fingerprint[:12]}); "
+                "start the orchestrator with the same --target as the target service"
+            )
+        if self.draft_info is not None and self.draft_info.vocab is not None:
+            check_same_vocab(self.target_info.vocab, self.draft_info.vocab)
+
+    @property
+    def methods(self) -> list[str]:
+        drafters = self.draft_info.drafters if self.draft_info else ()
+        return available_methods(self._draft is not None, drafters)
+
+    def generate(self, params: GenerateParams, is_active: Callable[[], bool] = lambda: True) -> GenerationResult:
+        """Run a request to the end; stops early (Cancelled) once ``is_active()`` is False."""
+        token_ids: list[int] = []
+        text: list[str] = []
+        chunks = self.stream(params)
+        try:
+            for chunk in chunks:
+                if not is_active():
+                    raise Cancelled("the client went away before the generation finished")
+                token_ids.extend(chunk.token_ids)
+                text.append(chunk.text)
+                if chunk.done:
+                    assert chunk.stats is not None
+                    return GenerationResult(
+                        "".join(text), tuple(token_ids), chunk.method, chunk.stats, chunk.session_id
+                    )
+        finally:
+            chunks.close()  # releases the sessions at once when stopped early
+        raise AssertionError("stream ended without a final chunk")
+
+    def stream(self, params: GenerateParams) -> Iterator[StreamChunk]:
+        """Validate, then yield one chunk per target step and a final chunk with the stats.
+
+        Validation errors are raised before the first chunk; closing the iterator early
+        (client cancelled) releases the sessions at once.
+        """
+        loop = self._prepare(params)
+        detok = IncrementalDetokenizer(self._tokenizer)
+        name = params.method or "vanilla"
+        for new_tokens in loop.run():
+            yield StreamChunk(detok.push(new_tokens), tuple(new_tokens), name, loop.session_id)
+        yield StreamChunk(detok.flush(), (), name, loop.session_id, True, loop.generation_stats())
+
+    def _prepare(self, params: GenerateParams) -> DecodeLoop:
+        params.validate(max_new_tokens_cap=self.config.max_new_tokens)
+        drafters = self.draft_info.drafters if self.draft_info else ()
+        method = resolve_method(params.method, has_draft_service=self._draft is not None, draft_drafters=drafters)
+        prompt = prompt_tokens(self._tokenizer, params)
+        limits = self.target_info.limits
+        vocab_size = self.target_info.vocab.vocab_size
+        if not prompt:
+            raise InvalidArgument("prompt is empty after tokenization")
+        bad = next((t for t in prompt if not 0 <= t < vocab_size), None)
+        if bad is not None:
+            raise InvalidArgument(f"prompt token id {bad} is outside the vocabulary [0, {vocab_size})")
+        if len(prompt) >= limits.max_context:
+            raise InvalidArgument(
+                f"prompt is {len(prompt)} tokens; the target's context is {limits.max_context} tokens"
+            )
+        if len(prompt) + params.max_new_tokens > limits.max_context:
+            raise InvalidArgument(
+                f"prompt ({len(prompt)} tokens) + max_new_tokens ({params.max_new_tokens}) exceeds the "
+                f"target's context of {limits.max_context} tokens"
+            )
+        return DecodeLoop(
+            session_id=uuid.uuid4().hex,
+            target=self._target,
+            draft=self._draft,
+            method=method,
+            params=params,
+            prompt=prompt,
+            limits=limits,
+            eos_token_ids=self.target_info.vocab.eos_token_ids,
+        )

@@ -1,0 +1,91 @@
+"""Thin gRPC servicer of the orchestrator: proto -> GenerateParams -> Orchestrator -> proto."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from orchestrator.request import ChatMessage, GenerateParams
+from orchestrator.service import Orchestrator, StreamChunk
+from protos import convert, orchestrator_pb2, orchestrator_pb2_grpc
+from protos.serving import stream_errors, unary_errors
+
+SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name
+
+
+def params_from_pb(req: orchestrator_pb2.GenerateRequest) -> GenerateParams:
+    return GenerateParams(
+        prompt=req.prompt,
+        messages=tuple(ChatMessage(m.role, m.content) for m in req.messages),
+        prompt_token_ids=tuple(req.prompt_token_ids),
+        raw=req.raw,
+        method=req.method or "vanilla",
+        max_new_tokens=req.max_new_tokens,
+        sampling=convert.sampling_from_pb(req.sampling),
+        num_draft_tokens=req.num_draft_tokens,
+        adaptive_draft=req.adaptive_draft,
+        num_branches=req.num_branches,
+        ignore_eos=req.ignore_eos,
+    )
+
+
+def _chunk_to_pb(chunk: StreamChunk) -> orchestrator_pb2.GenerateChunk:
+    return orchestrator_pb2.GenerateChunk(
+        text=chunk.text,
+        token_ids=chunk.token_ids,
+        stats=convert.stats_to_pb(chunk.stats) if chunk.stats is not None else None,
+        done=chunk.done,
+        method=chunk.method,
+        session_id=chunk.session_id,
+    )
+
+
+class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self._orch = orchestrator
+
+    @unary_errors
+    def Generate(
+        self, request: orchestrator_pb2.GenerateRequest, context: grpc.ServicerContext
+    ) -> orchestrator_pb2.GenerateResponse:
+        result = self._orch.generate(params_from_pb(request), context.is_active)
+        return orchestrator_pb2.GenerateResponse(
+            text=result.text,
+            token_ids=result.token_ids,
+            method=result.method,
+            stats=convert.stats_to_pb(result.stats),
+            session_id=result.session_id,
+        )
+
+    @stream_errors
+    def GenerateStream(
+        self, request: orchestrator_pb2.GenerateRequest, context: grpc.ServicerContext
+    ) -> Iterator[orchestrator_pb2.GenerateChunk]:
+        chunks = self._orch.stream(params_from_pb(request))
+        try:
+            for chunk in chunks:
+                if not context.is_active():  # client cancelled or deadline passed
+                    return
+                yield _chunk_to_pb(chunk)
+        finally:
+            chunks.close()  # releases the target and draft sessions at once
+
+    @unary_errors
+    def Info(
+        self, request: orchestrator_pb2.OrchestratorInfoRequest, context: grpc.ServicerContext
+    ) -> orchestrator_pb2.OrchestratorInfo:
+        draft = self._orch.draft_info
+        return orchestrator_pb2.OrchestratorInfo(
+            target=convert.vocab_to_pb(self._orch.target_info.vocab),
+            draft=convert.vocab_to_pb(draft.vocab if draft else None),
+            methods=self._orch.methods,
+            max_new_tokens=self._orch.config.max_new_tokens,
+        )
+
+
+def register(orchestrator: Orchestrator) -> Callable[[grpc.Server], None]:
+    def _register(server: grpc.Server) -> None:
+        orchestrator_pb2_grpc.add_OrchestratorServicer_to_server(OrchestratorServicer(orchestrator), server)
+
+    return _register

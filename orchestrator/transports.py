@@ -1,0 +1,122 @@
+"""gRPC clients of the target and draft services, implementing the same protocols
+(:class:`spec_decode.api.TargetAPI`, :class:`spec_decode.api.DraftAPI`) as the
+in-process domain objects. gRPC status codes come back as :mod:`spec_decode.errors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from protos import convert, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
+from protos.serving import CHANNEL_OPTIONS, call
+from spec_decode.types import (
+    DraftInfo,
+    DraftOptions,
+    DraftTree,
+    PrefillResult,
+    ProposeResult,
+    SamplingParams,
+    TargetInfo,
+    VerifyResult,
+)
+
+
+@dataclass(frozen=True)
+class RpcTimeouts:
+    """Per-call deadlines (seconds) the orchestrator puts on backend calls."""
+
+    info: float = 10.0
+    prefill: float = 120.0
+    verify: float = 60.0
+    propose: float = 10.0
+    release: float = 5.0
+
+
+class GrpcTargetClient:
+    """TargetAPI over gRPC."""
+
+    def __init__(self, address: str, timeouts: RpcTimeouts | None = None) -> None:
+        self.address = address
+        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = target_pb2_grpc.TargetServiceStub(self._channel)
+        self._t = timeouts or RpcTimeouts()
+
+    def info(self) -> TargetInfo:
+        return convert.target_info_from_pb(call(self._stub.Info, target_pb2.TargetInfoRequest(), self._t.info))
+
+    def prefill(self, session_id: str, prompt_tokens: Sequence[int], sampling: SamplingParams) -> PrefillResult:
+        req = target_pb2.PrefillRequest(
+            session_id=session_id, prompt_tokens=prompt_tokens, sampling=convert.sampling_to_pb(sampling)
+        )
+        resp = call(self._stub.Prefill, req, self._t.prefill)
+        return PrefillResult(resp.context_len, resp.compute_ms / 1e3, resp.evicted_sessions)
+
+    def verify(self, session_id: str, tree: DraftTree) -> VerifyResult:
+        req = target_pb2.VerifyRequest(session_id=session_id, tree=convert.tree_to_pb(tree))
+        return convert.verify_from_pb(call(self._stub.Verify, req, self._t.verify))
+
+    def release(self, session_id: str) -> bool:
+        resp = call(self._stub.Release, target_pb2.ReleaseRequest(session_id=session_id), self._t.release)
+        return bool(resp.released)
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class GrpcDraftClient:
+    """DraftAPI over gRPC.
+
+    :meth:`observe` costs no round trip: the feedback rides on the session's next
+    Propose (``has_feedback``), so it returns -1 ("sent later") instead of the next length.
+    """
+
+    def __init__(self, address: str, timeouts: RpcTimeouts | None = None) -> None:
+        self.address = address
+        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._stub = draft_pb2_grpc.DraftServiceStub(self._channel)
+        self._t = timeouts or RpcTimeouts()
+        self._feedback: dict[str, tuple[int, int]] = {}
+
+    def info(self) -> DraftInfo:
+        return convert.draft_info_from_pb(call(self._stub.Info, draft_pb2.DraftInfoRequest(), self._t.info))
+
+    def propose(
+        self,
+        session_id: str,
+        drafter: str,
+        offset: int,
+        tokens: Sequence[int],
+        max_nodes: int,
+        options: DraftOptions,
+        sampling: SamplingParams,
+    ) -> ProposeResult:
+        feedback = self._feedback.pop(session_id, None)
+        req = draft_pb2.ProposeRequest(
+            session_id=session_id,
+            drafter=drafter,
+            offset=offset,
+            tokens=tokens,
+            max_nodes=max_nodes,
+            options=convert.draft_options_to_pb(options),
+            sampling=convert.sampling_to_pb(sampling),
+            has_feedback=feedback is not None,
+            feedback_num_draft=feedback[0] if feedback else 0,
+            feedback_num_accepted=feedback[1] if feedback else 0,
+        )
+        resp = call(self._stub.Propose, req, self._t.propose)
+        return ProposeResult(convert.tree_from_pb(resp.tree), resp.context_len, resp.compute_ms / 1e3)
+
+    def observe(self, session_id: str, num_draft: int, num_accepted: int) -> int:
+        self._feedback[session_id] = (num_draft, num_accepted)
+        return -1
+
+    def release(self, session_id: str) -> bool:
+        self._feedback.pop(session_id, None)
+        req = draft_pb2.DraftReleaseRequest(session_id=session_id)
+        return bool(call(self._stub.Release, req, self._t.release).released)
+
+    def close(self) -> None:
+        self._channel.close()

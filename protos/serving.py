@@ -1,0 +1,150 @@
+"""gRPC plumbing shared by every specd server and client: error mapping, health,
+reflection, graceful shutdown. Domain code never imports this module.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from spec_decode.errors import SpecdError, error_for_code
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+def _abort(context: grpc.ServicerContext, err: Exception) -> None:
+    if isinstance(err, SpecdError):
+        context.abort(getattr(grpc.StatusCode, err.code, grpc.StatusCode.INTERNAL), err.message)
+    log.exception("unexpected error in servicer")
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}: {err}")
+
+
+def unary_errors(fn: Callable[..., T]) -> Callable[..., T]:
+    """Servicer method decorator: domain errors become their gRPC status with the message."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> T:
+        try:
+            return fn(self, request, context)
+        except Exception as err:
+            _abort(context, err)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def stream_errors(fn: Callable[..., Iterator[T]]) -> Callable[..., Iterator[T]]:
+    """Like :func:`unary_errors` for server-streaming methods."""
+
+    @functools.wraps(fn)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[T]:
+        try:
+            yield from fn(self, request, context)
+        except Exception as err:
+            _abort(context, err)
+
+    return wrapper
+
+
+def call(method: Callable[..., T], request: Any, timeout: float | None) -> T:
+    """Call a stub method; map gRPC failures to :mod:`spec_decode.errors`."""
+    try:
+        return method(request, timeout=timeout)
+    except grpc.RpcError as err:
+        raise rpc_error_to_domain(err) from None
+
+
+def rpc_error_to_domain(err: grpc.RpcError) -> SpecdError:
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = err.details() if hasattr(err, "details") else str(err)
+    return error_for_code(code.name if code else "UNKNOWN", details or str(code))
+
+
+@dataclass
+class ServerHandle:
+    """A started server: its bound port and health servicer."""
+
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    service_names: tuple[str, ...]
+
+    def stop(self, grace: float | None = 5.0) -> None:
+        """Graceful shutdown: report NOT_SERVING, finish in-flight RPCs for ``grace`` s, stop."""
+        for name in (*self.service_names, ""):
+            self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.server.stop(grace).wait()
+
+    def wait_for_signal(self, grace: float = 5.0) -> None:
+        """Block until SIGTERM/SIGINT, then stop gracefully (entry points only)."""
+        done = threading.Event()
+
+        def _handler(signum: int, _frame: Any) -> None:
+            log.info("signal %d: shutting down (grace %.1f s)", signum, grace)
+            done.set()
+
+        signal.signal(signal.SIGTERM, _handler)
+        signal.signal(signal.SIGINT, _handler)
+        done.wait()
+        self.stop(grace)
+
+
+def start_server(
+    register: Callable[[grpc.Server], None],
+    service_names: Sequence[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    max_workers: int = 16,
+) -> ServerHandle:
+    """Start a gRPC server with health checking and reflection; ``port=0`` picks a free one."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=CHANNEL_OPTIONS)
+    register(server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    names = tuple(service_names)
+    reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"could not bind {host}:{port}")
+    server.start()
+    for name in (*names, ""):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("serving %s on %s:%d", ", ".join(names), host, bound)
+    return ServerHandle(server, bound, health_servicer, names)
+
+
+def wait_healthy(address: str, timeout: float = 60.0, service: str = "") -> None:
+    """Block until the server at ``address`` reports SERVING, or raise TimeoutError."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            try:
+                resp = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2.0)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError as err:
+                last = err
+            time.sleep(0.2)
+    raise TimeoutError(f"{address} did not become healthy within {timeout:.0f} s (last error: {last})")

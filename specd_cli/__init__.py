@@ -1,0 +1,1 @@
+"""The ``specd`` command line: run services, the local stack, generate, benchmark."""

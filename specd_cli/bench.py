@@ -1,0 +1,384 @@
+"""``specd bench``: specd's methods (over real gRPC, optionally in-process too) against the
+peers a user would pick instead, on Spec-Bench-shaped prompts, in one process.
+
+A benchmark, not a test: it prints and writes numbers, it asserts nothing. Greedy outputs
+of every method are compared with ``hf-generate``'s and differences are reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PROMPTS = REPO_ROOT.parent / "shared" / "bench" / "spec_bench.jsonl"
+SPECD_METHODS = ("vanilla", "pld", "sps")
+HF_METHODS = ("hf-generate", "hf-pld", "hf-assisted")
+
+
+def add_bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--prompts", type=Path, default=DEFAULT_PROMPTS, help="JSONL of {question_id, category, turns}")
+    p.add_argument("--per-category", type=int, default=2, help="prompts per category (first N in file order)")
+    p.add_argument("--categories", default="", help="comma-separated subset of categories (default: all)")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument(
+        "--methods",
+        default="",
+        help="comma-separated; default: hf-generate,vanilla,pld,hf-pld (+ sps,hf-assisted with --draft-model)",
+    )
+    p.add_argument(
+        "--transport",
+        default="grpc",
+        choices=("grpc", "inproc", "both"),
+        help="how specd methods run: over gRPC on loopback, in-process, or both (the hop's cost)",
+    )
+    p.add_argument("--target", default="smollm2")
+    p.add_argument("--draft-model", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--num-draft-tokens", type=int, default=0, help="γ for specd methods (0 = method default)")
+    p.add_argument("--hf-pld-tokens", type=int, default=10, help="prompt_lookup_num_tokens for hf-pld")
+    p.add_argument("--out", type=Path, default=Path("bench-results"))
+
+
+@dataclass
+class Run:
+    method: str
+    transport: str
+    category: str
+    question_id: str
+    new_tokens: int
+    wall_s: float
+    target_steps: int
+    tau: float
+    identical_to_reference: bool | None
+    first_difference: int | None = None
+    draft_s: float = 0.0
+    verify_s: float = 0.0
+    network_s: float = 0.0
+    orchestrate_s: float = 0.0
+    prefill_s: float = 0.0
+
+
+def load_prompts(path: Path, per_category: int, categories: set[str]) -> list[dict[str, Any]]:
+    if not path.exists():
+        raise SystemExit(f"specd bench: prompts file {path} not found (pass --prompts FILE)")
+    by_cat: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    with path.open() as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                row["turns"][0]
+            except (json.JSONDecodeError, KeyError, IndexError, TypeError) as err:
+                raise SystemExit(
+                    f"specd bench: {path}:{line_no} is not a {{question_id, category, turns}} object ({err})"
+                ) from None
+            cat = str(row.get("category", "default"))
+            if (not categories or cat in categories) and len(by_cat[cat]) < per_category:
+                by_cat[cat].append(row)
+    return [row for rows in by_cat.values() for row in rows]
+
+
+class HFRunner:
+    """transformers' own decoding on the same weights: generate, prompt lookup, assisted."""
+
+    def __init__(self, target: str, draft: str | None, device: str | None) -> None:
+        import torch
+
+        from spec_decode.models import load_model
+
+        self._torch = torch
+        self.lm = load_model(target, device)
+        self.draft = load_model(draft, device).model if draft else None
+        self.calls = 0
+        inner = self.lm.model.forward
+
+        def counting_forward(*a: Any, **kw: Any) -> Any:
+            self.calls += 1
+            return inner(*a, **kw)
+
+        self.lm.model.forward = counting_forward
+
+    def prompt_ids(self, text: str) -> list[int]:
+        from orchestrator.request import GenerateParams
+        from orchestrator.text import prompt_tokens
+
+        return prompt_tokens(self.lm.tokenizer, GenerateParams(prompt=text))
+
+    def run(self, method: str, prompt: list[int], max_new: int, pld_tokens: int) -> tuple[list[int], float, int]:
+        torch = self._torch
+        ids = torch.tensor([prompt], device=self.lm.device)
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=max_new,
+            do_sample=False,
+            attention_mask=torch.ones_like(ids),
+            eos_token_id=list(self.lm.vocab.eos_token_ids),
+            pad_token_id=0,
+        )
+        if method == "hf-pld":
+            kwargs["prompt_lookup_num_tokens"] = pld_tokens
+        elif method == "hf-assisted":
+            kwargs["assistant_model"] = self.draft
+        self.calls = 0
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self.lm.model.generate(ids, **kwargs)
+        wall = time.perf_counter() - start
+        return out[0, len(prompt) :].tolist(), wall, self.calls
+
+
+def _first_diff(a: list[int], b: list[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from orchestrator.request import GenerateParams
+    from specd_cli.demo import free_port
+    from specd_cli.stack import StackConfig, build_inprocess, start_process_stack
+    from specd_client import SpecdClient
+
+    cats = {c for c in args.categories.split(",") if c}
+    prompts = load_prompts(args.prompts, args.per_category, cats)
+    default = ["hf-generate", "vanilla", "pld", "hf-pld"] + (["sps", "hf-assisted"] if args.draft_model else [])
+    methods = [m for m in args.methods.split(",") if m] or default
+    unknown = [m for m in methods if m not in SPECD_METHODS + HF_METHODS]
+    if unknown:
+        raise SystemExit(f"specd bench: unknown methods {unknown}; known: {SPECD_METHODS + HF_METHODS}")
+    if "hf-generate" not in methods:
+        methods.insert(0, "hf-generate")  # the reference every output is compared with
+    transports = ["grpc", "inproc"] if args.transport == "both" else [args.transport]
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    print(f"specd bench: {len(prompts)} prompts, methods {methods}, transports {transports}", file=sys.stderr)
+    hf = HFRunner(args.target, args.draft_model, args.device)
+    stack = None
+    clients: dict[str, Any] = {}
+    if "grpc" in transports and any(m in SPECD_METHODS for m in methods):
+        stack = start_process_stack(
+            target=args.target,
+            draft_model=args.draft_model,
+            port=free_port(),
+            target_port=free_port(),
+            draft_port=free_port(),
+            device=args.device,
+        )
+        clients["grpc"] = SpecdClient(stack.address, timeout=1800)
+    if "inproc" in transports and any(m in SPECD_METHODS for m in methods):
+        from draft_service.service import DraftConfig
+        from target_service.verifier import TargetConfig
+
+        clients["inproc"] = build_inprocess(
+            StackConfig(
+                TargetConfig(model=args.target, device=args.device),
+                DraftConfig(draft_model=args.draft_model, device=args.device or "auto"),
+            )
+        )
+
+    def run_specd(transport: str, method: str, prompt: list[int]) -> tuple[list[int], Any]:
+        if transport == "grpc":
+            res = clients["grpc"].generate(
+                prompt, method=method, max_new_tokens=args.max_new_tokens, num_draft_tokens=args.num_draft_tokens
+            )
+            return list(res.token_ids), res.stats
+        res = clients["inproc"].generate(
+            GenerateParams(
+                prompt_token_ids=tuple(prompt),
+                method=method,
+                max_new_tokens=args.max_new_tokens,
+                num_draft_tokens=args.num_draft_tokens,
+            )
+        )
+        return list(res.token_ids), res.stats
+
+    jobs = [(m, t) for m in methods for t in (transports if m in SPECD_METHODS else ["local"])]
+    runs: list[Run] = []
+    try:
+        # Warm-up (not recorded): first calls pay one-off costs (allocations, thread pools).
+        warm = hf.prompt_ids("Say hello.")
+        for method, transport in jobs:
+            if method in HF_METHODS:
+                hf.run(method, warm, 8, args.hf_pld_tokens)
+            else:
+                run_specd(transport, method, warm)
+        bar = tqdm(total=len(prompts) * len(jobs), desc="bench", unit="run", file=sys.stderr)
+        for row in prompts:
+            prompt = hf.prompt_ids(row["turns"][0])
+            reference: list[int] = []
+            for method, transport in jobs:
+                bar.set_postfix_str(f"{row['category']}/{method}")
+                if method in HF_METHODS:
+                    tokens, wall, steps = hf.run(method, prompt, args.max_new_tokens, args.hf_pld_tokens)
+                    phases: dict[str, float] = {}
+                else:
+                    tokens, stats = run_specd(transport, method, prompt)
+                    wall, steps = stats.wall_s, stats.target_steps
+                    phases = {
+                        k: getattr(stats.phases, k)
+                        for k in ("draft_s", "verify_s", "network_s", "orchestrate_s", "prefill_s")
+                    }
+                if method == "hf-generate":
+                    reference = tokens
+                diff = _first_diff(tokens, reference)
+                runs.append(
+                    Run(
+                        method,
+                        transport,
+                        row["category"],
+                        str(row["question_id"]),
+                        len(tokens),
+                        wall,
+                        steps,
+                        len(tokens) / steps if steps else 0.0,
+                        diff is None,
+                        diff,
+                        **phases,
+                    )
+                )
+                bar.update()
+        bar.close()
+    finally:
+        for client in clients.values():
+            if hasattr(client, "close"):
+                client.close()
+        if stack is not None:
+            stack.stop()
+    summary = summarize(runs)
+    write_outputs(args, runs, summary)
+    print((args.out / "results.md").read_text())
+    return 0
+
+
+def _key(run: Run) -> str:
+    return run.method if run.transport in ("grpc", "local") else f"{run.method} ({run.transport})"
+
+
+def summarize(runs: list[Run]) -> dict[str, Any]:
+    """Per method: speedup vs hf-generate (ratio of tokens/s over the same prompts), τ, ..."""
+    by_method: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_method[_key(run)].append(run)
+    ref = by_method.get("hf-generate", [])
+
+    def tps(rs: list[Run]) -> float:
+        wall = sum(r.wall_s for r in rs)
+        return sum(r.new_tokens for r in rs) / wall if wall else 0.0
+
+    ref_tps = tps(ref)
+    categories = sorted({r.category for r in runs})
+    summary: dict[str, Any] = {}
+    for name, rs in by_method.items():
+        per_cat = {}
+        for cat in categories:
+            cr = [r for r in rs if r.category == cat]
+            cref = [r for r in ref if r.category == cat]
+            if cr and cref and tps(cref):
+                per_cat[cat] = {
+                    "speedup_vs_hf_generate": tps(cr) / tps(cref),
+                    "tau": sum(r.new_tokens for r in cr) / max(1, sum(r.target_steps for r in cr)),
+                }
+        steps = sum(r.target_steps for r in rs)
+        compared = [r for r in rs if r.identical_to_reference is not None]
+        summary[name] = {
+            "runs": len(rs),
+            "speedup_vs_hf_generate": tps(rs) / ref_tps if ref_tps else None,
+            "tau": sum(r.new_tokens for r in rs) / steps if steps else 0.0,
+            "tokens_per_s": tps(rs),
+            "median_wall_s": statistics.median(r.wall_s for r in rs),
+            "lossless_fraction": (sum(bool(r.identical_to_reference) for r in compared) / len(compared))
+            if compared
+            else None,
+            "phase_fractions": _phase_fractions(rs),
+            "by_category": per_cat,
+        }
+    return summary
+
+
+def _phase_fractions(rs: list[Run]) -> dict[str, float]:
+    wall = sum(r.wall_s for r in rs)
+    if not wall or not any(r.verify_s for r in rs):
+        return {}
+    return {
+        k: sum(getattr(r, k) for r in rs) / wall
+        for k in ("prefill_s", "draft_s", "verify_s", "network_s", "orchestrate_s")
+    }
+
+
+def write_outputs(args: argparse.Namespace, runs: list[Run], summary: dict[str, Any]) -> None:
+    meta = {
+        "prompts": str(args.prompts),
+        "per_category": args.per_category,
+        "max_new_tokens": args.max_new_tokens,
+        "target": args.target,
+        "draft_model": args.draft_model,
+        "command": " ".join(sys.argv),
+    }
+    (args.out / "results.json").write_text(
+        json.dumps({"meta": meta, "runs": [asdict(r) for r in runs], "summary": summary}, indent=1)
+    )
+    categories = sorted({r.category for r in runs})
+    lines = [
+        "| method | " + " | ".join(categories) + " | overall | τ | tok/s | lossless |",
+        "|---|" + "---|" * (len(categories) + 4),
+    ]
+    for name, s in summary.items():
+        cells = [
+            f"{s['by_category'][c]['speedup_vs_hf_generate']:.2f}×" if c in s["by_category"] else "–"
+            for c in categories
+        ]
+        lossless = "–" if s["lossless_fraction"] is None else f"{s['lossless_fraction']:.0%}"
+        overall = "–" if s["speedup_vs_hf_generate"] is None else f"{s['speedup_vs_hf_generate']:.2f}×"
+        lines.append(
+            f"| {name} | "
+            + " | ".join(cells)
+            + f" | **{overall}** | {s['tau']:.2f} | {s['tokens_per_s']:.1f} | {lossless} |"
+        )
+    diffs = [r for r in runs if r.identical_to_reference is False]
+    lines.append("")
+    lines.append(
+        f"Speedup = tokens/s relative to hf-generate on the same prompts; τ = new tokens per target "
+        f"forward pass. {len(diffs)} run(s) differ from hf-generate's greedy output" + (":" if diffs else ".")
+    )
+    lines += [
+        f"- {_key(r)} on {r.category}/{r.question_id}: first different token at {r.first_difference}" for r in diffs
+    ]
+    (args.out / "results.md").write_text("\n".join(lines) + "\n")
+    _plot(args.out / "speedup.png", summary, categories)
+
+
+def _plot(path: Path, summary: dict[str, Any], categories: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in summary if n != "hf-generate"]
+    cols = [*categories, "overall"]
+    fig, ax = plt.subplots(figsize=(max(8, len(cols) * 0.9), 4.5))
+    width = 0.8 / max(1, len(names))
+    for i, name in enumerate(names):
+        s = summary[name]
+        vals = [s["by_category"].get(c, {}).get("speedup_vs_hf_generate", 0.0) for c in categories]
+        vals.append(s["speedup_vs_hf_generate"] or 0.0)
+        ax.bar([x + i * width for x in range(len(cols))], vals, width, label=name)
+    ax.axhline(1.0, color="black", linewidth=0.8, linestyle="--")
+    ax.set_xticks([x + width * (len(names) - 1) / 2 for x in range(len(cols))])
+    ax.set_xticklabels(cols, rotation=35, ha="right")
+    ax.set_ylabel("speedup vs hf-generate (tokens/s)")
+    ax.set_title("specd bench: speedup by category")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

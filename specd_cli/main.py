@@ -1,0 +1,334 @@
+"""``specd`` — run the services, the local stack, generate text, benchmark.
+
+Flags and environment variables are read here only; everything below gets typed configs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict
+from typing import Any
+
+DEFAULT_PORT = 50051
+
+
+def _add_model_flags(p: argparse.ArgumentParser, *, draft: bool = True) -> None:
+    p.add_argument("--target", default="smollm2", help="target model: 'smollm2', a HF directory or a .gguf file")
+    if draft:
+        p.add_argument("--draft-model", default=None, help="draft LM (same tokenizer as the target) for 'sps'")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: fp32 on CPU, bf16 on CUDA)")
+
+
+def _add_limit_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-sessions", type=int, default=64, help="KV-cache sessions held at once (LRU eviction)")
+    p.add_argument("--max-tree-nodes", type=int, default=64, help="largest draft tree verified in one pass")
+    p.add_argument("--max-context", type=int, default=2048, help="tokens per session (prompt + output)")
+
+
+def _add_server_flags(p: argparse.ArgumentParser, port: int) -> None:
+    p.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
+    p.add_argument("--port", type=int, default=port)
+
+
+def _target_config(args: argparse.Namespace) -> Any:
+    from target_service.verifier import TargetConfig
+
+    return TargetConfig(
+        model=args.target,
+        device=args.device,
+        dtype=args.dtype,
+        max_sessions=args.max_sessions,
+        max_tree_nodes=args.max_tree_nodes,
+        max_context=args.max_context,
+    ).validate()
+
+
+def _draft_config(args: argparse.Namespace) -> Any:
+    from draft_service.service import DraftConfig
+
+    return DraftConfig(draft_model=args.draft_model, device=args.device or "auto", dtype=args.dtype).validate()
+
+
+def cmd_target(args: argparse.Namespace) -> int:
+    from target_service.server import serve_target
+    from target_service.verifier import TargetVerifier
+
+    handle = serve_target(TargetVerifier.from_config(_target_config(args)), host=args.host, port=args.port)
+    print(f"target service on {args.host}:{handle.port}", flush=True)
+    handle.wait_for_signal()
+    return 0
+
+
+def cmd_draft(args: argparse.Namespace) -> int:
+    from draft_service.server import serve_draft
+    from draft_service.service import DraftWorker
+
+    handle = serve_draft(DraftWorker.from_config(_draft_config(args)), host=args.host, port=args.port)
+    print(f"draft service on {args.host}:{handle.port}", flush=True)
+    handle.wait_for_signal()
+    return 0
+
+
+def cmd_orchestrator(args: argparse.Namespace) -> int:
+    from orchestrator.server import serve_orchestrator
+    from orchestrator.service import Orchestrator, OrchestratorConfig
+    from orchestrator.transports import GrpcDraftClient, GrpcTargetClient
+    from protos.serving import wait_healthy
+    from spec_decode.models import load_tokenizer
+
+    wait_healthy(args.target_address, args.wait)
+    draft = None
+    if args.draft_address and args.draft_address != "none":
+        wait_healthy(args.draft_address, args.wait)
+        draft = GrpcDraftClient(args.draft_address)
+    tokenizer, _ = load_tokenizer(args.target)
+    orch = Orchestrator(
+        GrpcTargetClient(args.target_address), draft, tokenizer, OrchestratorConfig(args.max_new_tokens)
+    )
+    handle = serve_orchestrator(orch, host=args.host, port=args.port)
+    print(f"orchestrator on {args.host}:{handle.port} (methods: {', '.join(orch.methods)})", flush=True)
+    handle.wait_for_signal()
+    return 0
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from specd_cli.stack import start_process_stack
+
+    extra = [
+        "--max-sessions",
+        str(args.max_sessions),
+        "--max-tree-nodes",
+        str(args.max_tree_nodes),
+        "--max-context",
+        str(args.max_context),
+    ]
+    stack = start_process_stack(
+        target=args.target,
+        draft_model=args.draft_model,
+        host=args.host,
+        port=args.port,
+        target_port=args.target_port,
+        draft_port=args.draft_port,
+        device=args.device,
+        extra_target_args=extra,
+    )
+    print(f"specd is up: orchestrator {stack.address} (logs in {stack.log_dir}); Ctrl-C stops it", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            dead = [name for name, ok in stack.alive().items() if not ok]
+            if dead:
+                print(f"specd: {', '.join(dead)} exited; stopping the stack", file=sys.stderr)
+                return 1
+    finally:
+        stack.stop()
+    return 0
+
+
+def _generate_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
+        method=args.method,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        raw=args.raw,
+        num_draft_tokens=args.num_draft_tokens,
+        adaptive_draft=args.adaptive,
+        num_branches=args.num_branches,
+        ignore_eos=args.ignore_eos,
+    )
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    kwargs = _generate_kwargs(args)
+    if args.address:
+        return _generate_remote(args, kwargs)
+    return _generate_inprocess(args, kwargs)
+
+
+def _generate_remote(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
+    from specd_client import SpecdClient, SpecdClientError
+
+    try:
+        with SpecdClient(args.address, timeout=args.timeout) as client:
+            if args.json:
+                result = client.generate(args.prompt, **kwargs)
+                payload = {
+                    "text": result.text,
+                    "token_ids": list(result.token_ids),
+                    "method": result.method,
+                    "stats": result.stats.as_dict(),
+                }
+                print(json.dumps(payload))
+                return 0
+            for event in client.stream(args.prompt, **kwargs):
+                print(event.text, end="", flush=True)
+                if event.stats is not None:
+                    print()
+                    _print_stats(event.stats.as_dict())
+    except SpecdClientError as err:
+        print(f"specd: {err.code}: {err.details}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _generate_inprocess(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
+    from orchestrator.request import GenerateParams
+    from spec_decode.errors import SpecdError
+    from spec_decode.types import SamplingParams
+    from specd_cli.stack import StackConfig, build_inprocess
+
+    try:
+        orch = build_inprocess(StackConfig(_target_config(args), _draft_config(args)))
+        sampling = SamplingParams(
+            kwargs.pop("temperature"), kwargs.pop("top_k"), kwargs.pop("top_p"), kwargs.pop("seed")
+        )
+        params = GenerateParams(prompt=args.prompt, sampling=sampling, **kwargs)
+        if args.json:
+            result = orch.generate(params)
+            print(
+                json.dumps(
+                    {
+                        "text": result.text,
+                        "token_ids": list(result.token_ids),
+                        "method": result.method,
+                        "stats": _stats_dict(result.stats),
+                    }
+                )
+            )
+            return 0
+        for chunk in orch.stream(params):
+            print(chunk.text, end="", flush=True)
+            if chunk.stats is not None:
+                print()
+                _print_stats(_stats_dict(chunk.stats))
+    except SpecdError as err:
+        print(f"specd: {err.code}: {err.message}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _stats_dict(stats: Any) -> dict[str, Any]:
+    out = asdict(stats)
+    out.update(tau=stats.tau, acceptance_rate=stats.acceptance_rate, tokens_per_s=stats.tokens_per_s)
+    return out
+
+
+def _print_stats(stats: dict[str, Any]) -> None:
+    ph = stats["phases"]
+    print(
+        f"[{stats['new_tokens']} tokens in {stats['wall_s']:.2f} s = {stats['tokens_per_s']:.1f} tok/s | "
+        f"target steps {stats['target_steps']} | τ {stats['tau']:.2f} | accepted "
+        f"{stats['accepted_tokens']}/{stats['draft_tokens']} draft tokens | prefill {ph['prefill_s']:.2f} s, "
+        f"draft {ph['draft_s']:.2f} s, verify {ph['verify_s']:.2f} s, network {ph['network_s']:.3f} s, "
+        f"orchestrate {ph['orchestrate_s']:.3f} s]",
+        file=sys.stderr,
+    )
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from specd_cli.demo import run_demo
+
+    return run_demo(args)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from specd_cli.bench import run_bench
+
+    return run_bench(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="specd", description="Speculative decoding as gRPC microservices.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("target", help="run the target service")
+    _add_model_flags(p, draft=False)
+    _add_limit_flags(p)
+    _add_server_flags(p, 50052)
+    p.set_defaults(fn=cmd_target)
+
+    p = sub.add_parser("draft", help="run the draft service")
+    p.add_argument("--draft-model", default=None, help="draft LM; without it only model-free drafters run")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None)
+    _add_server_flags(p, 50053)
+    p.set_defaults(fn=cmd_draft)
+
+    p = sub.add_parser("orchestrator", help="run the orchestrator (front door)")
+    p.add_argument("--target", default="smollm2", help="the target's model spec (its tokenizer is loaded)")
+    p.add_argument("--target-address", default="127.0.0.1:50052")
+    p.add_argument("--draft-address", default="127.0.0.1:50053", help="'none' for target-only")
+    p.add_argument("--max-new-tokens", type=int, default=2048, help="cap on a request's max_new_tokens")
+    p.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the backends to be healthy")
+    _add_server_flags(p, DEFAULT_PORT)
+    p.set_defaults(fn=cmd_orchestrator)
+
+    p = sub.add_parser("up", help="start target, draft and orchestrator as processes on loopback")
+    _add_model_flags(p)
+    _add_limit_flags(p)
+    _add_server_flags(p, DEFAULT_PORT)
+    p.add_argument("--target-port", type=int, default=50052)
+    p.add_argument("--draft-port", type=int, default=50053)
+    p.set_defaults(fn=cmd_up)
+
+    p = sub.add_parser("generate", help="generate a completion (in-process, or via --address)")
+    p.add_argument("prompt")
+    p.add_argument("--method", default="vanilla", help="vanilla | sps | pld")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    p.add_argument("--num-draft-tokens", type=int, default=0, help="draft length γ (0 = method default)")
+    p.add_argument("--adaptive", action="store_true", help="adaptive draft length")
+    p.add_argument("--num-branches", type=int, default=0, help="pld: distinct continuations per tree")
+    p.add_argument("--ignore-eos", action="store_true")
+    p.add_argument("--address", default=None, help="orchestrator HOST:PORT; without it the stack runs in-process")
+    p.add_argument("--timeout", type=float, default=600.0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_model_flags(p)
+    _add_limit_flags(p)
+    p.set_defaults(fn=cmd_generate)
+
+    p = sub.add_parser("demo", help="start the stack, stream one answer through the SDK, stop (make run)")
+    _add_model_flags(p)
+    p.add_argument("--prompt", default="Explain in three sentences why the sky is blue.")
+    p.add_argument("--method", default="pld")
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--port", type=int, default=0, help="orchestrator port (0 = a free one)")
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("bench", help="benchmark specd methods and peers on Spec-Bench-shaped prompts")
+    from specd_cli.bench import add_bench_args
+
+    add_bench_args(p)
+    p.set_defaults(fn=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose or args.command in ("target", "draft", "orchestrator") else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

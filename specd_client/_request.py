@@ -1,0 +1,68 @@
+"""Building a GenerateRequest from keyword arguments (shared by sync and async clients)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from protos import common_pb2, orchestrator_pb2
+from specd_client.types import GenerationResult, GenerationStats, Message, StreamEvent
+
+
+def build_request(
+    prompt: str | Sequence[Message] | Sequence[int],
+    *,
+    method: str = "vanilla",
+    max_new_tokens: int = 128,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    raw: bool = False,
+    num_draft_tokens: int = 0,
+    adaptive_draft: bool = False,
+    num_branches: int = 0,
+    ignore_eos: bool = False,
+) -> orchestrator_pb2.GenerateRequest:
+    """``prompt`` is text, a list of :class:`Message`, or a list of token ids."""
+    req = orchestrator_pb2.GenerateRequest(
+        method=method,
+        max_new_tokens=max_new_tokens,
+        raw=raw,
+        sampling=common_pb2.SamplingParams(
+            temperature=temperature, top_k=top_k, top_p=top_p, seed=seed or 0, has_seed=seed is not None
+        ),
+        num_draft_tokens=num_draft_tokens,
+        adaptive_draft=adaptive_draft,
+        num_branches=num_branches,
+        ignore_eos=ignore_eos,
+    )
+    if isinstance(prompt, str):
+        req.prompt = prompt
+    elif prompt and all(isinstance(m, Message) for m in prompt):
+        req.messages.extend(orchestrator_pb2.ChatMessage(role=m.role, content=m.content) for m in prompt)  # type: ignore[union-attr]
+    elif prompt and all(isinstance(t, int) for t in prompt):
+        req.prompt_token_ids.extend(prompt)  # type: ignore[arg-type]
+    elif prompt:
+        raise TypeError("prompt must be a str, a list of Message, or a list of token ids")
+    return req
+
+
+def result_from_pb(resp: orchestrator_pb2.GenerateResponse) -> GenerationResult:
+    return GenerationResult(
+        text=resp.text,
+        token_ids=tuple(resp.token_ids),
+        method=resp.method,
+        stats=GenerationStats.from_pb(resp.stats),
+        session_id=resp.session_id,
+    )
+
+
+def event_from_pb(chunk: orchestrator_pb2.GenerateChunk) -> StreamEvent:
+    return StreamEvent(
+        text=chunk.text,
+        token_ids=tuple(chunk.token_ids),
+        done=chunk.done,
+        stats=GenerationStats.from_pb(chunk.stats) if chunk.HasField("stats") else None,
+        method=chunk.method,
+        session_id=chunk.session_id,
+    )

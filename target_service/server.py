@@ -1,0 +1,12 @@
+"""Start the target service: load the model, serve TargetService with health + reflection."""
+
+from __future__ import annotations
+
+from protos.serving import ServerHandle, start_server
+from spec_decode.api import TargetAPI
+from target_service.servicer import SERVICE_NAME, register
+
+
+def serve_target(target: TargetAPI, *, host: str = "127.0.0.1", port: int = 0) -> ServerHandle:
+    """Serve an already built target (in-process verifier) on ``host:port``."""
+    return start_server(register(target), [SERVICE_NAME], host=host, port=port)

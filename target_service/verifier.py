@@ -1,0 +1,167 @@
+"""The target service's domain object: :class:`spec_decode.api.TargetAPI` over a tree engine.
+
+One verify call: validate the tree and the context budget (before touching the session),
+score ``[pending] + tree`` in one forward pass, accept (greedy argmax walk or recursive
+rejection sampling, :mod:`spec_decode.acceptance`), commit the pending token and the
+accepted path to the KV cache, and make the recovered/bonus token the new pending one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from spec_decode.acceptance import accept_greedy, accept_sampling
+from spec_decode.errors import InvalidArgument
+from spec_decode.models import LoadedModel, load_model
+from spec_decode.sampling import make_generator, warp_probs
+from spec_decode.tree import validate_tree
+from spec_decode.types import (
+    Acceptance,
+    DraftTree,
+    PrefillResult,
+    SamplingParams,
+    TargetInfo,
+    TargetLimits,
+    VerifyResult,
+)
+from target_service.engine import TreeEngine
+from target_service.sessions import Session, SessionStore
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    """Everything the target service needs to start; validated before the model loads.
+
+    ``max_context`` is clipped to the model's usable positions at load time.
+    """
+
+    model: str = "smollm2"
+    device: str | None = None  # "cpu", "cuda", "cuda:1"; None/"auto" picks
+    dtype: str | None = None  # "float32", "bfloat16", ...; None/"auto" picks per device
+    max_sessions: int = 64
+    max_tree_nodes: int = 64
+    max_context: int = 2048
+    max_draft_top_k: int = 64
+
+    def validate(self) -> TargetConfig:
+        if not self.model:
+            raise InvalidArgument("target model spec is empty")
+        for name in ("max_sessions", "max_tree_nodes", "max_context", "max_draft_top_k"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
+        return self
+
+
+class TargetVerifier:
+    """Holds target-model sessions and verifies draft trees (implements ``TargetAPI``)."""
+
+    def __init__(self, loaded: LoadedModel, config: TargetConfig) -> None:
+        config.validate()
+        self.loaded = loaded
+        self.engine = TreeEngine(loaded.model)
+        self.config = dataclasses.replace(
+            config, max_context=min(config.max_context, self.engine.max_positions)
+        )
+        self.sessions = SessionStore(self.config.max_sessions, self.config.max_context)
+
+    @classmethod
+    def from_config(cls, config: TargetConfig) -> TargetVerifier:
+        """Validate ``config`` and load its model."""
+        config.validate()
+        return cls(load_model(config.model, config.device, config.dtype), config)
+
+    # ---- TargetAPI ----------------------------------------------------------------
+
+    def info(self) -> TargetInfo:
+        cfg = self.config
+        return TargetInfo(
+            vocab=self.loaded.vocab,
+            device=str(self.engine.device),
+            dtype=str(self.engine.dtype).removeprefix("torch."),
+            limits=TargetLimits(cfg.max_sessions, cfg.max_tree_nodes, cfg.max_context, cfg.max_draft_top_k),
+            active_sessions=len(self.sessions),
+        )
+
+    def prefill(
+        self, session_id: str, prompt_tokens: Sequence[int], sampling: SamplingParams
+    ) -> PrefillResult:
+        """Create ``session_id`` and feed the prompt; its last token stays pending."""
+        tokens = self._check_prompt(prompt_tokens)
+        sampling.validate()
+        session = Session(
+            session_id=session_id,
+            cache=self.engine.new_cache(),
+            sampling=sampling,
+            generator=make_generator(sampling.seed, self.engine.device),
+        )
+        with session.lock:  # held before it is visible: a racing verify waits for the prefill
+            evicted = self.sessions.add(session)
+            try:
+                start = time.perf_counter()
+                session.pending_token = self.engine.prefill(session.cache, tokens)
+                session.prefix_len = len(tokens) - 1
+                session.kv_bytes = self.engine.kv_bytes(session.cache)
+                compute_s = time.perf_counter() - start
+            except BaseException:
+                self.sessions.remove(session)
+                raise
+            finally:
+                self.sessions.finish(session)
+        return PrefillResult(context_len=session.context_len, compute_s=compute_s, evicted_sessions=evicted)
+
+    def verify(self, session_id: str, tree: DraftTree) -> VerifyResult:
+        """Score ``tree`` in one pass, accept, commit the pending token + accepted path."""
+        validate_tree(
+            tree,
+            vocab_size=self.engine.vocab_size,
+            max_nodes=self.config.max_tree_nodes,
+            max_top_k=self.config.max_draft_top_k,
+        )
+        with self.sessions.checkout(session_id) as session:
+            self.sessions.check_tree(session.prefix_len, tree.size)
+            start = time.perf_counter()
+            try:
+                acceptance = self._score_and_accept(session, tree)
+                keep_rows = [0, *(node + 1 for node in acceptance.path)]
+                self.engine.commit(session.cache, session.prefix_len, keep_rows)
+            except BaseException:
+                self.engine.truncate(session.cache, session.prefix_len)  # leave the session as it was
+                raise
+            session.prefix_len += len(keep_rows)
+            session.pending_token = acceptance.next_token
+            session.kv_bytes = self.engine.kv_bytes(session.cache)
+            compute_s = time.perf_counter() - start
+            return VerifyResult(acceptance, session.context_len, compute_s)
+
+    def release(self, session_id: str) -> bool:
+        """Free the session; False when it did not exist."""
+        return self.sessions.release(session_id)
+
+    # ---- phases -------------------------------------------------------------------
+
+    def _check_prompt(self, prompt_tokens: Sequence[int]) -> list[int]:
+        tokens = [int(t) for t in prompt_tokens]
+        if not tokens:
+            raise InvalidArgument("prompt is empty")
+        vocab = self.engine.vocab_size
+        for i, tok in enumerate(tokens):
+            if not 0 <= tok < vocab:
+                raise InvalidArgument(f"prompt token {i}: id {tok} is outside the vocabulary [0, {vocab})")
+        self.sessions.check_prompt(len(tokens))
+        return tokens
+
+    def _score_and_accept(self, session: Session, tree: DraftTree) -> Acceptance:
+        """One tree pass, then the acceptance rule the session's sampling params call for."""
+        parents = torch.tensor(tree.parents, dtype=torch.long)  # [N]
+        cache = session.cache
+        logits = self.engine.score_tree(cache, session.pending_token, parents, tree.tokens)  # [1+N, V]
+        if session.sampling.greedy:
+            return accept_greedy(logits.argmax(dim=-1).tolist(), tree)
+        probs = warp_probs(logits, session.sampling)  # [1+N, V] float32
+        return accept_sampling(probs, tree, session.generator)
