@@ -5,6 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.specd-installed
 PROTOS := $(wildcard protos/*.proto)
+PACKAGES := protos spec_decode target_service draft_service orchestrator specd_client specd_cli
 
 .PHONY: run test lint proto install bench clean
 
@@ -34,7 +35,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy .
+	$(BIN)/mypy $(PACKAGES)
 
 bench: $(STAMP)
 	$(BIN)/specd bench --per-category 2 --max-new-tokens 128 --out bench-results

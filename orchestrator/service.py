@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,7 +102,7 @@ class Orchestrator:
             chunks.close()  # releases the sessions at once when stopped early
         raise AssertionError("stream ended without a final chunk")
 
-    def stream(self, params: GenerateParams) -> Iterator[StreamChunk]:
+    def stream(self, params: GenerateParams) -> Generator[StreamChunk, None, None]:
         """Validate, then yield one chunk per target step and a final chunk with the stats.
 
         Validation errors are raised before the first chunk; closing the iterator early

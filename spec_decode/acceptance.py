@@ -23,7 +23,8 @@ def accept_greedy(target_tokens: list[int], tree: DraftTree) -> Acceptance:
         tree: the draft tree that was scored.
 
     Returns the accepted path and the target's token after it: the output equals the
-    target's own greedy decoding token for token.
+    target's own greedy decoding token for token. Siblings may carry the same token; the
+    longest matching path wins (the earlier child on a tie).
 
     Example:
         tree tokens [5, 7, 9], parents [-1, 0, -1] (5 -> 7, and 9 as a sibling of 5);

@@ -177,7 +177,7 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None) -
     directory, name = _materialize(spec)
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch_dtype)
-    model.to(dev)
+    model.to(dev)  # type: ignore[arg-type]  # transformers' stub rejects a torch.device
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(model, tokenizer, _vocab_info(name, tokenizer, model), dev, torch_dtype)

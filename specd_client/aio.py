@@ -70,7 +70,7 @@ class AsyncSpecdClient:
             raise from_rpc_error(err) from None
 
     async def close(self) -> None:
-        await self._channel.close()
+        await self._channel.close(None)
 
     async def __aenter__(self) -> AsyncSpecdClient:
         return self

@@ -54,9 +54,7 @@ class SessionStore:
             ``prefix_len + 1 + N``.
     """
 
-    def __init__(
-        self, max_sessions: int, max_context: int, clock: Callable[[], float] = time.monotonic
-    ) -> None:
+    def __init__(self, max_sessions: int, max_context: int, clock: Callable[[], float] = time.monotonic) -> None:
         if max_sessions < 1 or max_context < 1:
             raise ValueError(f"max_sessions ({max_sessions}) and max_context ({max_context}) must be >= 1")
         self.max_sessions = max_sessions

@@ -65,9 +65,7 @@ class TargetVerifier:
         config.validate()
         self.loaded = loaded
         self.engine = TreeEngine(loaded.model)
-        self.config = dataclasses.replace(
-            config, max_context=min(config.max_context, self.engine.max_positions)
-        )
+        self.config = dataclasses.replace(config, max_context=min(config.max_context, self.engine.max_positions))
         self.sessions = SessionStore(self.config.max_sessions, self.config.max_context)
 
     @classmethod
@@ -88,10 +86,10 @@ class TargetVerifier:
             active_sessions=len(self.sessions),
         )
 
-    def prefill(
-        self, session_id: str, prompt_tokens: Sequence[int], sampling: SamplingParams
-    ) -> PrefillResult:
+    def prefill(self, session_id: str, prompt_tokens: Sequence[int], sampling: SamplingParams) -> PrefillResult:
         """Create ``session_id`` and feed the prompt; its last token stays pending."""
+        if not session_id:
+            raise InvalidArgument("session id is empty")
         tokens = self._check_prompt(prompt_tokens)
         sampling.validate()
         session = Session(

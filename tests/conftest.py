@@ -15,7 +15,8 @@ import torch
 
 # Keep the test session's own model cache out of the user's home unless told otherwise.
 os.environ.setdefault("SPECD_CACHE", str(Path.home() / ".cache" / "specd"))
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# Tiny models run fastest on one thread (and do not fight other processes for cores).
+torch.set_num_threads(1)
 
 
 def make_tiny_llama(
@@ -131,7 +132,7 @@ def greedy_reference(model_dir: Path, prompt: list[int], max_new_tokens: int, dt
 _HF_CACHE: dict[tuple[str, torch.dtype], object] = {}
 
 
-def _hf_model(model_dir: Path, dtype: torch.dtype):  # noqa: ANN202
+def _hf_model(model_dir: Path, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
     key = (str(model_dir), dtype)
@@ -142,7 +143,7 @@ def _hf_model(model_dir: Path, dtype: torch.dtype):  # noqa: ANN202
     return _HF_CACHE[key]
 
 
-def stack_config(target: Path, draft: Path | None, *, dtype: str = "float64", **target_kw: int):  # noqa: ANN201
+def stack_config(target: Path, draft: Path | None, *, dtype: str = "float64", **target_kw: int):
     """A StackConfig over tiny models (float64 so float ties cannot flip a greedy argmax)."""
     from draft_service.service import DraftConfig
     from orchestrator.service import OrchestratorConfig

@@ -7,10 +7,11 @@ reject, and the total-variation distance must be within sampling noise and shrin
 number of samples grows. Negative controls run the same statistic on deliberately broken
 rules to show that it has the power to notice. Everything is seeded, so it is deterministic.
 
-Target model used throughout: ``P0[x1]`` after the root, ``P1[x1, x2]`` after a depth-1 node
-with token x1, ``P2[x1, x2, x3]`` after a depth-2 node; the verifier's row for a node is the
-target's distribution conditioned on that node's path (as the target service would compute).
-When a step emits only one token, the second is drawn from ``P1[x1]``: the next target step.
+Target model used throughout: ``p0`` (``[V]``) after the root, ``p1[x1]`` after a depth-1
+node with token x1, ``p2[x1, x2]`` after a depth-2 node; the verifier's row for a node is the
+target's distribution conditioned on that node's path (as the target service computes it).
+When a step emits only one token, the second is drawn from ``p1[x1]``: the next target step.
+The first two tokens must then follow ``p0[x1] * p1[x1, x2]``.
 """
 
 from __future__ import annotations
@@ -54,11 +55,11 @@ def draw(q: SparseProbs, n: int, gen: torch.Generator) -> torch.Tensor:
     return torch.tensor(q.ids)[idx]
 
 
-def draw_each(qs: list[SparseProbs], given: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """For every entry v of ``given`` one draw from ``qs[v]`` (vectorised per value)."""
-    out = torch.empty_like(given)
+def draw_each(qs: list[SparseProbs], values: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """For every entry v of ``values`` one draw from ``qs[v]`` (vectorised per value)."""
+    out = torch.empty_like(values)
     for v in range(len(qs)):
-        at = (given == v).nonzero().flatten()
+        at = (values == v).nonzero().flatten()
         if len(at):
             out[at] = draw(qs[v], len(at), gen)
     return out
@@ -101,14 +102,20 @@ def compare(samples: torch.Tensor, expected: torch.Tensor) -> tuple[float, float
     """Chi-square p-value and TV distance of integer ``samples`` (cell ids) against ``expected``.
 
     Cells the target gives probability 0 must never occur; they are left out of the test.
+    Cells expecting fewer than 5 counts are pooled into one, as the chi-square test needs.
     """
     p = expected.double().flatten()
     n = len(samples)
     counts = torch.bincount(samples, minlength=len(p)).double()
     assert counts[p == 0].sum() == 0, "a token the target gives probability 0 was emitted"
-    live = p > 0
-    f_exp = p[live] / p[live].sum() * n
-    pvalue = float(chisquare(counts[live].numpy(), f_exp.numpy()).pvalue)
+    f_exp = p / p.sum() * n
+    big = f_exp >= 5
+    small = (p > 0) & ~big
+    obs = torch.cat([counts[big], counts[small].sum()[None]])
+    exp = torch.cat([f_exp[big], f_exp[small].sum()[None]])
+    if not small.any():
+        obs, exp = obs[:-1], exp[:-1]
+    pvalue = float(chisquare(obs.numpy(), exp.numpy()).pvalue)
     tv = float(0.5 * (counts / n - p).abs().sum())
     return pvalue, tv
 
@@ -142,7 +149,10 @@ def target_tables(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, tor
 # --- scenarios ----------------------------------------------------------------------------
 
 
-def chain_scenario(gen: torch.Generator, n: int, k: int = 3):
+Tables = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def chain_scenario(gen: torch.Generator, n: int, k: int = 3) -> tuple[list[DraftTree], Tables, SparseProbs]:
     """Depth-2 chains drafted from sparse q's: x1 ~ q0, x2 ~ q1[x1]."""
     p0, p1, p2 = target_tables(gen)
     q0 = rand_sparse(gen, k)
@@ -153,7 +163,7 @@ def chain_scenario(gen: torch.Generator, n: int, k: int = 3):
     return trees, (p0, p1, p2), q0
 
 
-def iid_tree_scenario(gen: torch.Generator, n: int):
+def iid_tree_scenario(gen: torch.Generator, n: int) -> tuple[list[DraftTree], Tables]:
     """Root with 3 children drawn i.i.d. from one q0; each child has one child from q1[x]."""
     p0, p1, p2 = target_tables(gen)
     q0 = rand_sparse(gen, 4)
@@ -176,8 +186,8 @@ def gen() -> torch.Generator:
     return make_generator(1234)
 
 
-def test_chain_from_sparse_q_matches_target(gen: torch.Generator):
-    n = 24_000
+def test_chain_from_sparse_q_matches_target(gen: torch.Generator) -> None:
+    n = 20_000
     trees, (p0, p1, p2), q0 = chain_scenario(gen, n)
     for t in trees[:50]:
         validate_tree(t, vocab_size=V, max_nodes=8, max_top_k=V)
@@ -191,8 +201,8 @@ def test_chain_from_sparse_q_matches_target(gen: torch.Generator):
     assert rate == pytest.approx(float(torch.minimum(p0, dense_q0).sum()), abs=0.015)
 
 
-def test_tree_of_iid_children_matches_target(gen: torch.Generator):
-    n = 12_000
+def test_tree_of_iid_children_matches_target(gen: torch.Generator) -> None:
+    n = 10_000
     trees, (p0, p1, p2) = iid_tree_scenario(gen, n)
     assert any(len(set(t.tokens[:3])) < 3 for t in trees)  # repeated siblings do occur
     first, second, results = first_two(trees, p0, p1, p2, gen)
@@ -209,8 +219,8 @@ MODEL_FREE_TREE = DraftTree(
 )
 
 
-def test_model_free_tree_of_point_masses_matches_target(gen: torch.Generator):
-    n = 20_000
+def test_model_free_tree_of_point_masses_matches_target(gen: torch.Generator) -> None:
+    n = 12_000
     p0, p1, p2 = target_tables(gen)
     rows = target_rows(MODEL_FREE_TREE, p0, p1, p2)
     first, second, results = first_two([MODEL_FREE_TREE] * n, p0, p1, p2, gen, rows=rows)
@@ -222,8 +232,8 @@ def test_model_free_tree_of_point_masses_matches_target(gen: torch.Generator):
             assert r.next_token not in root_tokens
 
 
-def test_q_disjoint_from_the_top_of_p_matches_target(gen: torch.Generator):
-    n = 16_000
+def test_q_disjoint_from_the_top_of_p_matches_target(gen: torch.Generator) -> None:
+    n = 12_000
     p0, p1, p2 = target_tables(gen)
     p0 = torch.tensor([0.45, 0.35, 0.08, 0.06, 0.04, 0.02])
     q0 = SparseProbs((4, 5), (0.7, 0.3))  # the draft bets on the target's two least likely tokens
@@ -240,9 +250,9 @@ def test_q_disjoint_from_the_top_of_p_matches_target(gen: torch.Generator):
     assert 0 < sum(len(r.path) > 0 for r in results) < 0.1 * n  # rarely accepted, sometimes
 
 
-def test_warped_p_and_q_match_the_warped_target(gen: torch.Generator):
+def test_warped_p_and_q_match_the_warped_target(gen: torch.Generator) -> None:
     """Temperature, top-k and top-p applied to both sides; p has zeros the output must avoid."""
-    n = 16_000
+    n = 12_000
     params = SamplingParams(temperature=0.8, top_k=4, top_p=0.9)
     p0 = warp_probs(2.0 * torch.randn(V, generator=gen), params)
     p1 = warp_probs(2.0 * torch.randn(V, V, generator=gen), params)
@@ -276,7 +286,7 @@ _ORIGINAL_RESIDUAL = acceptance._residual
 )
 def test_negative_control_broken_chain_rule_is_detected(
     name: str, replacement: object, gen: torch.Generator, monkeypatch: pytest.MonkeyPatch
-):
+) -> None:
     monkeypatch.setattr(acceptance, name, replacement)
     trees, (p0, p1, p2), _ = chain_scenario(gen, 4_000)
     first, _, _ = first_two(trees, p0, p1, p2, gen)
@@ -285,7 +295,7 @@ def test_negative_control_broken_chain_rule_is_detected(
 
 def test_negative_control_without_residual_between_siblings_is_detected(
     gen: torch.Generator, monkeypatch: pytest.MonkeyPatch
-):
+) -> None:
     """Trying each sibling against the unchanged p (no residual update) is not exact."""
     monkeypatch.setattr(acceptance, "_residual", lambda p, q, token: p)
     p0, p1, p2 = target_tables(gen)
@@ -303,7 +313,7 @@ def _random_trees(count: int) -> tuple[list[DraftTree], torch.Tensor]:
     return trees, torch.stack([target_rows(t, p0, p1, p2) for t in trees])
 
 
-def test_same_seed_same_acceptance():
+def test_same_seed_same_acceptance() -> None:
     trees, rows = _random_trees(200)
     runs = []
     for _ in range(2):
@@ -312,7 +322,7 @@ def test_same_seed_same_acceptance():
     assert runs[0] == runs[1]
 
 
-def test_different_seeds_differ_somewhere():
+def test_different_seeds_differ_somewhere() -> None:
     trees, rows = _random_trees(200)
     runs = []
     for seed in (1, 2):
@@ -322,7 +332,7 @@ def test_different_seeds_differ_somewhere():
     assert sum(a != b for a, b in zip(*runs, strict=True)) > 10
 
 
-def test_generator_none_uses_the_global_rng():
+def test_generator_none_uses_the_global_rng() -> None:
     tree = DraftTree.chain([1])
     rows = torch.full((2, V), 1.0 / V)
     torch.manual_seed(5)
@@ -332,7 +342,7 @@ def test_generator_none_uses_the_global_rng():
     assert a == b
 
 
-def test_target_probs_are_not_modified(gen: torch.Generator):
+def test_target_probs_are_not_modified(gen: torch.Generator) -> None:
     trees, rows = _random_trees(50)
     before = rows.clone()
     for r, t in zip(rows, trees, strict=True):
@@ -347,14 +357,14 @@ def one_hot(token: int, vocab: int = V) -> torch.Tensor:
     return torch.nn.functional.one_hot(torch.tensor(token), vocab).float()
 
 
-def test_empty_tree_samples_from_the_root_row(gen: torch.Generator):
+def test_empty_tree_samples_from_the_root_row(gen: torch.Generator) -> None:
     p0 = torch.tensor([0.0, 0.5, 0.0, 0.25, 0.25, 0.0])
     out = [accept_sampling(p0[None], DraftTree(), gen) for _ in range(400)]
     assert all(o.path == () and o.tokens == () and o.bonus for o in out)
     assert {o.next_token for o in out} == {1, 3, 4}
 
 
-def test_q_on_the_targets_one_hot_argmax_is_always_accepted():
+def test_q_on_the_targets_one_hot_argmax_is_always_accepted() -> None:
     tokens = [3, 1, 4]
     tree = DraftTree.chain(tokens, tuple(SparseProbs((t,), (1.0,)) for t in tokens))
     rows = torch.stack([one_hot(3), one_hot(1), one_hot(4), one_hot(2)])
@@ -363,14 +373,14 @@ def test_q_on_the_targets_one_hot_argmax_is_always_accepted():
         assert out == Acceptance((0, 1, 2), (3, 1, 4), 2, True)
 
 
-def test_point_mass_on_the_targets_one_hot_is_always_accepted():
+def test_point_mass_on_the_targets_one_hot_is_always_accepted() -> None:
     tree = DraftTree.chain([3, 1])  # model-free: no draft_probs
     rows = torch.stack([one_hot(3), one_hot(1), one_hot(0)])
     for seed in range(300):
         assert accept_sampling(rows, tree, make_generator(seed)) == Acceptance((0, 1), (3, 1), 0, True)
 
 
-def test_p_equal_to_q_is_always_accepted():
+def test_p_equal_to_q_is_always_accepted() -> None:
     q = SparseProbs((0, 2, 5), (0.5, 0.25, 0.25))
     p = torch.tensor([0.5, 0.0, 0.25, 0.0, 0.0, 0.25])
     for seed in range(300):
@@ -381,7 +391,7 @@ def test_p_equal_to_q_is_always_accepted():
 
 
 @pytest.mark.parametrize("sparse", [True, False], ids=["sparse-q", "point-mass"])
-def test_token_with_zero_target_prob_is_never_accepted(sparse: bool, gen: torch.Generator):
+def test_token_with_zero_target_prob_is_never_accepted(sparse: bool, gen: torch.Generator) -> None:
     p0 = torch.tensor([0.3, 0.0, 0.3, 0.0, 0.2, 0.2])
     q = SparseProbs((1, 3, 0), (0.5, 0.4, 0.1))
     tree = DraftTree((1, 3, 1, 2), (-1, -1, -1, 0), (q, q, q, SparseProbs((2,), (1.0,))) if sparse else ())
@@ -393,7 +403,7 @@ def test_token_with_zero_target_prob_is_never_accepted(sparse: bool, gen: torch.
         assert out.next_token not in (1, 3)
 
 
-def test_residual_is_the_normalised_positive_part():
+def test_residual_is_the_normalised_positive_part() -> None:
     p = torch.tensor([0.4, 0.3, 0.2, 0.1, 0.0, 0.0])
     q = SparseProbs((0, 1, 4), (0.5, 0.1, 0.4))
     out = acceptance._residual(p, q, 0)
@@ -403,7 +413,7 @@ def test_residual_is_the_normalised_positive_part():
     torch.testing.assert_close(acceptance._residual(p, None, 1), torch.tensor([0.4, 0, 0.2, 0.1, 0, 0]) / 0.7)
 
 
-def test_residual_falls_back_to_p_when_p_equals_q():
+def test_residual_falls_back_to_p_when_p_equals_q() -> None:
     """p <= q everywhere: rejection had probability 0; the rounding fallback returns p unchanged."""
     p = torch.tensor([0.5, 0.0, 0.25, 0.0, 0.0, 0.25])
     q = SparseProbs((0, 2, 5), (0.5, 0.25, 0.25))
@@ -416,7 +426,7 @@ def test_residual_falls_back_to_p_when_p_equals_q():
     assert torch.isfinite(acceptance._residual(p, below, 2)).all()
 
 
-def test_residual_does_not_modify_p():
+def test_residual_does_not_modify_p() -> None:
     p = torch.tensor([0.4, 0.3, 0.2, 0.1, 0.0, 0.0])
     before = p.clone()
     acceptance._residual(p, SparseProbs((0,), (1.0,)), 0)
@@ -446,9 +456,9 @@ def sampled_trees(draw_: st.DrawFn) -> tuple[DraftTree, int]:
     return DraftTree(tuple(tokens), parents, tuple(probs)), seed
 
 
-@settings(max_examples=120, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(sampled_trees())
-def test_acceptance_is_a_consistent_path(case: tuple[DraftTree, int]):
+def test_acceptance_is_a_consistent_path(case: tuple[DraftTree, int]) -> None:
     tree, seed = case
     g = make_generator(seed + 1)
     # Targets with zeros, so "p(x) = 0 is never accepted" is exercised too.

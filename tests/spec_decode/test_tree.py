@@ -54,7 +54,7 @@ def q(*pairs: tuple[int, float]) -> SparseProbs:
     ],
     ids=["empty", "chain", "branching", "with-q", "q-zero-entry", "repeated-siblings"],
 )
-def test_valid_trees_pass(tree: DraftTree):
+def test_valid_trees_pass(tree: DraftTree) -> None:
     validate_tree(tree, **LIMITS)
 
 
@@ -116,13 +116,13 @@ BAD_TREES = [
 
 
 @pytest.mark.parametrize(("tree", "message"), [c[1:] for c in BAD_TREES], ids=[c[0] for c in BAD_TREES])
-def test_malformed_trees_are_rejected_with_a_clear_message(tree: DraftTree, message: str):
+def test_malformed_trees_are_rejected_with_a_clear_message(tree: DraftTree, message: str) -> None:
     with pytest.raises(InvalidArgument, match=re.escape(message)) as info:
         validate_tree(tree, **LIMITS)
     assert info.value.code == "INVALID_ARGUMENT"
 
 
-def test_first_problem_is_reported():
+def test_first_problem_is_reported() -> None:
     # Node 1 has a bad token and node 2 a bad parent: the earlier node is named.
     with pytest.raises(InvalidArgument, match="node 1: token id 11"):
         validate_tree(DraftTree((1, 11, 2), (-1, 0, 7)), **LIMITS)
@@ -142,7 +142,7 @@ def brute_ancestors(parents: list[int]) -> torch.Tensor:
     return out
 
 
-def test_ancestor_matrix_hand_example():
+def test_ancestor_matrix_hand_example() -> None:
     #   root -> 0 -> 1 -> 3
     #             -> 2
     #        -> 4
@@ -163,13 +163,13 @@ def test_ancestor_matrix_hand_example():
     assert tree_depths(anc).dtype == torch.long
 
 
-def test_ancestor_matrix_empty_and_single():
+def test_ancestor_matrix_empty_and_single() -> None:
     assert ancestor_matrix(torch.zeros(0, dtype=torch.long)).shape == (0, 0)
     assert tree_depths(ancestor_matrix(torch.zeros(0, dtype=torch.long))).tolist() == []
     assert ancestor_matrix(torch.tensor([-1])).tolist() == [[True]]
 
 
-def test_ancestor_matrix_long_chain():
+def test_ancestor_matrix_long_chain() -> None:
     n = 33  # depth 33 needs 2^k >= 32 hops: checks the number of squarings at a power-of-two edge
     parents = torch.arange(-1, n - 1)
     anc = ancestor_matrix(parents)
@@ -192,7 +192,7 @@ def parent_lists(draw: st.DrawFn, max_nodes: int = 40) -> list[int]:
 
 @settings(max_examples=200, deadline=None)
 @given(parent_lists())
-def test_ancestor_matrix_and_depths_match_brute_force(parents: list[int]):
+def test_ancestor_matrix_and_depths_match_brute_force(parents: list[int]) -> None:
     anc = ancestor_matrix(torch.tensor(parents, dtype=torch.long))
     assert anc.dtype == torch.bool
     assert torch.equal(anc, brute_ancestors(parents))
@@ -202,7 +202,7 @@ def test_ancestor_matrix_and_depths_match_brute_force(parents: list[int]):
 # --- tree_pass_inputs --------------------------------------------------------------------------
 
 
-def test_tree_pass_inputs_hand_example():
+def test_tree_pass_inputs_hand_example() -> None:
     #   root -> 0 -> 1
     #        -> 2
     parents = torch.tensor([-1, 0, -1])
@@ -220,7 +220,7 @@ def test_tree_pass_inputs_hand_example():
     assert pos.tolist() == [2, 3, 4, 3]
 
 
-def test_tree_pass_inputs_empty_tree_and_empty_prefix():
+def test_tree_pass_inputs_empty_tree_and_empty_prefix() -> None:
     mask, pos = tree_pass_inputs(torch.zeros(0, dtype=torch.long), prefix_len=5)
     assert mask.tolist() == [[True] * 6]
     assert pos.tolist() == [5]
@@ -229,7 +229,7 @@ def test_tree_pass_inputs_empty_tree_and_empty_prefix():
     assert pos.tolist() == [0, 1, 2]
 
 
-def test_tree_pass_inputs_chain_is_causal():
+def test_tree_pass_inputs_chain_is_causal() -> None:
     """A chain's tree mask is the ordinary causal mask, its positions consecutive."""
     n, prefix = 5, 3
     mask, pos = tree_pass_inputs(torch.arange(-1, n - 1), prefix_len=prefix)
@@ -240,7 +240,7 @@ def test_tree_pass_inputs_chain_is_causal():
 
 @settings(max_examples=100, deadline=None)
 @given(parent_lists(max_nodes=20), st.integers(0, 7))
-def test_tree_pass_inputs_properties(parents: list[int], prefix_len: int):
+def test_tree_pass_inputs_properties(parents: list[int], prefix_len: int) -> None:
     n = len(parents)
     mask, pos = tree_pass_inputs(torch.tensor(parents, dtype=torch.long), prefix_len)
     assert mask.shape == (1 + n, prefix_len + 1 + n)
@@ -254,37 +254,37 @@ def test_tree_pass_inputs_properties(parents: list[int], prefix_len: int):
 # --- children_lists / path_to / merge_paths ----------------------------------------------------
 
 
-def test_children_lists_keeps_order():
+def test_children_lists_keeps_order() -> None:
     assert children_lists((-1, 0, -1, 0, 2)) == {-1: [0, 2], 0: [1, 3], 2: [4]}
     assert children_lists(()) == {}
 
 
-def test_path_to():
+def test_path_to() -> None:
     parents = (-1, 0, -1, 1, 3)
     assert path_to(4, parents) == [0, 1, 3, 4]
     assert path_to(2, parents) == [2]
     assert path_to(-1, parents) == []
 
 
-def test_merge_paths_shares_prefixes():
+def test_merge_paths_shares_prefixes() -> None:
     tree = merge_paths([[1, 2, 3], [1, 2, 4], [1, 5], [6], [1, 2, 3]])
     assert tree == DraftTree(tokens=(1, 2, 3, 4, 5, 6), parents=(-1, 0, 1, 1, 0, -1))
     assert tree.draft_probs == ()
 
 
-def test_merge_paths_same_token_under_different_parents_is_not_merged():
+def test_merge_paths_same_token_under_different_parents_is_not_merged() -> None:
     tree = merge_paths([[1, 2], [2, 2]])
     assert tree == DraftTree((1, 2, 2, 2), (-1, 0, -1, 2))
 
 
-def test_merge_paths_empty():
+def test_merge_paths_empty() -> None:
     assert merge_paths([]) == EMPTY_TREE
     assert merge_paths([[], []]) == EMPTY_TREE
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.lists(st.integers(0, 3), max_size=6), max_size=8))
-def test_merge_paths_round_trips_and_dedups(paths: list[list[int]]):
+def test_merge_paths_round_trips_and_dedups(paths: list[list[int]]) -> None:
     tree = merge_paths(paths)
     validate_tree(tree, vocab_size=4, max_nodes=64, max_top_k=1)
     node_paths = [tuple(tree.tokens[j] for j in path_to(i, tree.parents)) for i in range(tree.size)]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from target_helpers import MakeVerifier
 
 from spec_decode.models import LoadedModel, load_model
 from target_service.verifier import TargetConfig, TargetVerifier
@@ -28,7 +29,7 @@ def target64(tiny_target: Path) -> LoadedModel:
 
 
 @pytest.fixture
-def make_verifier(target64: LoadedModel, tiny_target: Path):
+def make_verifier(target64: LoadedModel, tiny_target: Path) -> MakeVerifier:
     """Build a fresh verifier (empty session table) over the shared float64 model."""
 
     def make(**limits: int) -> TargetVerifier:
@@ -38,5 +39,5 @@ def make_verifier(target64: LoadedModel, tiny_target: Path):
 
 
 @pytest.fixture
-def verifier(make_verifier) -> TargetVerifier:
+def verifier(make_verifier: MakeVerifier) -> TargetVerifier:
     return make_verifier()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -10,6 +11,9 @@ from transformers import DynamicCache
 
 from spec_decode.tree import merge_paths
 from spec_decode.types import DraftTree
+from target_service.verifier import TargetVerifier
+
+MakeVerifier = Callable[..., TargetVerifier]  # the make_verifier fixture: limits -> fresh verifier
 
 
 @torch.inference_mode()
@@ -28,7 +32,11 @@ def greedy_reference(model: Any, prompt: list[int], new_tokens: int) -> list[int
     """The target's own greedy continuation, from ``model.generate(do_sample=False)``."""
     ids = torch.tensor([prompt])
     out = model.generate(
-        ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new_tokens, eos_token_id=None
+        ids,
+        attention_mask=torch.ones_like(ids),
+        do_sample=False,
+        max_new_tokens=new_tokens,
+        eos_token_id=None,
     )
     return [int(t) for t in out[0, len(prompt) :].tolist()]
 
@@ -36,7 +44,8 @@ def greedy_reference(model: Any, prompt: list[int], new_tokens: int) -> list[int
 def assert_cache_equal(got: DynamicCache, want: DynamicCache, atol: float = 1e-10) -> None:
     """Same length and same key/value tensors on every layer."""
     assert len(got.layers) == len(want.layers)
-    for i, (a, b) in enumerate(zip(got.layers, want.layers, strict=True)):
+    pairs: list[tuple[Any, Any]] = list(zip(got.layers, want.layers, strict=True))
+    for i, (a, b) in enumerate(pairs):
         assert a.keys.shape == b.keys.shape, f"layer {i}: keys {tuple(a.keys.shape)} vs {tuple(b.keys.shape)}"
         torch.testing.assert_close(a.keys, b.keys, atol=atol, rtol=0, msg=f"layer {i} keys differ")
         torch.testing.assert_close(a.values, b.values, atol=atol, rtol=0, msg=f"layer {i} values differ")

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import random
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from target_helpers import assert_cache_equal, random_tree, sequential_decode
 
-from spec_decode.models import load_model
+from spec_decode.models import LoadedModel, load_model
 from spec_decode.tree import path_to
 from target_service.engine import TreeEngine
 
@@ -17,7 +19,7 @@ def _prompt(rng: random.Random, vocab: int, lo: int = 1, hi: int = 12) -> list[i
     return [rng.randrange(vocab) for _ in range(rng.randint(lo, hi))]
 
 
-def _check_tree_pass(model, engine: TreeEngine, seed: int, atol: float) -> None:
+def _check_tree_pass(model: Any, engine: TreeEngine, seed: int, atol: float) -> None:
     rng = random.Random(seed)
     vocab = engine.vocab_size
     prompt = _prompt(rng, vocab)
@@ -37,18 +39,24 @@ def _check_tree_pass(model, engine: TreeEngine, seed: int, atol: float) -> None:
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_tree_pass_equals_sequential_decoding_of_each_branch(target64, seed):
+def test_tree_pass_equals_sequential_decoding_of_each_branch(target64: LoadedModel, seed: int) -> None:
     _check_tree_pass(target64.model, TreeEngine(target64.model), seed, atol=1e-6)
 
 
-def _tiny_config_model(kind: str, vocab: int):
+def _tiny_config_model(kind: str, vocab: int) -> Any:
     from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(7)
-    common = dict(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256,
+    common: dict[str, Any] = dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
     )
+    model: Any
     if kind == "qwen2":
         model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=True))
     else:
@@ -57,7 +65,7 @@ def _tiny_config_model(kind: str, vocab: int):
 
 
 @pytest.mark.parametrize("kind", ["qwen2", "mistral"])
-def test_tree_pass_other_architectures(target64, kind):
+def test_tree_pass_other_architectures(target64: LoadedModel, kind: str) -> None:
     model = _tiny_config_model(kind, target64.vocab.vocab_size)
     engine = TreeEngine(model)
     if kind == "mistral":
@@ -65,7 +73,7 @@ def test_tree_pass_other_architectures(target64, kind):
     _check_tree_pass(model, engine, seed=11, atol=1e-6)
 
 
-def test_tree_pass_with_eager_attention(tiny_target):
+def test_tree_pass_with_eager_attention(tiny_target: Path) -> None:
     """Eager attention adds the mask to the scores: the engine's additive float mask suits it.
 
     Eager softmax runs in float32 even for float64 weights, hence the looser tolerance.
@@ -78,7 +86,7 @@ def test_tree_pass_with_eager_attention(tiny_target):
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_commit_equals_feeding_the_accepted_path(target64, seed):
+def test_commit_equals_feeding_the_accepted_path(target64: LoadedModel, seed: int) -> None:
     rng = random.Random(100 + seed)
     engine = TreeEngine(target64.model)
     vocab = engine.vocab_size
@@ -96,7 +104,7 @@ def test_commit_equals_feeding_the_accepted_path(target64, seed):
     assert_cache_equal(cache, want)
 
 
-def test_commit_of_nothing_but_the_pending_token(target64):
+def test_commit_of_nothing_but_the_pending_token(target64: LoadedModel) -> None:
     engine = TreeEngine(target64.model)
     prompt = [11, 22, 33]
     cache = engine.new_cache()
@@ -107,7 +115,7 @@ def test_commit_of_nothing_but_the_pending_token(target64):
     assert_cache_equal(cache, want)
 
 
-def test_empty_tree_is_one_plain_decode_step(target64):
+def test_empty_tree_is_one_plain_decode_step(target64: LoadedModel) -> None:
     engine = TreeEngine(target64.model)
     prompt = [7, 8, 9, 10]
     cache = engine.new_cache()
@@ -120,7 +128,7 @@ def test_empty_tree_is_one_plain_decode_step(target64):
     assert_cache_equal(cache, want_cache)
 
 
-def test_one_token_prompt_feeds_nothing(target64):
+def test_one_token_prompt_feeds_nothing(target64: LoadedModel) -> None:
     engine = TreeEngine(target64.model)
     cache = engine.new_cache()
     assert engine.prefill(cache, [42]) == 42
@@ -130,7 +138,7 @@ def test_one_token_prompt_feeds_nothing(target64):
     torch.testing.assert_close(logits, want, atol=1e-10, rtol=0)
 
 
-def test_failed_pass_leaves_the_cache_as_it_was(target64, monkeypatch):
+def test_failed_pass_leaves_the_cache_as_it_was(target64: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
     engine = TreeEngine(target64.model)
     cache = engine.new_cache()
     pending = engine.prefill(cache, [1, 2, 3, 4])
@@ -138,7 +146,7 @@ def test_failed_pass_leaves_the_cache_as_it_was(target64, monkeypatch):
     layer = target64.model.model.layers[1]
     calls = {"n": 0}
 
-    def boom(*args, **kwargs):
+    def boom(*args: object, **kwargs: object) -> None:
         calls["n"] += 1
         raise RuntimeError("simulated device failure")
 
@@ -150,7 +158,7 @@ def test_failed_pass_leaves_the_cache_as_it_was(target64, monkeypatch):
     assert_cache_equal(cache, before)
 
 
-def test_kv_bytes_counts_every_layer(target64):
+def test_kv_bytes_counts_every_layer(target64: LoadedModel) -> None:
     engine = TreeEngine(target64.model)
     cache = engine.new_cache()
     engine.prefill(cache, list(range(10, 20)))

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import torch
+from target_helpers import MakeVerifier
 
 from spec_decode.errors import InvalidArgument, NotFound
+from spec_decode.models import LoadedModel
 from spec_decode.types import EMPTY_TREE, DraftTree, SamplingParams, SparseProbs
 from target_service.verifier import TargetConfig, TargetVerifier
 
@@ -13,7 +18,7 @@ VOCAB = 49152
 
 
 @pytest.fixture
-def busy(make_verifier):
+def busy(make_verifier: MakeVerifier) -> TargetVerifier:
     """A verifier with two live sessions, "a" and "b", each one verify step in."""
     verifier = make_verifier(max_context=64)
     for sid in ("a", "b"):
@@ -22,13 +27,16 @@ def busy(make_verifier):
     return verifier
 
 
-def _state(verifier: TargetVerifier, sid: str):
+State = tuple[int, int, int, list[torch.Tensor]]
+
+
+def _state(verifier: TargetVerifier, sid: str) -> State:
     with verifier.sessions.checkout(sid) as s:
         keys = [layer.keys.clone() for layer in s.cache.layers]
         return s.prefix_len, s.pending_token, s.kv_bytes, keys
 
 
-def _assert_unharmed(verifier: TargetVerifier, before: dict) -> None:
+def _assert_unharmed(verifier: TargetVerifier, before: dict[str, State]) -> None:
     for sid, (prefix, pending, kv, keys) in before.items():
         now = _state(verifier, sid)
         assert now[:3] == (prefix, pending, kv), sid
@@ -53,18 +61,20 @@ BAD_TREES = [
 
 
 @pytest.mark.parametrize(("tree", "message"), BAD_TREES)
-def test_malformed_tree(busy, tree, message):
+def test_malformed_tree(busy: TargetVerifier, tree: DraftTree, message: str) -> None:
     before = {sid: _state(busy, sid) for sid in ("a", "b")}
     with pytest.raises(InvalidArgument, match=message):
         busy.verify("a", tree)
     _assert_unharmed(busy, before)
 
 
-def test_context_overflow(busy):
+def test_context_overflow(busy: TargetVerifier) -> None:
     before = {sid: _state(busy, sid) for sid in ("a", "b")}
     prefix = before["a"][0]
     nodes = 64 - prefix  # prefix + 1 pending + nodes = 65 > 64
-    with pytest.raises(InvalidArgument, match=rf"{prefix} cached tokens .* = {prefix + 1 + nodes} .* max_context is 64"):
+    with pytest.raises(
+        InvalidArgument, match=rf"{prefix} cached tokens .* = {prefix + 1 + nodes} .* max_context is 64"
+    ):
         busy.verify("a", DraftTree.chain([5] * nodes))
     _assert_unharmed(busy, before)
     with pytest.raises(InvalidArgument, match="prompt has 65 tokens; max_context is 64"):
@@ -72,7 +82,7 @@ def test_context_overflow(busy):
     assert "c" not in busy.sessions
 
 
-def test_a_session_runs_until_the_context_is_full(make_verifier):
+def test_a_session_runs_until_the_context_is_full(make_verifier: MakeVerifier) -> None:
     verifier = make_verifier(max_context=8)
     verifier.prefill("s", [1, 2, 3], GREEDY)  # 2 cached + pending
     while True:
@@ -84,13 +94,13 @@ def test_a_session_runs_until_the_context_is_full(make_verifier):
     assert result.context_len == 9  # positions 0..7 were scored; the last token is pending
 
 
-def test_unknown_session(busy):
+def test_unknown_session(busy: TargetVerifier) -> None:
     with pytest.raises(NotFound, match="'nope'"):
         busy.verify("nope", EMPTY_TREE)
     assert busy.release("nope") is False
 
 
-def test_duplicate_prefill(busy):
+def test_duplicate_prefill(busy: TargetVerifier) -> None:
     before = {sid: _state(busy, sid) for sid in ("a", "b")}
     with pytest.raises(InvalidArgument, match="'a' already exists"):
         busy.prefill("a", [9, 9, 9], GREEDY)
@@ -101,7 +111,7 @@ def test_duplicate_prefill(busy):
     ("prompt", "message"),
     [([], "prompt is empty"), ([1, VOCAB], f"id {VOCAB} is outside"), ([-1], "id -1 is outside")],
 )
-def test_bad_prompt(busy, prompt, message):
+def test_bad_prompt(busy: TargetVerifier, prompt: list[int], message: str) -> None:
     before = {sid: _state(busy, sid) for sid in ("a", "b")}
     with pytest.raises(InvalidArgument, match=message):
         busy.prefill("c", prompt, GREEDY)
@@ -109,7 +119,9 @@ def test_bad_prompt(busy, prompt, message):
     _assert_unharmed(busy, before)
 
 
-def test_bad_sampling_params(busy):
+def test_bad_sampling_params(busy: TargetVerifier) -> None:
+    with pytest.raises(InvalidArgument, match="session id is empty"):
+        busy.prefill("", [1, 2], GREEDY)
     with pytest.raises(InvalidArgument, match="temperature"):
         busy.prefill("c", [1, 2], SamplingParams(temperature=-1.0))
     with pytest.raises(InvalidArgument, match="top_p"):
@@ -117,11 +129,11 @@ def test_bad_sampling_params(busy):
     assert "c" not in busy.sessions
 
 
-def test_failed_forward_leaves_the_session_unchanged(busy, monkeypatch):
+def test_failed_forward_leaves_the_session_unchanged(busy: TargetVerifier, monkeypatch: pytest.MonkeyPatch) -> None:
     before = {sid: _state(busy, sid) for sid in ("a", "b")}
     layer = busy.engine.model.model.layers[1]
 
-    def boom(*args, **kwargs):
+    def boom(*args: object, **kwargs: object) -> None:
         raise RuntimeError("simulated out of memory")
 
     with monkeypatch.context() as patch:
@@ -131,7 +143,7 @@ def test_failed_forward_leaves_the_session_unchanged(busy, monkeypatch):
     _assert_unharmed(busy, before)
 
 
-def test_config_validation_and_clipping(make_verifier, target64, tiny_target):
+def test_config_validation_and_clipping(make_verifier: MakeVerifier, target64: LoadedModel, tiny_target: Path) -> None:
     with pytest.raises(InvalidArgument, match="max_sessions must be a positive integer"):
         TargetConfig(max_sessions=0).validate()
     with pytest.raises(InvalidArgument, match="max_tree_nodes"):

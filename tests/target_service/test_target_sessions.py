@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from target_helpers import MakeVerifier
 
 from spec_decode.errors import NotFound, ResourceExhausted
 from spec_decode.types import EMPTY_TREE, SamplingParams
@@ -32,7 +33,7 @@ def _add_idle(store: SessionStore, sid: str) -> int:
     return evicted
 
 
-def test_lru_evicts_the_least_recently_used_idle_session():
+def test_lru_evicts_the_least_recently_used_idle_session() -> None:
     store = SessionStore(max_sessions=3, max_context=100, clock=FakeClock())
     for sid in "abc":
         _add_idle(store, sid)
@@ -45,18 +46,22 @@ def test_lru_evicts_the_least_recently_used_idle_session():
     assert store.evictions == 2
 
 
-def test_busy_sessions_are_never_evicted():
+def test_busy_sessions_are_never_evicted() -> None:
     store = SessionStore(max_sessions=2, max_context=100, clock=FakeClock())
     _add_idle(store, "a")
     _add_idle(store, "b")
-    with store.checkout("a"), store.checkout("b"), pytest.raises(ResourceExhausted, match="all 2 sessions are busy"):
+    with (
+        store.checkout("a"),
+        store.checkout("b"),
+        pytest.raises(ResourceExhausted, match="all 2 sessions are busy"),
+    ):
         _add_idle(store, "c")
     with store.checkout("a"):  # only "b" is idle now, though it is more recent than "a"
         assert _add_idle(store, "c") == 1
     assert "b" not in store and "a" in store
 
 
-def test_release_during_a_call_is_seen_by_the_next_call():
+def test_release_during_a_call_is_seen_by_the_next_call() -> None:
     store = SessionStore(max_sessions=2, max_context=100)
     _add_idle(store, "a")
     with store.checkout("a") as session:
@@ -67,7 +72,7 @@ def test_release_during_a_call_is_seen_by_the_next_call():
     assert store.release("a") is False and len(store) == 0
 
 
-def test_verifier_evicts_lru_and_reports_it(make_verifier):
+def test_verifier_evicts_lru_and_reports_it(make_verifier: MakeVerifier) -> None:
     verifier = make_verifier(max_sessions=3)
     for sid in "abc":
         assert verifier.prefill(sid, [1, 2, 3], GREEDY).evicted_sessions == 0
@@ -80,7 +85,7 @@ def test_verifier_evicts_lru_and_reports_it(make_verifier):
     assert verifier.info().active_sessions == 3
 
 
-def test_verifier_refuses_when_every_session_is_busy(make_verifier):
+def test_verifier_refuses_when_every_session_is_busy(make_verifier: MakeVerifier) -> None:
     verifier = make_verifier(max_sessions=1)
     verifier.prefill("a", [1, 2, 3], GREEDY)
     with verifier.sessions.checkout("a"), pytest.raises(ResourceExhausted):
@@ -89,7 +94,7 @@ def test_verifier_refuses_when_every_session_is_busy(make_verifier):
     verifier.verify("a", EMPTY_TREE)
 
 
-def test_release_frees_kv_and_the_id(make_verifier):
+def test_release_frees_kv_and_the_id(make_verifier: MakeVerifier) -> None:
     verifier = make_verifier()
     verifier.prefill("a", list(range(1, 21)), GREEDY)
     verifier.prefill("b", [1, 2], GREEDY)
