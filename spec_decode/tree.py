@@ -27,7 +27,12 @@ def validate_tree(tree: DraftTree, *, vocab_size: int, max_nodes: int, max_top_k
         if not 0 <= tok < vocab_size:
             raise InvalidArgument(f"draft tree node {i}: token id {tok} is outside the vocabulary [0, {vocab_size})")
         if parent >= i:
-            kind = "a cycle" if parent == i or parent < n else "an out-of-range parent"
+            if parent == i:
+                kind = "a node that is its own parent (a cycle)"
+            elif parent < n:
+                kind = "a forward parent reference (parents must come first; this also rules out cycles)"
+            else:
+                kind = "an out-of-range parent"
             raise InvalidArgument(
                 f"draft tree node {i}: parent index {parent} must be -1 or an earlier node (< {i}); "
                 f"this tree has {kind}"

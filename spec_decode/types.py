@@ -88,8 +88,8 @@ class Acceptance:
 
     ``path`` lists the accepted node indices root side first, ``tokens`` their tokens;
     ``next_token`` is the target's own token after the path: recovered if ``bonus`` is
-    False (a draft token at that depth was rejected or there was none to check), bonus if
-    every draft token on a path down to a leaf was accepted.
+    False (every draft child at that depth was rejected), bonus if the path ends at a
+    leaf with nothing rejected (an empty tree counts: its root is a leaf).
     """
 
     path: tuple[int, ...]

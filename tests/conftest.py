@@ -115,7 +115,7 @@ def greedy_reference(model_dir: Path, prompt: list[int], max_new_tokens: int, dt
     """transformers' own greedy decoding (stops at EOS like specd does)."""
     from transformers import AutoModelForCausalLM
 
-    model = _hf_model(model_dir, dtype)
+    model = hf_model(model_dir, dtype)
     ids = torch.tensor([prompt])
     with torch.inference_mode():
         out = model.generate(
@@ -132,7 +132,7 @@ def greedy_reference(model_dir: Path, prompt: list[int], max_new_tokens: int, dt
 _HF_CACHE: dict[tuple[str, torch.dtype], object] = {}
 
 
-def _hf_model(model_dir: Path, dtype: torch.dtype):
+def hf_model(model_dir: Path, dtype: torch.dtype):
     from transformers import AutoModelForCausalLM
 
     key = (str(model_dir), dtype)

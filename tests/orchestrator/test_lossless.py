@@ -7,7 +7,7 @@ import random
 
 import pytest
 import torch
-from conftest import greedy_reference, stack_config
+from conftest import greedy_reference, hf_model, stack_config
 from scipy.stats import chisquare
 
 from orchestrator.request import GenerateParams
@@ -94,7 +94,7 @@ def test_sampled_first_token_follows_target(orch, tiny_target):
     """sps and pld sampling: the first emitted token follows the target's warped distribution."""
     prompt = (5000, 6000, 7000, 5000, 6000)
     temperature, top_k = 0.7, 4
-    model = __import__("conftest")._hf_model(tiny_target, torch.float64)
+    model = hf_model(tiny_target, torch.float64)
     with torch.inference_mode():
         logits = model(torch.tensor([list(prompt)])).logits[0, -1]
     from spec_decode.sampling import warp_probs

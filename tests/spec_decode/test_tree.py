@@ -66,12 +66,12 @@ BAD_TREES = [
     (
         "self-parent",
         DraftTree((1, 2), (-1, 1)),
-        "node 1: parent index 1 must be -1 or an earlier node (< 1); this tree has a cycle",
+        "node 1: parent index 1 must be -1 or an earlier node (< 1); this tree has a node that is its own parent (a cycle)",
     ),
     (
         "later-parent",
         DraftTree((1, 2, 3), (1, 0, -1)),
-        "node 0: parent index 1 must be -1 or an earlier node (< 0); this tree has a cycle",
+        "node 0: parent index 1 must be -1 or an earlier node (< 0); this tree has a forward parent reference",
     ),
     (
         "parent-out-of-range",
