@@ -2,9 +2,10 @@
 
 In the spirit of transformers' ``CandidateGenerator``: one drafter object per session,
 ``propose`` returns a draft tree for a context, ``observe`` hears how much of the last
-draft the target accepted. Drafters keep whatever state makes the next proposal cheap
-(an n-gram index, a KV cache) and check it against the context they are given, so a
-context that was rolled back or replaced is always handled correctly.
+draft the target accepted (and, optionally, the target's own token per tree row).
+Drafters keep whatever state makes the next proposal cheap (an n-gram index, a KV cache,
+a phrase pool) and check it against the context they are given, so a context that was
+rolled back or replaced is always handled correctly.
 """
 
 from __future__ import annotations
@@ -40,8 +41,14 @@ class Drafter(Protocol):
         """
         ...
 
-    def observe(self, num_draft: int, num_accepted: int) -> None:
-        """The target accepted ``num_accepted`` of the ``num_draft`` tokens last proposed."""
+    def observe(self, num_draft: int, num_accepted: int, target_tokens: Sequence[int] = ()) -> None:
+        """The target accepted ``num_accepted`` of the ``num_draft`` tokens last proposed.
+
+        ``target_tokens``, when the orchestrator asked the target for them, is the target's argmax
+        per row of that verify pass: row 0 = the pending token (the tree's root), row ``i + 1`` =
+        node ``i`` of the tree this drafter proposed last (Ouroboros learns phrases from it).
+        Drafters that do not use it ignore it.
+        """
         ...
 
 

@@ -65,7 +65,7 @@ class ModelDrafter:
             tokens, qs = self._draft_sampled(context, length, sampling, generator)
             return DraftTree.chain(tokens, qs)
 
-    def observe(self, num_draft: int, num_accepted: int) -> None:
+    def observe(self, num_draft: int, num_accepted: int, target_tokens: Sequence[int] = ()) -> None:
         """Nothing to adapt: the next context tells the cache what was accepted."""
 
     def _draft_greedy(self, context: Sequence[int], length: int) -> list[int]:

@@ -142,7 +142,7 @@ class PromptLookupDrafter:
         paths = self._continuations(max_tokens)
         return merge_paths(_fit_paths(paths, max_nodes))
 
-    def observe(self, num_draft: int, num_accepted: int) -> None:
+    def observe(self, num_draft: int, num_accepted: int, target_tokens: Sequence[int] = ()) -> None:
         """Prompt lookup has nothing to adapt."""
 
     def _continuations(self, length: int) -> list[list[int]]:

@@ -4,6 +4,10 @@ A session holds the token history the client sent (its last token is the pending
 one drafter per drafter name used, the adaptive draft length and a sampling generator.
 Clients send only the tokens emitted since their previous call, at ``offset`` = the
 history's length; ``offset == 0`` restarts the session with a whole new context.
+
+The Ouroboros drafter's phrase pool outlives sessions: the worker opens one phrase store per
+namespace (the target's vocabulary fingerprint) on first use, in process or in Redis
+(``phrase_store_url``), shares it across all sessions, and closes it in :meth:`DraftWorker.close`.
 """
 
 from __future__ import annotations
@@ -18,9 +22,12 @@ from dataclasses import dataclass, field
 import torch
 
 from draft_service.drafter import AdaptiveLength, Drafter
+from draft_service.lookahead import DEFAULT_WINDOW, MAX_WINDOW
 from draft_service.model_drafter import DEFAULT_DRAFT_TOP_K, MAX_DRAFT_TOP_K, ModelDrafter
+from draft_service.ouroboros import OuroborosDrafter
 from draft_service.prompt_lookup import PromptLookupDrafter
-from spec_decode.errors import FailedPrecondition, InvalidArgument, NotFound
+from phrase_store import PhraseStore, PhraseStoreConfig, open_store, store_kind
+from spec_decode.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from spec_decode.models import LoadedModel, load_model, pick_device, pick_dtype
 from spec_decode.sampling import make_generator
 from spec_decode.types import EMPTY_TREE, DraftInfo, DraftOptions, ProposeResult, SamplingParams
@@ -29,14 +36,22 @@ log = logging.getLogger(__name__)
 
 PROMPT_LOOKUP = "prompt_lookup"
 MODEL = "model"
-KNOWN_DRAFTERS = (PROMPT_LOOKUP, MODEL)
+OUROBOROS = "ouroboros"
+KNOWN_DRAFTERS = (PROMPT_LOOKUP, MODEL, OUROBOROS)
 MAX_SESSIONS_LIMIT = 1_000_000
 MAX_NUM_TOKENS_LIMIT = 256
+MAX_PHRASE_NAMESPACES = 64  # phrase stores one worker keeps open (one per target vocabulary)
 
 
 @dataclass(frozen=True)
 class DraftConfig:
-    """Start-up configuration of one draft service. ``draft_model=None``: model-free only."""
+    """Start-up configuration of one draft service. ``draft_model=None``: model-free only.
+
+    ``phrase_store_url``: the Ouroboros phrase pool (None / ``memory://``: embedded in this
+    process; ``redis://HOST:PORT/DB``: shared by replicas); ``phrase_max_per_key``,
+    ``phrase_max_keys`` and ``phrase_ttl_s`` bound it (see phrase_store/README.md).
+    ``lookahead_window``: W, guess positions per level of the draft LM's lookahead decoding.
+    """
 
     draft_model: str | None = None
     device: str = "auto"
@@ -45,6 +60,21 @@ class DraftConfig:
     default_num_tokens: int = 5
     max_num_tokens: int = 32
     default_draft_top_k: int = DEFAULT_DRAFT_TOP_K
+    phrase_store_url: str | None = None
+    phrase_max_per_key: int = 16
+    phrase_max_keys: int = 65_536
+    phrase_ttl_s: float = 86_400.0
+    lookahead_window: int = DEFAULT_WINDOW
+
+    @property
+    def phrase_store(self) -> PhraseStoreConfig:
+        """Where the phrase pool lives and its limits (not validated)."""
+        return PhraseStoreConfig(
+            url=self.phrase_store_url,
+            max_per_key=self.phrase_max_per_key,
+            max_keys=self.phrase_max_keys,
+            ttl_s=self.phrase_ttl_s,
+        )
 
     def validate(self) -> DraftConfig:
         """Raise InvalidArgument naming the first bad field; loads nothing."""
@@ -63,6 +93,9 @@ class DraftConfig:
             raise InvalidArgument(
                 f"default_draft_top_k must be in [1, {MAX_DRAFT_TOP_K}], got {self.default_draft_top_k}"
             )
+        self.phrase_store.validate()
+        if not 1 <= self.lookahead_window <= MAX_WINDOW:
+            raise InvalidArgument(f"lookahead_window must be in [1, {MAX_WINDOW}], got {self.lookahead_window}")
         if self.draft_model is not None and not self.draft_model.strip():
             raise InvalidArgument("draft_model must be a model spec or None, not an empty string")
         try:
@@ -85,6 +118,7 @@ class _Session:
     last_adaptive: bool = False
     last_length: int = 0  # draft length asked of the drafter last time
     last_depth: int = 0  # depth of the tree it returned
+    last_size: int = 0  # nodes of the tree it returned
 
 
 class DraftWorker:
@@ -99,6 +133,7 @@ class DraftWorker:
             embeddings = model.model.get_input_embeddings().num_embeddings
             self._vocab_limit = min(model.vocab.vocab_size, embeddings)
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._stores: dict[str, PhraseStore] = {}  # namespace (lower case) -> the shared pool
         self._lock = threading.Lock()
 
     @classmethod
@@ -110,8 +145,8 @@ class DraftWorker:
 
     @property
     def drafters(self) -> tuple[str, ...]:
-        """Drafter names this worker can serve."""
-        return KNOWN_DRAFTERS if self.model is not None else (PROMPT_LOOKUP,)
+        """Drafter names this worker can serve (Ouroboros runs with or without a draft model)."""
+        return KNOWN_DRAFTERS if self.model is not None else (PROMPT_LOOKUP, OUROBOROS)
 
     def info(self) -> DraftInfo:
         with self._lock:
@@ -122,6 +157,7 @@ class DraftWorker:
             device=str(self.device),
             max_sessions=self.config.max_sessions,
             active_sessions=active,
+            phrase_store=store_kind(self.config.phrase_store_url),
         )
 
     def propose(
@@ -144,10 +180,17 @@ class DraftWorker:
         """
         new_tokens = self._check_request(session_id, drafter, offset, tokens, max_nodes, sampling)
         length = self._check_length(options)
+        if drafter == OUROBOROS and not options.phrase_namespace:
+            raise InvalidArgument(
+                "the ouroboros drafter needs options.phrase_namespace (the target's vocabulary fingerprint)"
+            )
         with self._lock:
+            store = self._store_for(options.phrase_namespace) if drafter == OUROBOROS else None
             known = self._sessions.get(session_id)
-            impl = (known.drafters.get(drafter) if known else None) or self._new_drafter(drafter)
+            impl = (known.drafters.get(drafter) if known else None) or self._new_drafter(drafter, store)
             impl.configure(options)  # validates the drafter's own knobs before any session changes
+            if isinstance(impl, OuroborosDrafter) and store is not None:
+                impl.store = store  # a later request may name another namespace
             session = self._session_at(session_id, offset, sampling)
             session.drafters[drafter] = impl
             session.history.extend(new_tokens)
@@ -163,21 +206,36 @@ class DraftWorker:
             compute_s = time.perf_counter() - start
             session.last_drafter, session.last_adaptive = drafter, options.adaptive
             session.last_length, session.last_depth = length, _depth(tree.parents)
+            session.last_size = tree.size
             return ProposeResult(tree=tree, context_len=len(session.history), compute_s=compute_s)
 
-    def observe(self, session_id: str, num_draft: int, num_accepted: int) -> int:
-        """Report acceptance of the last draft; returns the draft length used next."""
+    def observe(self, session_id: str, num_draft: int, num_accepted: int, target_tokens: Sequence[int] = ()) -> int:
+        """Report acceptance of the last draft; returns the draft length used next.
+
+        ``target_tokens`` (optional) is the target's argmax per row of that verify pass: 1 + the
+        tree's size ints, row 0 = the pending token, row ``i + 1`` = node ``i``.
+        """
         if not 0 <= num_accepted <= num_draft:
             raise InvalidArgument(
                 f"need 0 <= num_accepted <= num_draft; got num_accepted={num_accepted}, num_draft={num_draft}"
             )
+        rows = [int(t) for t in target_tokens]
+        if rows and min(rows) < 0:
+            raise InvalidArgument(f"target_tokens must be token ids >= 0, got {min(rows)}")
         with self._lock:
             session = self._sessions.get(session_id)
             if session is None:
                 raise NotFound(f"draft session {session_id!r} does not exist (expired or never started)")
+            if rows and len(rows) != 1 + session.last_size:
+                raise InvalidArgument(
+                    f"target_tokens has {len(rows)} entries; the last draft tree of session {session_id!r} "
+                    f"has {session.last_size} nodes, so it needs {1 + session.last_size} (one per row)"
+                )
             self._sessions.move_to_end(session_id)
             if session.last_drafter is not None:
-                session.drafters[session.last_drafter].observe(num_draft, num_accepted)
+                # An empty tree (the drafter may not even have been asked) teaches nothing.
+                feedback = rows if session.last_size else []
+                session.drafters[session.last_drafter].observe(num_draft, num_accepted, feedback)
             if session.last_adaptive and session.adaptive is not None:
                 # A tree's accepted path is at most its depth: accepting a whole branch is "full".
                 return session.adaptive.update(min(num_draft, session.last_depth), num_accepted)
@@ -190,6 +248,13 @@ class DraftWorker:
             return False
         _free(session)
         return True
+
+    def close(self) -> None:
+        """Close the phrase stores (the pool itself lives on in Redis). Idempotent."""
+        with self._lock:
+            stores, self._stores = list(self._stores.values()), {}
+        for store in stores:
+            store.close()
 
     # -- helpers (validation happens before any state changes) --
 
@@ -244,7 +309,7 @@ class DraftWorker:
                 session.generator = make_generator(_draft_seed(sampling.seed))
                 session.seed = sampling.seed
                 session.adaptive = None
-                session.last_drafter, session.last_length, session.last_depth = None, 0, 0
+                session.last_drafter, session.last_length, session.last_depth, session.last_size = None, 0, 0, 0
         elif session is None:
             raise NotFound(
                 f"draft session {session_id!r} does not exist (expired or never started); "
@@ -273,11 +338,31 @@ class DraftWorker:
                 self.config.max_sessions,
             )
 
-    def _new_drafter(self, name: str) -> Drafter:
+    def _new_drafter(self, name: str, store: PhraseStore | None = None) -> Drafter:
         if name == MODEL:
             assert self.model is not None  # checked by _check_request
             return ModelDrafter(self.model.model, self.device, self.config.default_draft_top_k)
+        if name == OUROBOROS:
+            assert store is not None  # opened by propose
+            model = None
+            if self.model is not None:
+                model = ModelDrafter(self.model.model, self.device, self.config.default_draft_top_k)
+            return OuroborosDrafter(store, model, window=self.config.lookahead_window)
         return PromptLookupDrafter()
+
+    def _store_for(self, namespace: str) -> PhraseStore:
+        """The shared phrase store of ``namespace``, opened on first use (caller holds the lock)."""
+        key = namespace.lower()
+        store = self._stores.get(key)
+        if store is None:
+            if len(self._stores) >= MAX_PHRASE_NAMESPACES:
+                raise ResourceExhausted(
+                    f"this draft service already serves {MAX_PHRASE_NAMESPACES} phrase namespaces "
+                    "(one per target vocabulary)"
+                )
+            store = open_store(self.config.phrase_store, namespace)
+            self._stores[key] = store
+        return store
 
 
 def _draft_seed(seed: int | None) -> int | None:
@@ -294,5 +379,5 @@ def _depth(parents: tuple[int, ...]) -> int:
 
 def _free(session: _Session) -> None:
     for impl in session.drafters.values():
-        if isinstance(impl, ModelDrafter):
+        if isinstance(impl, ModelDrafter | OuroborosDrafter):
             impl.reset()

@@ -7,19 +7,16 @@ from collections.abc import Callable
 import grpc
 
 from protos import convert, draft_pb2, draft_pb2_grpc
-from protos.serving import unary_errors
+from protos.serving import session_id_arg, unary_errors
 from spec_decode.api import DraftAPI
 from spec_decode.errors import InvalidArgument
 
 SERVICE_NAME = draft_pb2.DESCRIPTOR.services_by_name["DraftService"].full_name
 
 
-def _session_id(value: str) -> str:
-    if not value:
-        raise InvalidArgument("session_id is empty")
-    if len(value) > 256:
-        raise InvalidArgument(f"session_id is {len(value)} characters; the limit is 256")
-    return value
+def _check_counts(num_draft: int, num_accepted: int) -> None:
+    if num_draft < 0 or not 0 <= num_accepted <= num_draft:
+        raise InvalidArgument(f"need 0 <= num_accepted <= num_draft, got {num_accepted} and {num_draft}")
 
 
 class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
@@ -32,13 +29,19 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
 
     @unary_errors
     def Propose(self, request: draft_pb2.ProposeRequest, context: grpc.ServicerContext) -> draft_pb2.ProposeResponse:
-        session_id = _session_id(request.session_id)
+        session_id = session_id_arg(request.session_id)
         if request.offset < 0:
             raise InvalidArgument(f"offset must be >= 0, got {request.offset}")
         if request.max_nodes < 0:
             raise InvalidArgument(f"max_nodes must be >= 0, got {request.max_nodes}")
         if request.has_feedback and request.offset > 0:
-            self._draft.observe(session_id, request.feedback_num_draft, request.feedback_num_accepted)
+            _check_counts(request.feedback_num_draft, request.feedback_num_accepted)
+            self._draft.observe(
+                session_id,
+                request.feedback_num_draft,
+                request.feedback_num_accepted,
+                list(request.feedback_target_tokens),
+            )
         result = self._draft.propose(
             session_id,
             request.drafter,
@@ -56,18 +59,17 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
 
     @unary_errors
     def Observe(self, request: draft_pb2.ObserveRequest, context: grpc.ServicerContext) -> draft_pb2.ObserveResponse:
-        if request.num_draft < 0 or not 0 <= request.num_accepted <= request.num_draft:
-            raise InvalidArgument(
-                f"need 0 <= num_accepted <= num_draft, got {request.num_accepted} and {request.num_draft}"
-            )
-        nxt = self._draft.observe(_session_id(request.session_id), request.num_draft, request.num_accepted)
+        _check_counts(request.num_draft, request.num_accepted)
+        nxt = self._draft.observe(
+            session_id_arg(request.session_id), request.num_draft, request.num_accepted, list(request.target_tokens)
+        )
         return draft_pb2.ObserveResponse(next_num_tokens=nxt)
 
     @unary_errors
     def Release(
         self, request: draft_pb2.DraftReleaseRequest, context: grpc.ServicerContext
     ) -> draft_pb2.DraftReleaseResponse:
-        return draft_pb2.DraftReleaseResponse(released=self._draft.release(_session_id(request.session_id)))
+        return draft_pb2.DraftReleaseResponse(released=self._draft.release(session_id_arg(request.session_id)))
 
 
 def register(draft: DraftAPI) -> Callable[[grpc.Server], None]:

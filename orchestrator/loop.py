@@ -36,6 +36,7 @@ class DecodeLoop:
         prompt: list[int],
         limits: TargetLimits,
         eos_token_ids: tuple[int, ...],
+        phrase_namespace: str = "",
     ) -> None:
         self.session_id = session_id
         self._target = target
@@ -45,7 +46,9 @@ class DecodeLoop:
         self._prompt = prompt
         self._limits = limits
         self._eos = set() if params.ignore_eos else set(eos_token_ids)
-        self._options = params.draft_options(method.default_num_tokens)
+        self._options = params.draft_options(method.default_num_tokens, phrase_namespace)
+        # Ouroboros learns corrected phrases from the target's own tokens over the tree.
+        self._want_target_tokens = method.name == "ouroboros" and not params.ouroboros.no_verification_phrases
         self.tokens: list[int] = []  # generated so far
         self.stats = LoopStats()
         self.finish_reason = "length"
@@ -128,7 +131,7 @@ class DecodeLoop:
 
     def _verify(self, tree: DraftTree) -> VerifyResult:
         start = time.perf_counter()
-        result = self._target.verify(self.session_id, tree)
+        result = self._target.verify(self.session_id, tree, self._want_target_tokens and tree.size > 0)
         self.stats.phases.verify_s += result.compute_s
         self.stats.add_network(time.perf_counter() - start, result.compute_s)
         return result
@@ -148,7 +151,7 @@ class DecodeLoop:
         self.tokens.extend(new_tokens)
         if self._draft_api is not None and tree.size:
             try:
-                self._draft_api.observe(self.session_id, tree.size, len(result.acceptance.tokens))
+                self._draft_api.observe(self.session_id, tree.size, len(result.acceptance.tokens), result.target_tokens)
             except (Unavailable, DeadlineExceeded, NotFound) as err:
                 log.warning("session %s: drafter feedback failed: %s", self.session_id, err)
 

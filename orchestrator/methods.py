@@ -30,6 +30,13 @@ METHODS: dict[str, Method] = {
             description="speculative sampling with a draft LM (Leviathan/Chen 2023)",
         ),
         Method("pld", "prompt_lookup", 8, description="prompt lookup decoding: n-gram matches in the context"),
+        Method(
+            "ouroboros",
+            "ouroboros",
+            8,
+            description="Ouroboros phrase drafting: prompt lookup or a draft LM lengthened by a shared phrase pool "
+            "that learns from verification and history (Zhao et al. 2024)",
+        ),
     )
 }
 

@@ -15,6 +15,28 @@ class ChatMessage:
 
 
 @dataclass(frozen=True)
+class OuroborosParams:
+    """Ouroboros knobs (zero = default); one switch per part of the method, all on by default."""
+
+    phrase_top_k: int = 0
+    phrase_length: int = 0
+    no_lookahead: bool = False
+    no_phrase_extension: bool = False
+    no_verification_phrases: bool = False
+    no_history_phrases: bool = False
+
+    PARTS = ("lookahead", "phrase_extension", "verification_phrases", "history_phrases")
+
+    @classmethod
+    def without(cls, parts: list[str] | tuple[str, ...]) -> OuroborosParams:
+        """Params with the named parts switched off (names from ``PARTS``)."""
+        unknown = [p for p in parts if p not in cls.PARTS]
+        if unknown:
+            raise InvalidArgument(f"unknown Ouroboros part(s) {unknown}; parts: {', '.join(cls.PARTS)}")
+        return cls(**{f"no_{p}": True for p in parts})
+
+
+@dataclass(frozen=True)
 class GenerateParams:
     """What a client asks for. Exactly one of ``prompt``, ``messages``, ``prompt_token_ids``."""
 
@@ -29,6 +51,7 @@ class GenerateParams:
     adaptive_draft: bool = False
     num_branches: int = 0
     ignore_eos: bool = False
+    ouroboros: OuroborosParams = field(default_factory=lambda: OuroborosParams())
 
     def validate(self, *, max_new_tokens_cap: int) -> GenerateParams:
         given = sum(bool(x) for x in (self.prompt, self.messages, self.prompt_token_ids))
@@ -44,6 +67,8 @@ class GenerateParams:
             )
         if self.num_draft_tokens < 0:
             raise InvalidArgument(f"num_draft_tokens must be >= 0, got {self.num_draft_tokens}")
+        if self.ouroboros.phrase_top_k < 0 or self.ouroboros.phrase_length < 0:
+            raise InvalidArgument("ouroboros phrase_top_k and phrase_length must be >= 0")
         if self.num_branches < 0:
             raise InvalidArgument(f"num_branches must be >= 0, got {self.num_branches}")
         for i, msg in enumerate(self.messages):
@@ -52,9 +77,17 @@ class GenerateParams:
         self.sampling.validate()
         return self
 
-    def draft_options(self, default_num_tokens: int) -> DraftOptions:
+    def draft_options(self, default_num_tokens: int, phrase_namespace: str = "") -> DraftOptions:
+        o = self.ouroboros
         return DraftOptions(
             num_tokens=self.num_draft_tokens or default_num_tokens,
             adaptive=self.adaptive_draft,
             num_branches=self.num_branches,
+            phrase_namespace=phrase_namespace,
+            phrase_top_k=o.phrase_top_k,
+            phrase_length=o.phrase_length,
+            no_lookahead=o.no_lookahead,
+            no_phrase_extension=o.no_phrase_extension,
+            no_verification_phrases=o.no_verification_phrases,
+            no_history_phrases=o.no_history_phrases,
         )

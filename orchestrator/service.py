@@ -145,4 +145,5 @@ class Orchestrator:
             prompt=prompt,
             limits=limits,
             eos_token_ids=self.target_info.vocab.eos_token_ids,
+            phrase_namespace=self.target_info.vocab.fingerprint,
         )

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-from orchestrator.request import ChatMessage, GenerateParams
+from orchestrator.request import ChatMessage, GenerateParams, OuroborosParams
 from orchestrator.service import Orchestrator, StreamChunk
 from protos import convert, orchestrator_pb2, orchestrator_pb2_grpc
 from protos.serving import stream_errors, unary_errors
@@ -27,6 +27,14 @@ def params_from_pb(req: orchestrator_pb2.GenerateRequest) -> GenerateParams:
         adaptive_draft=req.adaptive_draft,
         num_branches=req.num_branches,
         ignore_eos=req.ignore_eos,
+        ouroboros=OuroborosParams(
+            phrase_top_k=req.ouroboros.phrase_top_k,
+            phrase_length=req.ouroboros.phrase_length,
+            no_lookahead=req.ouroboros.no_lookahead,
+            no_phrase_extension=req.ouroboros.no_phrase_extension,
+            no_verification_phrases=req.ouroboros.no_verification_phrases,
+            no_history_phrases=req.ouroboros.no_history_phrases,
+        ),
     )
 
 

@@ -54,8 +54,10 @@ class GrpcTargetClient:
         resp = call(self._stub.Prefill, req, self._t.prefill)
         return PrefillResult(resp.context_len, resp.compute_ms / 1e3, resp.evicted_sessions)
 
-    def verify(self, session_id: str, tree: DraftTree) -> VerifyResult:
-        req = target_pb2.VerifyRequest(session_id=session_id, tree=convert.tree_to_pb(tree))
+    def verify(self, session_id: str, tree: DraftTree, return_target_tokens: bool = False) -> VerifyResult:
+        req = target_pb2.VerifyRequest(
+            session_id=session_id, tree=convert.tree_to_pb(tree), return_target_tokens=return_target_tokens
+        )
         return convert.verify_from_pb(call(self._stub.Verify, req, self._t.verify))
 
     def release(self, session_id: str) -> bool:
@@ -78,7 +80,7 @@ class GrpcDraftClient:
         self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         self._stub = draft_pb2_grpc.DraftServiceStub(self._channel)
         self._t = timeouts or RpcTimeouts()
-        self._feedback: dict[str, tuple[int, int]] = {}
+        self._feedback: dict[str, tuple[int, int, tuple[int, ...]]] = {}
 
     def info(self) -> DraftInfo:
         return convert.draft_info_from_pb(call(self._stub.Info, draft_pb2.DraftInfoRequest(), self._t.info))
@@ -105,12 +107,13 @@ class GrpcDraftClient:
             has_feedback=feedback is not None,
             feedback_num_draft=feedback[0] if feedback else 0,
             feedback_num_accepted=feedback[1] if feedback else 0,
+            feedback_target_tokens=feedback[2] if feedback else (),
         )
         resp = call(self._stub.Propose, req, self._t.propose)
         return ProposeResult(convert.tree_from_pb(resp.tree), resp.context_len, resp.compute_ms / 1e3)
 
-    def observe(self, session_id: str, num_draft: int, num_accepted: int) -> int:
-        self._feedback[session_id] = (num_draft, num_accepted)
+    def observe(self, session_id: str, num_draft: int, num_accepted: int, target_tokens: Sequence[int] = ()) -> int:
+        self._feedback[session_id] = (num_draft, num_accepted, tuple(target_tokens))
         return -1
 
     def release(self, session_id: str) -> bool:

@@ -5,6 +5,8 @@ Servicers and gRPC clients use these; domain code never sees a protobuf message.
 
 from __future__ import annotations
 
+import dataclasses
+
 from protos import common_pb2, draft_pb2, orchestrator_pb2, target_pb2
 from spec_decode.types import (
     Acceptance,
@@ -104,34 +106,24 @@ def verify_to_pb(result: VerifyResult) -> target_pb2.VerifyResponse:
         bonus=acc.bonus,
         context_len=result.context_len,
         compute_ms=result.compute_s * 1e3,
+        target_tokens=result.target_tokens,
     )
 
 
 def verify_from_pb(msg: target_pb2.VerifyResponse) -> VerifyResult:
     acc = Acceptance(tuple(msg.accepted_nodes), tuple(msg.accepted_tokens), msg.next_token, msg.bonus)
-    return VerifyResult(acc, msg.context_len, msg.compute_ms / 1e3)
+    return VerifyResult(acc, msg.context_len, msg.compute_ms / 1e3, tuple(msg.target_tokens))
+
+
+_OPTION_FIELDS = tuple(f.name for f in dataclasses.fields(DraftOptions))
 
 
 def draft_options_to_pb(opts: DraftOptions) -> draft_pb2.DraftOptions:
-    return draft_pb2.DraftOptions(
-        num_tokens=opts.num_tokens,
-        adaptive=opts.adaptive,
-        max_ngram=opts.max_ngram,
-        min_ngram=opts.min_ngram,
-        num_branches=opts.num_branches,
-        draft_top_k=opts.draft_top_k,
-    )
+    return draft_pb2.DraftOptions(**{name: getattr(opts, name) for name in _OPTION_FIELDS})
 
 
 def draft_options_from_pb(msg: draft_pb2.DraftOptions) -> DraftOptions:
-    return DraftOptions(
-        num_tokens=msg.num_tokens,
-        adaptive=msg.adaptive,
-        max_ngram=msg.max_ngram,
-        min_ngram=msg.min_ngram,
-        num_branches=msg.num_branches,
-        draft_top_k=msg.draft_top_k,
-    )
+    return DraftOptions(**{name: getattr(msg, name) for name in _OPTION_FIELDS})
 
 
 def draft_info_to_pb(info: DraftInfo) -> draft_pb2.DraftInfo:
@@ -141,11 +133,19 @@ def draft_info_to_pb(info: DraftInfo) -> draft_pb2.DraftInfo:
         device=info.device,
         max_sessions=info.max_sessions,
         active_sessions=info.active_sessions,
+        phrase_store=info.phrase_store,
     )
 
 
 def draft_info_from_pb(msg: draft_pb2.DraftInfo) -> DraftInfo:
-    return DraftInfo(vocab_from_pb(msg.vocab), tuple(msg.drafters), msg.device, msg.max_sessions, msg.active_sessions)
+    return DraftInfo(
+        vocab_from_pb(msg.vocab),
+        tuple(msg.drafters),
+        msg.device,
+        msg.max_sessions,
+        msg.active_sessions,
+        msg.phrase_store,
+    )
 
 
 def stats_to_pb(stats: GenerationStats) -> orchestrator_pb2.GenerationStats:

@@ -12,37 +12,53 @@ class DraftInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DraftInfo(_message.Message):
-    __slots__ = ("vocab", "drafters", "device", "max_sessions", "active_sessions")
+    __slots__ = ("vocab", "drafters", "device", "max_sessions", "active_sessions", "phrase_store")
     VOCAB_FIELD_NUMBER: _ClassVar[int]
     DRAFTERS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    PHRASE_STORE_FIELD_NUMBER: _ClassVar[int]
     vocab: _common_pb2.VocabInfo
     drafters: _containers.RepeatedScalarFieldContainer[str]
     device: str
     max_sessions: int
     active_sessions: int
-    def __init__(self, vocab: _Optional[_Union[_common_pb2.VocabInfo, _Mapping]] = ..., drafters: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., max_sessions: _Optional[int] = ..., active_sessions: _Optional[int] = ...) -> None: ...
+    phrase_store: str
+    def __init__(self, vocab: _Optional[_Union[_common_pb2.VocabInfo, _Mapping]] = ..., drafters: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., max_sessions: _Optional[int] = ..., active_sessions: _Optional[int] = ..., phrase_store: _Optional[str] = ...) -> None: ...
 
 class DraftOptions(_message.Message):
-    __slots__ = ("num_tokens", "adaptive", "max_ngram", "min_ngram", "num_branches", "draft_top_k")
+    __slots__ = ("num_tokens", "adaptive", "max_ngram", "min_ngram", "num_branches", "draft_top_k", "phrase_namespace", "phrase_top_k", "phrase_length", "no_lookahead", "no_phrase_extension", "no_verification_phrases", "no_history_phrases")
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ADAPTIVE_FIELD_NUMBER: _ClassVar[int]
     MAX_NGRAM_FIELD_NUMBER: _ClassVar[int]
     MIN_NGRAM_FIELD_NUMBER: _ClassVar[int]
     NUM_BRANCHES_FIELD_NUMBER: _ClassVar[int]
     DRAFT_TOP_K_FIELD_NUMBER: _ClassVar[int]
+    PHRASE_NAMESPACE_FIELD_NUMBER: _ClassVar[int]
+    PHRASE_TOP_K_FIELD_NUMBER: _ClassVar[int]
+    PHRASE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    NO_LOOKAHEAD_FIELD_NUMBER: _ClassVar[int]
+    NO_PHRASE_EXTENSION_FIELD_NUMBER: _ClassVar[int]
+    NO_VERIFICATION_PHRASES_FIELD_NUMBER: _ClassVar[int]
+    NO_HISTORY_PHRASES_FIELD_NUMBER: _ClassVar[int]
     num_tokens: int
     adaptive: bool
     max_ngram: int
     min_ngram: int
     num_branches: int
     draft_top_k: int
-    def __init__(self, num_tokens: _Optional[int] = ..., adaptive: _Optional[bool] = ..., max_ngram: _Optional[int] = ..., min_ngram: _Optional[int] = ..., num_branches: _Optional[int] = ..., draft_top_k: _Optional[int] = ...) -> None: ...
+    phrase_namespace: str
+    phrase_top_k: int
+    phrase_length: int
+    no_lookahead: bool
+    no_phrase_extension: bool
+    no_verification_phrases: bool
+    no_history_phrases: bool
+    def __init__(self, num_tokens: _Optional[int] = ..., adaptive: _Optional[bool] = ..., max_ngram: _Optional[int] = ..., min_ngram: _Optional[int] = ..., num_branches: _Optional[int] = ..., draft_top_k: _Optional[int] = ..., phrase_namespace: _Optional[str] = ..., phrase_top_k: _Optional[int] = ..., phrase_length: _Optional[int] = ..., no_lookahead: _Optional[bool] = ..., no_phrase_extension: _Optional[bool] = ..., no_verification_phrases: _Optional[bool] = ..., no_history_phrases: _Optional[bool] = ...) -> None: ...
 
 class ProposeRequest(_message.Message):
-    __slots__ = ("session_id", "drafter", "offset", "tokens", "max_nodes", "options", "sampling", "has_feedback", "feedback_num_draft", "feedback_num_accepted")
+    __slots__ = ("session_id", "drafter", "offset", "tokens", "max_nodes", "options", "sampling", "has_feedback", "feedback_num_draft", "feedback_num_accepted", "feedback_target_tokens")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     DRAFTER_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
@@ -53,6 +69,7 @@ class ProposeRequest(_message.Message):
     HAS_FEEDBACK_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_NUM_DRAFT_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_NUM_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_TARGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     drafter: str
     offset: int
@@ -63,7 +80,8 @@ class ProposeRequest(_message.Message):
     has_feedback: bool
     feedback_num_draft: int
     feedback_num_accepted: int
-    def __init__(self, session_id: _Optional[str] = ..., drafter: _Optional[str] = ..., offset: _Optional[int] = ..., tokens: _Optional[_Iterable[int]] = ..., max_nodes: _Optional[int] = ..., options: _Optional[_Union[DraftOptions, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., has_feedback: _Optional[bool] = ..., feedback_num_draft: _Optional[int] = ..., feedback_num_accepted: _Optional[int] = ...) -> None: ...
+    feedback_target_tokens: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_id: _Optional[str] = ..., drafter: _Optional[str] = ..., offset: _Optional[int] = ..., tokens: _Optional[_Iterable[int]] = ..., max_nodes: _Optional[int] = ..., options: _Optional[_Union[DraftOptions, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., has_feedback: _Optional[bool] = ..., feedback_num_draft: _Optional[int] = ..., feedback_num_accepted: _Optional[int] = ..., feedback_target_tokens: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ProposeResponse(_message.Message):
     __slots__ = ("tree", "compute_ms", "context_len")
@@ -76,14 +94,16 @@ class ProposeResponse(_message.Message):
     def __init__(self, tree: _Optional[_Union[_common_pb2.DraftTree, _Mapping]] = ..., compute_ms: _Optional[float] = ..., context_len: _Optional[int] = ...) -> None: ...
 
 class ObserveRequest(_message.Message):
-    __slots__ = ("session_id", "num_draft", "num_accepted")
+    __slots__ = ("session_id", "num_draft", "num_accepted", "target_tokens")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     NUM_DRAFT_FIELD_NUMBER: _ClassVar[int]
     NUM_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    TARGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     num_draft: int
     num_accepted: int
-    def __init__(self, session_id: _Optional[str] = ..., num_draft: _Optional[int] = ..., num_accepted: _Optional[int] = ...) -> None: ...
+    target_tokens: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_id: _Optional[str] = ..., num_draft: _Optional[int] = ..., num_accepted: _Optional[int] = ..., target_tokens: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ObserveResponse(_message.Message):
     __slots__ = ("next_num_tokens",)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19protos/orchestrator.proto\x12\x08specd.v1\x1a\x13protos/common.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xa1\x02\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.specd.v1.ChatMessage\x12\x0b\n\x03raw\x18\x03 \x01(\x08\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x05 \x01(\x05\x12*\n\x08sampling\x18\x06 \x01(\x0b\x32\x18.specd.v1.SamplingParams\x12\x18\n\x10num_draft_tokens\x18\x07 \x01(\x05\x12\x16\n\x0e\x61\x64\x61ptive_draft\x18\x08 \x01(\x08\x12\x12\n\nignore_eos\x18\t \x01(\x08\x12\x18\n\x10prompt_token_ids\x18\n \x03(\x05\x12\x14\n\x0cnum_branches\x18\x0b \x01(\x05\"l\n\nPhaseTimes\x12\x0f\n\x07\x64raft_s\x18\x01 \x01(\x01\x12\x10\n\x08verify_s\x18\x02 \x01(\x01\x12\x15\n\rorchestrate_s\x18\x03 \x01(\x01\x12\x11\n\tnetwork_s\x18\x04 \x01(\x01\x12\x11\n\tprefill_s\x18\x05 \x01(\x01\"\xad\x02\n\x0fGenerationStats\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x12\n\nnew_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctarget_steps\x18\x03 \x01(\x05\x12\x14\n\x0c\x64raft_tokens\x18\x04 \x01(\x05\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x05 \x01(\x05\x12\x0b\n\x03tau\x18\x06 \x01(\x01\x12\x17\n\x0f\x61\x63\x63\x65ptance_rate\x18\x07 \x01(\x01\x12\x0e\n\x06wall_s\x18\x08 \x01(\x01\x12\x14\n\x0ctokens_per_s\x18\t \x01(\x01\x12$\n\x06phases\x18\n \x01(\x0b\x32\x14.specd.v1.PhaseTimes\x12!\n\x19\x61\x63\x63\x65pted_length_histogram\x18\x0b \x03(\x05\x12\x15\n\rfinish_reason\x18\x0c \x01(\t\"\x81\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0e\n\x06method\x18\x03 \x01(\t\x12(\n\x05stats\x18\x04 \x01(\x0b\x32\x19.specd.v1.GenerationStats\x12\x12\n\nsession_id\x18\x05 \x01(\t\"\x8c\x01\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12(\n\x05stats\x18\x03 \x01(\x0b\x32\x19.specd.v1.GenerationStats\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\"\x19\n\x17OrchestratorInfoRequest\"\x84\x01\n\x10OrchestratorInfo\x12#\n\x06target\x18\x01 \x01(\x0b\x32\x13.specd.v1.VocabInfo\x12\"\n\x05\x64raft\x18\x02 \x01(\x0b\x32\x13.specd.v1.VocabInfo\x12\x0f\n\x07methods\x18\x03 \x03(\t\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\x05\x32\xe0\x01\n\x0cOrchestrator\x12\x41\n\x08Generate\x12\x19.specd.v1.GenerateRequest\x1a\x1a.specd.v1.GenerateResponse\x12\x46\n\x0eGenerateStream\x12\x19.specd.v1.GenerateRequest\x1a\x17.specd.v1.GenerateChunk0\x01\x12\x45\n\x04Info\x12!.specd.v1.OrchestratorInfoRequest\x1a\x1a.specd.v1.OrchestratorInfob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19protos/orchestrator.proto\x12\x08specd.v1\x1a\x13protos/common.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\xd0\x02\n\x0fGenerateRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\'\n\x08messages\x18\x02 \x03(\x0b\x32\x15.specd.v1.ChatMessage\x12\x0b\n\x03raw\x18\x03 \x01(\x08\x12\x0e\n\x06method\x18\x04 \x01(\t\x12\x16\n\x0emax_new_tokens\x18\x05 \x01(\x05\x12*\n\x08sampling\x18\x06 \x01(\x0b\x32\x18.specd.v1.SamplingParams\x12\x18\n\x10num_draft_tokens\x18\x07 \x01(\x05\x12\x16\n\x0e\x61\x64\x61ptive_draft\x18\x08 \x01(\x08\x12\x12\n\nignore_eos\x18\t \x01(\x08\x12\x18\n\x10prompt_token_ids\x18\n \x03(\x05\x12\x14\n\x0cnum_branches\x18\x0b \x01(\x05\x12-\n\touroboros\x18\x0c \x01(\x0b\x32\x1a.specd.v1.OuroborosOptions\"\xaf\x01\n\x10OuroborosOptions\x12\x14\n\x0cphrase_top_k\x18\x01 \x01(\x05\x12\x15\n\rphrase_length\x18\x02 \x01(\x05\x12\x14\n\x0cno_lookahead\x18\x03 \x01(\x08\x12\x1b\n\x13no_phrase_extension\x18\x04 \x01(\x08\x12\x1f\n\x17no_verification_phrases\x18\x05 \x01(\x08\x12\x1a\n\x12no_history_phrases\x18\x06 \x01(\x08\"l\n\nPhaseTimes\x12\x0f\n\x07\x64raft_s\x18\x01 \x01(\x01\x12\x10\n\x08verify_s\x18\x02 \x01(\x01\x12\x15\n\rorchestrate_s\x18\x03 \x01(\x01\x12\x11\n\tnetwork_s\x18\x04 \x01(\x01\x12\x11\n\tprefill_s\x18\x05 \x01(\x01\"\xad\x02\n\x0fGenerationStats\x12\x15\n\rprompt_tokens\x18\x01 \x01(\x05\x12\x12\n\nnew_tokens\x18\x02 \x01(\x05\x12\x14\n\x0ctarget_steps\x18\x03 \x01(\x05\x12\x14\n\x0c\x64raft_tokens\x18\x04 \x01(\x05\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x05 \x01(\x05\x12\x0b\n\x03tau\x18\x06 \x01(\x01\x12\x17\n\x0f\x61\x63\x63\x65ptance_rate\x18\x07 \x01(\x01\x12\x0e\n\x06wall_s\x18\x08 \x01(\x01\x12\x14\n\x0ctokens_per_s\x18\t \x01(\x01\x12$\n\x06phases\x18\n \x01(\x0b\x32\x14.specd.v1.PhaseTimes\x12!\n\x19\x61\x63\x63\x65pted_length_histogram\x18\x0b \x03(\x05\x12\x15\n\rfinish_reason\x18\x0c \x01(\t\"\x81\x01\n\x10GenerateResponse\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12\x0e\n\x06method\x18\x03 \x01(\t\x12(\n\x05stats\x18\x04 \x01(\x0b\x32\x19.specd.v1.GenerationStats\x12\x12\n\nsession_id\x18\x05 \x01(\t\"\x8c\x01\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x05\x12(\n\x05stats\x18\x03 \x01(\x0b\x32\x19.specd.v1.GenerationStats\x12\x0c\n\x04\x64one\x18\x04 \x01(\x08\x12\x0e\n\x06method\x18\x05 \x01(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\"\x19\n\x17OrchestratorInfoRequest\"\x84\x01\n\x10OrchestratorInfo\x12#\n\x06target\x18\x01 \x01(\x0b\x32\x13.specd.v1.VocabInfo\x12\"\n\x05\x64raft\x18\x02 \x01(\x0b\x32\x13.specd.v1.VocabInfo\x12\x0f\n\x07methods\x18\x03 \x03(\t\x12\x16\n\x0emax_new_tokens\x18\x04 \x01(\x05\x32\xe0\x01\n\x0cOrchestrator\x12\x41\n\x08Generate\x12\x19.specd.v1.GenerateRequest\x1a\x1a.specd.v1.GenerateResponse\x12\x46\n\x0eGenerateStream\x12\x19.specd.v1.GenerateRequest\x1a\x17.specd.v1.GenerateChunk0\x01\x12\x45\n\x04Info\x12!.specd.v1.OrchestratorInfoRequest\x1a\x1a.specd.v1.OrchestratorInfob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,19 +35,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHATMESSAGE']._serialized_start=60
   _globals['_CHATMESSAGE']._serialized_end=104
   _globals['_GENERATEREQUEST']._serialized_start=107
-  _globals['_GENERATEREQUEST']._serialized_end=396
-  _globals['_PHASETIMES']._serialized_start=398
-  _globals['_PHASETIMES']._serialized_end=506
-  _globals['_GENERATIONSTATS']._serialized_start=509
-  _globals['_GENERATIONSTATS']._serialized_end=810
-  _globals['_GENERATERESPONSE']._serialized_start=813
-  _globals['_GENERATERESPONSE']._serialized_end=942
-  _globals['_GENERATECHUNK']._serialized_start=945
-  _globals['_GENERATECHUNK']._serialized_end=1085
-  _globals['_ORCHESTRATORINFOREQUEST']._serialized_start=1087
-  _globals['_ORCHESTRATORINFOREQUEST']._serialized_end=1112
-  _globals['_ORCHESTRATORINFO']._serialized_start=1115
-  _globals['_ORCHESTRATORINFO']._serialized_end=1247
-  _globals['_ORCHESTRATOR']._serialized_start=1250
-  _globals['_ORCHESTRATOR']._serialized_end=1474
+  _globals['_GENERATEREQUEST']._serialized_end=443
+  _globals['_OUROBOROSOPTIONS']._serialized_start=446
+  _globals['_OUROBOROSOPTIONS']._serialized_end=621
+  _globals['_PHASETIMES']._serialized_start=623
+  _globals['_PHASETIMES']._serialized_end=731
+  _globals['_GENERATIONSTATS']._serialized_start=734
+  _globals['_GENERATIONSTATS']._serialized_end=1035
+  _globals['_GENERATERESPONSE']._serialized_start=1038
+  _globals['_GENERATERESPONSE']._serialized_end=1167
+  _globals['_GENERATECHUNK']._serialized_start=1170
+  _globals['_GENERATECHUNK']._serialized_end=1310
+  _globals['_ORCHESTRATORINFOREQUEST']._serialized_start=1312
+  _globals['_ORCHESTRATORINFOREQUEST']._serialized_end=1337
+  _globals['_ORCHESTRATORINFO']._serialized_start=1340
+  _globals['_ORCHESTRATORINFO']._serialized_end=1472
+  _globals['_ORCHESTRATOR']._serialized_start=1475
+  _globals['_ORCHESTRATOR']._serialized_end=1699
 # @@protoc_insertion_point(module_scope)

@@ -16,7 +16,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "messages", "raw", "method", "max_new_tokens", "sampling", "num_draft_tokens", "adaptive_draft", "ignore_eos", "prompt_token_ids", "num_branches")
+    __slots__ = ("prompt", "messages", "raw", "method", "max_new_tokens", "sampling", "num_draft_tokens", "adaptive_draft", "ignore_eos", "prompt_token_ids", "num_branches", "ouroboros")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
@@ -28,6 +28,7 @@ class GenerateRequest(_message.Message):
     IGNORE_EOS_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     NUM_BRANCHES_FIELD_NUMBER: _ClassVar[int]
+    OUROBOROS_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     raw: bool
@@ -39,7 +40,24 @@ class GenerateRequest(_message.Message):
     ignore_eos: bool
     prompt_token_ids: _containers.RepeatedScalarFieldContainer[int]
     num_branches: int
-    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., raw: _Optional[bool] = ..., method: _Optional[str] = ..., max_new_tokens: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., num_draft_tokens: _Optional[int] = ..., adaptive_draft: _Optional[bool] = ..., ignore_eos: _Optional[bool] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., num_branches: _Optional[int] = ...) -> None: ...
+    ouroboros: OuroborosOptions
+    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., raw: _Optional[bool] = ..., method: _Optional[str] = ..., max_new_tokens: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., num_draft_tokens: _Optional[int] = ..., adaptive_draft: _Optional[bool] = ..., ignore_eos: _Optional[bool] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., num_branches: _Optional[int] = ..., ouroboros: _Optional[_Union[OuroborosOptions, _Mapping]] = ...) -> None: ...
+
+class OuroborosOptions(_message.Message):
+    __slots__ = ("phrase_top_k", "phrase_length", "no_lookahead", "no_phrase_extension", "no_verification_phrases", "no_history_phrases")
+    PHRASE_TOP_K_FIELD_NUMBER: _ClassVar[int]
+    PHRASE_LENGTH_FIELD_NUMBER: _ClassVar[int]
+    NO_LOOKAHEAD_FIELD_NUMBER: _ClassVar[int]
+    NO_PHRASE_EXTENSION_FIELD_NUMBER: _ClassVar[int]
+    NO_VERIFICATION_PHRASES_FIELD_NUMBER: _ClassVar[int]
+    NO_HISTORY_PHRASES_FIELD_NUMBER: _ClassVar[int]
+    phrase_top_k: int
+    phrase_length: int
+    no_lookahead: bool
+    no_phrase_extension: bool
+    no_verification_phrases: bool
+    no_history_phrases: bool
+    def __init__(self, phrase_top_k: _Optional[int] = ..., phrase_length: _Optional[int] = ..., no_lookahead: _Optional[bool] = ..., no_phrase_extension: _Optional[bool] = ..., no_verification_phrases: _Optional[bool] = ..., no_history_phrases: _Optional[bool] = ...) -> None: ...
 
 class PhaseTimes(_message.Message):
     __slots__ = ("draft_s", "verify_s", "orchestrate_s", "network_s", "prefill_s")

@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from spec_decode.errors import SpecdError, error_for_code
+from spec_decode.errors import InvalidArgument, SpecdError, error_for_code
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,15 @@ def _abort(context: grpc.ServicerContext, err: Exception) -> None:
         context.abort(getattr(grpc.StatusCode, err.code, grpc.StatusCode.INTERNAL), err.message)
     log.exception("unexpected error in servicer")
     context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(err).__name__}: {err}")
+
+
+def session_id_arg(value: str) -> str:
+    """A session id from a request, checked: non-empty and at most 256 characters."""
+    if not value:
+        raise InvalidArgument("session_id is empty")
+    if len(value) > 256:
+        raise InvalidArgument(f"session_id is {len(value)} characters; the limit is 256")
+    return value
 
 
 def unary_errors(fn: Callable[..., T]) -> Callable[..., T]:

@@ -52,28 +52,32 @@ class PrefillResponse(_message.Message):
     def __init__(self, context_len: _Optional[int] = ..., compute_ms: _Optional[float] = ..., evicted_sessions: _Optional[int] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("session_id", "tree")
+    __slots__ = ("session_id", "tree", "return_target_tokens")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TREE_FIELD_NUMBER: _ClassVar[int]
+    RETURN_TARGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     tree: _common_pb2.DraftTree
-    def __init__(self, session_id: _Optional[str] = ..., tree: _Optional[_Union[_common_pb2.DraftTree, _Mapping]] = ...) -> None: ...
+    return_target_tokens: bool
+    def __init__(self, session_id: _Optional[str] = ..., tree: _Optional[_Union[_common_pb2.DraftTree, _Mapping]] = ..., return_target_tokens: _Optional[bool] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
-    __slots__ = ("accepted_tokens", "accepted_nodes", "next_token", "bonus", "context_len", "compute_ms")
+    __slots__ = ("accepted_tokens", "accepted_nodes", "next_token", "bonus", "context_len", "compute_ms", "target_tokens")
     ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_NODES_FIELD_NUMBER: _ClassVar[int]
     NEXT_TOKEN_FIELD_NUMBER: _ClassVar[int]
     BONUS_FIELD_NUMBER: _ClassVar[int]
     CONTEXT_LEN_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
     accepted_tokens: _containers.RepeatedScalarFieldContainer[int]
     accepted_nodes: _containers.RepeatedScalarFieldContainer[int]
     next_token: int
     bonus: bool
     context_len: int
     compute_ms: float
-    def __init__(self, accepted_tokens: _Optional[_Iterable[int]] = ..., accepted_nodes: _Optional[_Iterable[int]] = ..., next_token: _Optional[int] = ..., bonus: _Optional[bool] = ..., context_len: _Optional[int] = ..., compute_ms: _Optional[float] = ...) -> None: ...
+    target_tokens: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, accepted_tokens: _Optional[_Iterable[int]] = ..., accepted_nodes: _Optional[_Iterable[int]] = ..., next_token: _Optional[int] = ..., bonus: _Optional[bool] = ..., context_len: _Optional[int] = ..., compute_ms: _Optional[float] = ..., target_tokens: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("session_id",)

@@ -85,6 +85,8 @@ def accept_sampling(
         for child in children:
             token = tree.tokens[child]
             q = tree.draft_probs[child] if tree.draft_probs else None
+            if q is not None and not q.ids:
+                q = None  # an empty entry: this node is a point mass (mixed tree)
             q_token = _q_of(q, token)
             p_token = float(p[token])
             u = float(torch.rand((), generator=generator, device=p.device))

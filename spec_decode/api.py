@@ -31,8 +31,11 @@ class TargetAPI(Protocol):
         """Create ``session_id`` (NOT a duplicate) and feed the prompt; its last token stays pending."""
         ...
 
-    def verify(self, session_id: str, tree: DraftTree) -> VerifyResult:
-        """Score ``tree`` in one forward pass, accept, commit the accepted path + pending token."""
+    def verify(self, session_id: str, tree: DraftTree, return_target_tokens: bool = False) -> VerifyResult:
+        """Score ``tree`` in one forward pass, accept, commit the accepted path + pending token.
+
+        With ``return_target_tokens`` the result also carries the target's argmax per row.
+        """
         ...
 
     def release(self, session_id: str) -> bool:
@@ -65,8 +68,12 @@ class DraftAPI(Protocol):
         """
         ...
 
-    def observe(self, session_id: str, num_draft: int, num_accepted: int) -> int:
-        """Report acceptance of the last draft; returns the draft length used next."""
+    def observe(self, session_id: str, num_draft: int, num_accepted: int, target_tokens: Sequence[int] = ()) -> int:
+        """Report acceptance of the last draft; returns the draft length used next.
+
+        ``target_tokens`` is the target's argmax per row of the last verify pass (row 0 =
+        pending token, row i + 1 = node i), when the orchestrator asked for it.
+        """
         ...
 
     def release(self, session_id: str) -> bool: ...

@@ -93,7 +93,7 @@ def resolve_spec(spec: str) -> tuple[Path, str | None, str]:
     raise InvalidArgument(f"model {spec!r} is neither 'smollm2', a transformers model directory, nor a .gguf file")
 
 
-def _materialize(spec: str) -> tuple[Path, str]:
+def materialize(spec: str) -> tuple[Path, str]:
     """A transformers directory for ``spec`` (GGUF files are converted once and cached)."""
     directory, gguf, name = resolve_spec(spec)
     if gguf is None:
@@ -154,7 +154,7 @@ def load_tokenizer(spec: str) -> tuple[Any, VocabInfo]:
     """The tokenizer of a model spec and its vocabulary identity (no weights loaded)."""
     from transformers import AutoTokenizer
 
-    directory, name = _materialize(spec)
+    directory, name = materialize(spec)
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     return tokenizer, _vocab_info(name, tokenizer, None)
 
@@ -174,7 +174,7 @@ def load_model(spec: str, device: str | None = None, dtype: str | None = None) -
 
     dev = pick_device(device)
     torch_dtype = pick_dtype(dtype, dev)
-    directory, name = _materialize(spec)
+    directory, name = materialize(spec)
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     model = AutoModelForCausalLM.from_pretrained(str(directory), dtype=torch_dtype)
     model.to(dev)  # type: ignore[arg-type]  # transformers' stub rejects a torch.device

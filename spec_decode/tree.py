@@ -46,7 +46,8 @@ def validate_tree(tree: DraftTree, *, vocab_size: int, max_nodes: int, max_top_k
                 "(send one per node, or none for a model-free drafter)"
             )
         for i, q in enumerate(tree.draft_probs):
-            _validate_sparse(i, q, tree.tokens[i], vocab_size=vocab_size, max_top_k=max_top_k)
+            if q.ids or q.probs:  # an empty entry marks a point-mass node in a mixed tree
+                _validate_sparse(i, q, tree.tokens[i], vocab_size=vocab_size, max_top_k=max_top_k)
 
 
 def _validate_sparse(i: int, q: object, token: int, *, vocab_size: int, max_top_k: int) -> None:

@@ -51,8 +51,8 @@ class SparseProbs:
     length k is the whole distribution; it never carries a vocabulary-sized vector.
     """
 
-    ids: tuple[int, ...]
-    probs: tuple[float, ...]
+    ids: tuple[int, ...] = ()
+    probs: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,8 @@ class DraftTree:
     ``tokens[i]`` is node i's token, ``parents[i]`` its parent node (-1: the pending
     token, i.e. the root). Parents precede children (``parents[i] < i``).
     ``draft_probs`` is empty for model-free drafters (each node is then a point mass on
-    its own token) or holds, per node, the sparse q the node's token was sampled from.
+    its own token) or holds, per node, the sparse q the node's token was sampled from; in a
+    mixed tree an empty ``SparseProbs()`` marks a node that is a point mass.
     """
 
     tokens: tuple[int, ...] = ()
@@ -105,11 +106,17 @@ class Acceptance:
 
 @dataclass(frozen=True)
 class VerifyResult:
-    """The target service's answer to one Verify call."""
+    """The target service's answer to one Verify call.
+
+    ``target_tokens`` (only when asked for) holds the target's argmax after every row of the
+    pass: row 0 = the pending token, row ``i + 1`` = node ``i``. Drafters learn corrected
+    phrases from it (Ouroboros).
+    """
 
     acceptance: Acceptance
     context_len: int
     compute_s: float
+    target_tokens: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,6 +139,15 @@ class DraftOptions:
     min_ngram: int = 0
     num_branches: int = 0
     draft_top_k: int = 0
+    # Ouroboros: the pool's namespace (the target's vocabulary fingerprint), phrases tried
+    # per key token, n of the learned n-grams, and one switch per part (all on by default).
+    phrase_namespace: str = ""
+    phrase_top_k: int = 0
+    phrase_length: int = 0
+    no_lookahead: bool = False
+    no_phrase_extension: bool = False
+    no_verification_phrases: bool = False
+    no_history_phrases: bool = False
 
 
 @dataclass(frozen=True)
@@ -165,6 +181,7 @@ class DraftInfo:
     device: str
     max_sessions: int
     active_sessions: int = 0
+    phrase_store: str = ""  # "memory" | "redis" | "" (none)
 
 
 @dataclass

@@ -19,7 +19,8 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROMPTS = REPO_ROOT.parent / "shared" / "bench" / "spec_bench.jsonl"
-SPECD_METHODS = ("vanilla", "pld", "sps")
+SPECD_METHODS = ("vanilla", "pld", "sps", "ouroboros")
+ABLATION = "ouroboros-without-"  # e.g. ouroboros-without-history_phrases+verification_phrases
 HF_METHODS = ("hf-generate", "hf-pld", "hf-assisted")
 
 
@@ -44,11 +45,14 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--num-draft-tokens", type=int, default=0, help="γ for specd methods (0 = method default)")
     p.add_argument("--hf-pld-tokens", type=int, default=10, help="prompt_lookup_num_tokens for hf-pld")
+    p.add_argument("--phrase-store", default=None, help="Ouroboros pool URL for the stack (default: embedded)")
+    p.add_argument("--passes", type=int, default=1, help="run the prompt set N times (cold vs warm phrase pool)")
     p.add_argument("--out", type=Path, default=Path("bench-results"))
 
 
 @dataclass
 class Run:
+    pass_no: int
     method: str
     transport: str
     category: str
@@ -145,7 +149,7 @@ def _first_diff(a: list[int], b: list[int]) -> int | None:
 def run_bench(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from orchestrator.request import GenerateParams
+    from orchestrator.request import GenerateParams, OuroborosParams
     from specd_cli.demo import free_port
     from specd_cli.stack import StackConfig, build_inprocess, start_process_stack
     from specd_client import SpecdClient
@@ -154,7 +158,7 @@ def run_bench(args: argparse.Namespace) -> int:
     prompts = load_prompts(args.prompts, args.per_category, cats)
     default = ["hf-generate", "vanilla", "pld", "hf-pld"] + (["sps", "hf-assisted"] if args.draft_model else [])
     methods = [m for m in args.methods.split(",") if m] or default
-    unknown = [m for m in methods if m not in SPECD_METHODS + HF_METHODS]
+    unknown = [m for m in methods if _base(m) not in SPECD_METHODS + HF_METHODS]
     if unknown:
         raise SystemExit(f"specd bench: unknown methods {unknown}; known: {SPECD_METHODS + HF_METHODS}")
     if "hf-generate" not in methods:
@@ -166,8 +170,9 @@ def run_bench(args: argparse.Namespace) -> int:
     hf = HFRunner(args.target, args.draft_model, args.device)
     stack = None
     clients: dict[str, Any] = {}
-    if "grpc" in transports and any(m in SPECD_METHODS for m in methods):
+    if "grpc" in transports and any(_base(m) in SPECD_METHODS for m in methods):
         stack = start_process_stack(
+            phrase_store=args.phrase_store,
             target=args.target,
             draft_model=args.draft_model,
             port=free_port(),
@@ -176,34 +181,42 @@ def run_bench(args: argparse.Namespace) -> int:
             device=args.device,
         )
         clients["grpc"] = SpecdClient(stack.address, timeout=1800)
-    if "inproc" in transports and any(m in SPECD_METHODS for m in methods):
+    if "inproc" in transports and any(_base(m) in SPECD_METHODS for m in methods):
         from draft_service.service import DraftConfig
         from target_service.verifier import TargetConfig
 
         clients["inproc"] = build_inprocess(
             StackConfig(
                 TargetConfig(model=args.target, device=args.device),
-                DraftConfig(draft_model=args.draft_model, device=args.device or "auto"),
+                DraftConfig(
+                    draft_model=args.draft_model, device=args.device or "auto", phrase_store_url=args.phrase_store
+                ),
             )
         )
 
     def run_specd(transport: str, method: str, prompt: list[int]) -> tuple[list[int], Any]:
+        disabled = _disabled_parts(method)
         if transport == "grpc":
             res = clients["grpc"].generate(
-                prompt, method=method, max_new_tokens=args.max_new_tokens, num_draft_tokens=args.num_draft_tokens
+                prompt,
+                method=_base(method),
+                max_new_tokens=args.max_new_tokens,
+                num_draft_tokens=args.num_draft_tokens,
+                disable_parts=disabled,
             )
             return list(res.token_ids), res.stats
         res = clients["inproc"].generate(
             GenerateParams(
                 prompt_token_ids=tuple(prompt),
-                method=method,
+                method=_base(method),
                 max_new_tokens=args.max_new_tokens,
                 num_draft_tokens=args.num_draft_tokens,
+                ouroboros=OuroborosParams.without(disabled),
             )
         )
         return list(res.token_ids), res.stats
 
-    jobs = [(m, t) for m in methods for t in (transports if m in SPECD_METHODS else ["local"])]
+    jobs = [(m, t) for m in methods for t in (transports if _base(m) in SPECD_METHODS else ["local"])]
     runs: list[Run] = []
     try:
         # Warm-up (not recorded): first calls pay one-off costs (allocations, thread pools).
@@ -213,8 +226,8 @@ def run_bench(args: argparse.Namespace) -> int:
                 hf.run(method, warm, 8, args.hf_pld_tokens)
             else:
                 run_specd(transport, method, warm)
-        bar = tqdm(total=len(prompts) * len(jobs), desc="bench", unit="run", file=sys.stderr)
-        for row in prompts:
+        bar = tqdm(total=len(prompts) * len(jobs) * args.passes, desc="bench", unit="run", file=sys.stderr)
+        for pass_no, row in ((p, r) for p in range(1, args.passes + 1) for r in prompts):
             prompt = hf.prompt_ids(row["turns"][0])
             reference: list[int] = []
             for method, transport in jobs:
@@ -234,6 +247,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 diff = _first_diff(tokens, reference)
                 runs.append(
                     Run(
+                        pass_no,
                         method,
                         transport,
                         row["category"],
@@ -261,8 +275,17 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _base(method: str) -> str:
+    return "ouroboros" if method.startswith(ABLATION) else method
+
+
+def _disabled_parts(method: str) -> list[str]:
+    return method[len(ABLATION) :].split("+") if method.startswith(ABLATION) else []
+
+
 def _key(run: Run) -> str:
-    return run.method if run.transport in ("grpc", "local") else f"{run.method} ({run.transport})"
+    name = run.method if run.transport in ("grpc", "local") else f"{run.method} ({run.transport})"
+    return name if run.pass_no == 1 else f"{name} [pass {run.pass_no}]"
 
 
 def summarize(runs: list[Run]) -> dict[str, Any]:

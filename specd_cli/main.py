@@ -6,6 +6,7 @@ Flags and environment variables are read here only; everything below gets typed 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -51,7 +52,20 @@ def _target_config(args: argparse.Namespace) -> Any:
 def _draft_config(args: argparse.Namespace) -> Any:
     from draft_service.service import DraftConfig
 
-    return DraftConfig(draft_model=args.draft_model, device=args.device or "auto", dtype=args.dtype).validate()
+    return DraftConfig(
+        draft_model=args.draft_model,
+        device=args.device or "auto",
+        dtype=args.dtype,
+        phrase_store_url=args.phrase_store,
+    ).validate()
+
+
+def _add_phrase_store_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--phrase-store",
+        default=None,
+        help="Ouroboros phrase pool: redis://HOST:PORT/DB (shared by replicas) or memory:// (default: embedded)",
+    )
 
 
 def cmd_target(args: argparse.Namespace) -> int:
@@ -68,9 +82,13 @@ def cmd_draft(args: argparse.Namespace) -> int:
     from draft_service.server import serve_draft
     from draft_service.service import DraftWorker
 
-    handle = serve_draft(DraftWorker.from_config(_draft_config(args)), host=args.host, port=args.port)
+    worker = DraftWorker.from_config(_draft_config(args))
+    handle = serve_draft(worker, host=args.host, port=args.port)
     print(f"draft service on {args.host}:{handle.port}", flush=True)
-    handle.wait_for_signal()
+    try:
+        handle.wait_for_signal()
+    finally:
+        worker.close()  # closes the phrase-store connections
     return 0
 
 
@@ -119,6 +137,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         draft_port=args.draft_port,
         device=args.device,
         extra_target_args=extra,
+        phrase_store=args.phrase_store,
     )
     print(f"specd is up: orchestrator {stack.address} (logs in {stack.log_dir}); Ctrl-C stops it", flush=True)
     stop = threading.Event()
@@ -148,6 +167,9 @@ def _generate_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         adaptive_draft=args.adaptive,
         num_branches=args.num_branches,
         ignore_eos=args.ignore_eos,
+        phrase_top_k=args.phrase_top_k,
+        phrase_length=args.phrase_length,
+        disable_parts=[p for p in args.ouroboros_disable.split(",") if p],
     )
 
 
@@ -185,7 +207,7 @@ def _generate_remote(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
 
 
 def _generate_inprocess(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
-    from orchestrator.request import GenerateParams
+    from orchestrator.request import GenerateParams, OuroborosParams
     from spec_decode.errors import SpecdError
     from spec_decode.types import SamplingParams
     from specd_cli.stack import StackConfig, build_inprocess
@@ -195,7 +217,11 @@ def _generate_inprocess(args: argparse.Namespace, kwargs: dict[str, Any]) -> int
         sampling = SamplingParams(
             kwargs.pop("temperature"), kwargs.pop("top_k"), kwargs.pop("top_p"), kwargs.pop("seed")
         )
-        params = GenerateParams(prompt=args.prompt, sampling=sampling, **kwargs)
+        ouroboros = OuroborosParams.without(kwargs.pop("disable_parts"))
+        ouroboros = dataclasses.replace(
+            ouroboros, phrase_top_k=kwargs.pop("phrase_top_k"), phrase_length=kwargs.pop("phrase_length")
+        )
+        params = GenerateParams(prompt=args.prompt, sampling=sampling, ouroboros=ouroboros, **kwargs)
         if args.json:
             result = orch.generate(params)
             print(
@@ -250,6 +276,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def cmd_make_tiny_pair(args: argparse.Namespace) -> int:
+    from specd_cli.tiny import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="specd", description="Speculative decoding as gRPC microservices.")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -265,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draft-model", default=None, help="draft LM; without it only model-free drafters run")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
+    _add_phrase_store_flag(p)
     _add_server_flags(p, 50053)
     p.set_defaults(fn=cmd_draft)
 
@@ -283,11 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_flags(p, DEFAULT_PORT)
     p.add_argument("--target-port", type=int, default=50052)
     p.add_argument("--draft-port", type=int, default=50053)
+    _add_phrase_store_flag(p)
     p.set_defaults(fn=cmd_up)
 
     p = sub.add_parser("generate", help="generate a completion (in-process, or via --address)")
     p.add_argument("prompt")
-    p.add_argument("--method", default="vanilla", help="vanilla | sps | pld")
+    p.add_argument("--method", default="vanilla", help="vanilla | sps | pld | ouroboros")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=0)
@@ -297,6 +331,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-draft-tokens", type=int, default=0, help="draft length γ (0 = method default)")
     p.add_argument("--adaptive", action="store_true", help="adaptive draft length")
     p.add_argument("--num-branches", type=int, default=0, help="pld: distinct continuations per tree")
+    p.add_argument("--phrase-top-k", type=int, default=0, help="ouroboros: pool phrases per key token (0 = default)")
+    p.add_argument("--phrase-length", type=int, default=0, help="ouroboros: phrase length N-1 (0 = default)")
+    p.add_argument(
+        "--ouroboros-disable",
+        default="",
+        help="ouroboros ablation: comma-separated parts to switch off "
+        "(lookahead, phrase_extension, verification_phrases, history_phrases)",
+    )
+    _add_phrase_store_flag(p)
     p.add_argument("--ignore-eos", action="store_true")
     p.add_argument("--address", default=None, help="orchestrator HOST:PORT; without it the stack runs in-process")
     p.add_argument("--timeout", type=float, default=600.0)
@@ -312,6 +355,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=96)
     p.add_argument("--port", type=int, default=0, help="orchestrator port (0 = a free one)")
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("make-tiny-pair", help="build a constructed tiny draft/target pair (SmolLM2 tokenizer)")
+    from specd_cli.tiny import add_args as add_tiny_args
+
+    add_tiny_args(p)
+    p.set_defaults(fn=cmd_make_tiny_pair)
 
     p = sub.add_parser("bench", help="benchmark specd methods and peers on Spec-Bench-shaped prompts")
     from specd_cli.bench import add_bench_args

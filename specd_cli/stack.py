@@ -115,6 +115,7 @@ def start_process_stack(
     device: str | None = None,
     log_dir: Path | None = None,
     extra_target_args: list[str] | None = None,
+    phrase_store: str | None = None,
     timeout: float = 300.0,
 ) -> ProcessStack:
     """Start the three services as separate processes on loopback and wait until all serve."""
@@ -144,6 +145,7 @@ def start_process_stack(
             str(draft_port),
             *dev,
             *(["--draft-model", draft_model] if draft_model else []),
+            *(["--phrase-store", phrase_store] if phrase_store else []),
         ],
     }
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -151,8 +153,8 @@ def start_process_stack(
     try:
         for name, cmd in cmds.items():
             procs[name] = _spawn(name, cmd, log_dir)
-        wait_healthy(f"{host}:{target_port}", timeout)
-        wait_healthy(f"{host}:{draft_port}", timeout)
+        _wait_serving(procs["target"], "target", f"{host}:{target_port}", timeout)
+        _wait_serving(procs["draft"], "draft", f"{host}:{draft_port}", timeout)
         orch_cmd = [
             *exe,
             "orchestrator",
@@ -168,7 +170,7 @@ def start_process_stack(
             f"{host}:{draft_port}",
         ]
         procs["orchestrator"] = _spawn("orchestrator", orch_cmd, log_dir)
-        wait_healthy(f"{host}:{port}", timeout)
+        _wait_serving(procs["orchestrator"], "orchestrator", f"{host}:{port}", timeout)
     except BaseException:
         stack.stop(2.0)
         for name in procs:
@@ -176,6 +178,20 @@ def start_process_stack(
             log.error("%s log tail:\n%s", name, tail)
         raise
     return stack
+
+
+def _wait_serving(proc: subprocess.Popen[bytes], name: str, address: str, timeout: float) -> None:
+    """Wait for ``address`` to report SERVING; fail at once if the process exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the {name} service exited with code {proc.returncode} before serving")
+        try:
+            wait_healthy(address, min(2.0, max(0.1, deadline - time.monotonic())))
+            return
+        except TimeoutError:
+            if time.monotonic() >= deadline:
+                raise
 
 
 def _spawn(name: str, cmd: list[str], log_dir: Path) -> subprocess.Popen[bytes]:

@@ -22,8 +22,19 @@ def build_request(
     adaptive_draft: bool = False,
     num_branches: int = 0,
     ignore_eos: bool = False,
+    phrase_top_k: int = 0,
+    phrase_length: int = 0,
+    disable_parts: Sequence[str] = (),
 ) -> orchestrator_pb2.GenerateRequest:
-    """``prompt`` is text, a list of :class:`Message`, or a list of token ids."""
+    """``prompt`` is text, a list of :class:`Message`, or a list of token ids.
+
+    ``phrase_top_k``, ``phrase_length`` and ``disable_parts`` (any of "lookahead",
+    "phrase_extension", "verification_phrases", "history_phrases") tune method "ouroboros".
+    """
+    known = ("lookahead", "phrase_extension", "verification_phrases", "history_phrases")
+    unknown = [p for p in disable_parts if p not in known]
+    if unknown:
+        raise ValueError(f"unknown Ouroboros parts {unknown}; known: {known}")
     req = orchestrator_pb2.GenerateRequest(
         method=method,
         max_new_tokens=max_new_tokens,
@@ -35,6 +46,11 @@ def build_request(
         adaptive_draft=adaptive_draft,
         num_branches=num_branches,
         ignore_eos=ignore_eos,
+        ouroboros=orchestrator_pb2.OuroborosOptions(
+            phrase_top_k=phrase_top_k,
+            phrase_length=phrase_length,
+            **{f"no_{part}": True for part in disable_parts},
+        ),
     )
     if isinstance(prompt, str):
         req.prompt = prompt

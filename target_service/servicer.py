@@ -7,19 +7,10 @@ from collections.abc import Callable
 import grpc
 
 from protos import convert, target_pb2, target_pb2_grpc
-from protos.serving import unary_errors
+from protos.serving import session_id_arg, unary_errors
 from spec_decode.api import TargetAPI
-from spec_decode.errors import InvalidArgument
 
 SERVICE_NAME = target_pb2.DESCRIPTOR.services_by_name["TargetService"].full_name
-
-
-def _session_id(value: str) -> str:
-    if not value:
-        raise InvalidArgument("session_id is empty")
-    if len(value) > 256:
-        raise InvalidArgument(f"session_id is {len(value)} characters; the limit is 256")
-    return value
 
 
 class TargetServicer(target_pb2_grpc.TargetServiceServicer):
@@ -33,7 +24,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
     @unary_errors
     def Prefill(self, request: target_pb2.PrefillRequest, context: grpc.ServicerContext) -> target_pb2.PrefillResponse:
         sampling = convert.sampling_from_pb(request.sampling).validate()
-        result = self._target.prefill(_session_id(request.session_id), list(request.prompt_tokens), sampling)
+        result = self._target.prefill(session_id_arg(request.session_id), list(request.prompt_tokens), sampling)
         return target_pb2.PrefillResponse(
             context_len=result.context_len,
             compute_ms=result.compute_s * 1e3,
@@ -42,12 +33,14 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
 
     @unary_errors
     def Verify(self, request: target_pb2.VerifyRequest, context: grpc.ServicerContext) -> target_pb2.VerifyResponse:
-        result = self._target.verify(_session_id(request.session_id), convert.tree_from_pb(request.tree))
+        result = self._target.verify(
+            session_id_arg(request.session_id), convert.tree_from_pb(request.tree), request.return_target_tokens
+        )
         return convert.verify_to_pb(result)
 
     @unary_errors
     def Release(self, request: target_pb2.ReleaseRequest, context: grpc.ServicerContext) -> target_pb2.ReleaseResponse:
-        return target_pb2.ReleaseResponse(released=self._target.release(_session_id(request.session_id)))
+        return target_pb2.ReleaseResponse(released=self._target.release(session_id_arg(request.session_id)))
 
 
 def register(target: TargetAPI) -> Callable[[grpc.Server], None]:

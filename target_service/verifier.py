@@ -113,8 +113,11 @@ class TargetVerifier:
                 self.sessions.finish(session)
         return PrefillResult(context_len=session.context_len, compute_s=compute_s, evicted_sessions=evicted)
 
-    def verify(self, session_id: str, tree: DraftTree) -> VerifyResult:
-        """Score ``tree`` in one pass, accept, commit the pending token + accepted path."""
+    def verify(self, session_id: str, tree: DraftTree, return_target_tokens: bool = False) -> VerifyResult:
+        """Score ``tree`` in one pass, accept, commit the pending token + accepted path.
+
+        With ``return_target_tokens`` the result carries the target's argmax per row (1 + N ints).
+        """
         validate_tree(
             tree,
             vocab_size=self.engine.vocab_size,
@@ -125,7 +128,7 @@ class TargetVerifier:
             self.sessions.check_tree(session.prefix_len, tree.size)
             start = time.perf_counter()
             try:
-                acceptance = self._score_and_accept(session, tree)
+                acceptance, target_tokens = self._score_and_accept(session, tree)
                 keep_rows = [0, *(node + 1 for node in acceptance.path)]
                 self.engine.commit(session.cache, session.prefix_len, keep_rows)
             except BaseException:
@@ -135,7 +138,9 @@ class TargetVerifier:
             session.pending_token = acceptance.next_token
             session.kv_bytes = self.engine.kv_bytes(session.cache)
             compute_s = time.perf_counter() - start
-            return VerifyResult(acceptance, session.context_len, compute_s)
+            return VerifyResult(
+                acceptance, session.context_len, compute_s, tuple(target_tokens) if return_target_tokens else ()
+            )
 
     def release(self, session_id: str) -> bool:
         """Free the session; False when it did not exist."""
@@ -154,12 +159,16 @@ class TargetVerifier:
         self.sessions.check_prompt(len(tokens))
         return tokens
 
-    def _score_and_accept(self, session: Session, tree: DraftTree) -> Acceptance:
-        """One tree pass, then the acceptance rule the session's sampling params call for."""
+    def _score_and_accept(self, session: Session, tree: DraftTree) -> tuple[Acceptance, list[int]]:
+        """One tree pass, then the acceptance rule the session's sampling params call for.
+
+        Also returns the target's argmax token per row (cheap: N + 1 ints).
+        """
         parents = torch.tensor(tree.parents, dtype=torch.long)  # [N]
         cache = session.cache
         logits = self.engine.score_tree(cache, session.pending_token, parents, tree.tokens)  # [1+N, V]
+        argmax = logits.argmax(dim=-1).tolist()  # [1+N]
         if session.sampling.greedy:
-            return accept_greedy(logits.argmax(dim=-1).tolist(), tree)
+            return accept_greedy(argmax, tree), argmax
         probs = warp_probs(logits, session.sampling)  # [1+N, V] float32
-        return accept_sampling(probs, tree, session.generator)
+        return accept_sampling(probs, tree, session.generator), argmax

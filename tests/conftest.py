@@ -13,63 +13,20 @@ from pathlib import Path
 import pytest
 import torch
 
+from specd_cli.tiny import make_tiny_llama
+
 # Keep the test session's own model cache out of the user's home unless told otherwise.
 os.environ.setdefault("SPECD_CACHE", str(Path.home() / ".cache" / "specd"))
 # Tiny models run fastest on one thread (and do not fight other processes for cores).
 torch.set_num_threads(1)
 
 
-def make_tiny_llama(
-    out: Path,
-    tokenizer_dir: Path,
-    *,
-    seed: int,
-    layers: int = 2,
-    hidden: int = 64,
-    heads: int = 4,
-    kv_heads: int = 2,
-    base: Path | None = None,
-    noise: float = 0.0,
-    max_positions: int = 512,
-) -> Path:
-    """Save a tiny Llama (random, or ``base``'s weights plus Gaussian ``noise``) with the tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    tokenizer = AutoTokenizer.from_pretrained(str(tokenizer_dir))
-    torch.manual_seed(seed)
-    if base is not None:
-        model = LlamaForCausalLM.from_pretrained(str(base), dtype=torch.float32)
-        with torch.no_grad():
-            for param in model.parameters():
-                param.add_(noise * torch.randn_like(param) * param.std())
-    else:
-        config = LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden,
-            intermediate_size=hidden * 2,
-            num_hidden_layers=layers,
-            num_attention_heads=heads,
-            num_key_value_heads=kv_heads,
-            max_position_embeddings=max_positions,
-            initializer_range=0.2,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.eos_token_id,
-            tie_word_embeddings=True,
-        )
-        model = LlamaForCausalLM(config)
-    model.eval()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """The SmolLM2-135M-Instruct transformers directory (converted from GGUF once)."""
-    from spec_decode.models import _materialize
+    from spec_decode.models import materialize
 
-    directory, _ = _materialize("smollm2")
+    directory, _ = materialize("smollm2")
     return directory
 
 

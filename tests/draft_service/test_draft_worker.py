@@ -56,7 +56,7 @@ def pl(
 
 def test_implements_the_draft_api(worker: DraftWorker) -> None:
     api: DraftAPI = worker
-    assert api.info().drafters == ("prompt_lookup",)
+    assert api.info().drafters == ("prompt_lookup", "ouroboros")
 
 
 def test_info(worker: DraftWorker, model_worker: DraftWorker) -> None:
@@ -65,7 +65,7 @@ def test_info(worker: DraftWorker, model_worker: DraftWorker) -> None:
     pl(worker, "s", 0, [1, 2])
     assert worker.info().active_sessions == 1
     info = model_worker.info()
-    assert info.drafters == ("prompt_lookup", "model")
+    assert info.drafters == ("prompt_lookup", "model", "ouroboros")
     assert info.vocab is not None and info.vocab.vocab_size == 49152
 
 

@@ -117,3 +117,35 @@ def test_smollm2_generate_equals_transformers_greedy(smollm2_dir, method):
     expected = greedy_reference(smollm2_dir, _prompt_ids(smollm2_dir, prompt), 40, torch.float32)
     assert payload["token_ids"] == expected
     assert payload["stats"]["target_steps"] <= 40
+
+
+def test_specd_up_serves_and_stops_on_sigterm(tiny_target, tmp_path):
+    """`specd up` keeps three processes up, answers through --address, and SIGTERM stops them all."""
+    import os
+    import signal
+    import time
+
+    port, tport, dport = free_port(), free_port(), free_port()
+    env = {**os.environ, "SPECD_LOG_DIR": str(tmp_path)}
+    up = subprocess.Popen(
+        [*SPECD, "up", "--target", str(tiny_target), "--device", "cpu", "--port", str(port),
+         "--target-port", str(tport), "--draft-port", str(dport)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert up.stdout is not None
+        line = up.stdout.readline()
+        deadline = time.monotonic() + 180
+        while "specd is up" not in line and time.monotonic() < deadline and up.poll() is None:
+            line = up.stdout.readline()
+        assert "specd is up" in line, line
+        out = _run("generate", "Hi", "--address", f"127.0.0.1:{port}", "--max-new-tokens", "4", "--json")
+        assert out.returncode == 0, out.stderr
+        assert len(json.loads(out.stdout)["token_ids"]) == 4
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+        refused = _run("generate", "Hi", "--address", f"127.0.0.1:{port}", "--max-new-tokens", "4", "--timeout", "3")
+        assert refused.returncode != 0 and "UNAVAILABLE" in refused.stderr
+    finally:
+        if up.poll() is None:
+            up.kill()

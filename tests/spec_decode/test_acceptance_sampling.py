@@ -475,3 +475,26 @@ def test_acceptance_is_a_consistent_path(case: tuple[DraftTree, int]) -> None:
         assert rows[tree.parents[node] + 1, tree.tokens[node]] > 0
     # Bonus or recovered, the last token comes from the last row or its residual: p > 0 there.
     assert rows[last + 1, out.next_token] > 0
+
+
+def test_mixed_tree_point_mass_entries_follow_target():
+    """A sampled child (with q) beside a point-mass child (empty SparseProbs): still exact."""
+    import torch as _t
+
+    from spec_decode.acceptance import accept_sampling as _accept
+    from spec_decode.types import DraftTree as _Tree
+    from spec_decode.types import SparseProbs as _SP
+
+    gen = _t.Generator().manual_seed(3)
+    p = _t.tensor([0.1, 0.4, 0.2, 0.3])
+    q = _SP((0, 1), (0.5, 0.5))
+    counts = _t.zeros(4)
+    n = 20000
+    for _ in range(n):
+        x = (0, 1)[int(_t.randint(0, 2, (1,), generator=gen))]
+        tree = _Tree((x, 3), (-1, -1), (q, _SP()))
+        probs = _t.stack([p, p, p])
+        acc = _accept(probs, tree, gen)
+        counts[acc.emitted[0]] += 1
+    tv = 0.5 * float((counts / n - p).abs().sum())
+    assert tv < 0.02, (counts / n, p)

@@ -66,7 +66,7 @@ BAD_TREES = [
     (
         "self-parent",
         DraftTree((1, 2), (-1, 1)),
-        "node 1: parent index 1 must be -1 or an earlier node (< 1); this tree has a node that is its own parent (a cycle)",
+        "node 1: parent index 1 must be -1 or an earlier node (< 1); this tree has a node that is its own parent",
     ),
     (
         "later-parent",
@@ -82,9 +82,9 @@ BAD_TREES = [
     ("probs-count", DraftTree.chain([1, 2], (q((1, 1.0)),)), "carries draft probabilities for 1 nodes; it has 2"),
     ("ids-probs-length", DraftTree.chain([1], (SparseProbs((1, 2), (1.0,)),)), "node 0: 2 draft ids but 1 draft probs"),
     (
-        "no-entries",
-        DraftTree.chain([1], (SparseProbs((), ()),)),
-        "node 0: draft distribution has 0 entries; allowed 1..3",
+        "probs-without-ids",
+        DraftTree.chain([1], (SparseProbs((), (1.0,)),)),
+        "node 0: 0 draft ids but 1 draft probs",
     ),
     (
         "too-many-entries",
@@ -299,3 +299,9 @@ def test_merge_paths_round_trips_and_dedups(paths: list[list[int]]) -> None:
     # No two siblings share a token.
     for kids in children_lists(tree.parents).values():
         assert len({tree.tokens[c] for c in kids}) == len(kids)
+
+
+def test_empty_entry_marks_a_point_mass_node():
+    """A mixed tree: node 0 sampled with q, node 1 a point mass (empty SparseProbs) is valid."""
+    tree = DraftTree((1, 2), (-1, 0), (SparseProbs((1, 2), (0.5, 0.5)), SparseProbs()))
+    validate_tree(tree, vocab_size=VOCAB, max_nodes=6, max_top_k=3)
