@@ -10,7 +10,7 @@ import torch
 from conftest import greedy_reference, hf_model, stack_config
 from scipy.stats import chisquare
 
-from orchestrator.request import GenerateParams
+from orchestrator.request import GenerateParams, OuroborosParams
 from spec_decode.errors import FailedPrecondition
 from spec_decode.types import SamplingParams
 from specd_cli.stack import build_inprocess
@@ -32,7 +32,7 @@ def _random_prompts(n: int, seed: int) -> list[list[int]]:
     return prompts
 
 
-@pytest.mark.parametrize("method", ["vanilla", "pld", "sps"])
+@pytest.mark.parametrize("method", ["vanilla", "pld", "sps", "ouroboros"])
 def test_greedy_identical_to_transformers(orch, tiny_target, method):
     for prompt in _random_prompts(12, seed=hash(method) % 1000):
         expected = greedy_reference(tiny_target, prompt, 24, torch.float64)
@@ -119,3 +119,30 @@ def test_foreign_draft_refused(tiny_target, foreign_draft):
     with pytest.raises(FailedPrecondition) as err:
         build_inprocess(stack_config(tiny_target, foreign_draft))
     assert str(foreign_draft) in err.value.message and str(tiny_target) in err.value.message
+
+
+@pytest.mark.parametrize(
+    "disabled",
+    [(), ("phrase_extension",), ("verification_phrases", "history_phrases"), OuroborosParams.PARTS],
+)
+def test_ouroboros_ablations_lossless(orch, tiny_target, disabled):
+    for prompt in _random_prompts(3, seed=21):
+        expected = greedy_reference(tiny_target, prompt, 20, torch.float64)
+        params = GenerateParams(
+            prompt_token_ids=tuple(prompt),
+            method="ouroboros",
+            max_new_tokens=20,
+            ouroboros=OuroborosParams.without(disabled),
+        )
+        assert list(orch.generate(params).token_ids) == expected
+
+
+def test_ouroboros_pool_outlives_the_request(tiny_target):
+    """A second request for the same prompt drafts from phrases the first one left in the pool."""
+    fresh = build_inprocess(stack_config(tiny_target, None))
+    params = GenerateParams(prompt_token_ids=(4000, 4100, 4200), method="ouroboros", max_new_tokens=40)
+    first = fresh.generate(params)
+    second = fresh.generate(params)
+    assert second.token_ids == first.token_ids
+    assert second.stats.accepted_tokens > first.stats.accepted_tokens
+    assert second.stats.tau > 2.0
