@@ -28,6 +28,7 @@ from draft_service.ouroboros import OuroborosDrafter
 from draft_service.prompt_lookup import PromptLookupDrafter
 from phrase_store import PhraseStore, PhraseStoreConfig, open_store, store_kind
 from spec_decode.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from spec_decode.model_thread import ModelThread
 from spec_decode.models import LoadedModel, load_model, pick_device, pick_dtype
 from spec_decode.sampling import make_generator
 from spec_decode.types import EMPTY_TREE, DraftInfo, DraftOptions, ProposeResult, SamplingParams
@@ -135,6 +136,7 @@ class DraftWorker:
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._stores: dict[str, PhraseStore] = {}  # namespace (lower case) -> the shared pool
         self._lock = threading.Lock()
+        self._model_thread = ModelThread("specd-draft")
 
     @classmethod
     def from_config(cls, config: DraftConfig) -> DraftWorker:
@@ -161,6 +163,22 @@ class DraftWorker:
         )
 
     def propose(
+        self,
+        session_id: str,
+        drafter: str,
+        offset: int,
+        tokens: Sequence[int],
+        max_nodes: int,
+        options: DraftOptions,
+        sampling: SamplingParams,
+    ) -> ProposeResult:
+        """Append ``tokens`` at ``offset`` to the session's history and propose a tree.
+
+        Runs on the service's single model thread (see :mod:`spec_decode.model_thread`).
+        """
+        return self._model_thread.run(self._propose, session_id, drafter, offset, tokens, max_nodes, options, sampling)
+
+    def _propose(
         self,
         session_id: str,
         drafter: str,
@@ -210,6 +228,10 @@ class DraftWorker:
             return ProposeResult(tree=tree, context_len=len(session.history), compute_s=compute_s)
 
     def observe(self, session_id: str, num_draft: int, num_accepted: int, target_tokens: Sequence[int] = ()) -> int:
+        """Report acceptance of the last draft (on the model thread); returns the next draft length."""
+        return self._model_thread.run(self._observe, session_id, num_draft, num_accepted, target_tokens)
+
+    def _observe(self, session_id: str, num_draft: int, num_accepted: int, target_tokens: Sequence[int]) -> int:
         """Report acceptance of the last draft; returns the draft length used next.
 
         ``target_tokens`` (optional) is the target's argmax per row of that verify pass: 1 + the

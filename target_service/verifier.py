@@ -17,6 +17,7 @@ import torch
 
 from spec_decode.acceptance import accept_greedy, accept_sampling
 from spec_decode.errors import InvalidArgument
+from spec_decode.model_thread import ModelThread
 from spec_decode.models import LoadedModel, load_model
 from spec_decode.sampling import make_generator, warp_probs
 from spec_decode.tree import validate_tree
@@ -67,6 +68,7 @@ class TargetVerifier:
         self.engine = TreeEngine(loaded.model)
         self.config = dataclasses.replace(config, max_context=min(config.max_context, self.engine.max_positions))
         self.sessions = SessionStore(self.config.max_sessions, self.config.max_context)
+        self._model_thread = ModelThread("specd-target")
 
     @classmethod
     def from_config(cls, config: TargetConfig) -> TargetVerifier:
@@ -88,6 +90,17 @@ class TargetVerifier:
 
     def prefill(self, session_id: str, prompt_tokens: Sequence[int], sampling: SamplingParams) -> PrefillResult:
         """Create ``session_id`` and feed the prompt; its last token stays pending."""
+        return self._model_thread.run(self._prefill, session_id, prompt_tokens, sampling)
+
+    def verify(self, session_id: str, tree: DraftTree, return_target_tokens: bool = False) -> VerifyResult:
+        """Score ``tree`` in one pass, accept, commit the pending token + accepted path.
+
+        With ``return_target_tokens`` the result carries the target's argmax per row (1 + N ints).
+        Runs on the service's single model thread (see :mod:`spec_decode.model_thread`).
+        """
+        return self._model_thread.run(self._verify, session_id, tree, return_target_tokens)
+
+    def _prefill(self, session_id: str, prompt_tokens: Sequence[int], sampling: SamplingParams) -> PrefillResult:
         if not session_id:
             raise InvalidArgument("session id is empty")
         tokens = self._check_prompt(prompt_tokens)
@@ -113,11 +126,7 @@ class TargetVerifier:
                 self.sessions.finish(session)
         return PrefillResult(context_len=session.context_len, compute_s=compute_s, evicted_sessions=evicted)
 
-    def verify(self, session_id: str, tree: DraftTree, return_target_tokens: bool = False) -> VerifyResult:
-        """Score ``tree`` in one pass, accept, commit the pending token + accepted path.
-
-        With ``return_target_tokens`` the result carries the target's argmax per row (1 + N ints).
-        """
+    def _verify(self, session_id: str, tree: DraftTree, return_target_tokens: bool) -> VerifyResult:
         validate_tree(
             tree,
             vocab_size=self.engine.vocab_size,
