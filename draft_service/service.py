@@ -28,7 +28,7 @@ from draft_service.ouroboros import OuroborosDrafter
 from draft_service.prompt_lookup import PromptLookupDrafter
 from phrase_store import PhraseStore, PhraseStoreConfig, open_store, store_kind
 from spec_decode.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
-from spec_decode.model_thread import ModelThread
+from spec_decode.model_thread import model_thread
 from spec_decode.models import LoadedModel, load_model, pick_device, pick_dtype
 from spec_decode.sampling import make_generator
 from spec_decode.types import EMPTY_TREE, DraftInfo, DraftOptions, ProposeResult, SamplingParams
@@ -136,7 +136,7 @@ class DraftWorker:
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._stores: dict[str, PhraseStore] = {}  # namespace (lower case) -> the shared pool
         self._lock = threading.Lock()
-        self._model_thread = ModelThread("specd-draft")
+        self._model_thread = model_thread()
 
     @classmethod
     def from_config(cls, config: DraftConfig) -> DraftWorker:

@@ -1,15 +1,17 @@
-"""One OS thread that runs every torch call of a service.
+"""One OS thread per process that runs every torch call of the services in it.
 
 torch's CPU kernels parallelise with OpenMP, and OpenMP keeps a separate team of worker
 threads for every thread that calls into it. A gRPC server hands requests to a pool of
 threads, so without this each of them grows its own team, and the idle teams spin on the same
 cores as the busy one: measured here, a SmolLM2 decode step took about 85 ms inside the gRPC
-target service against 49 ms in a plain loop. Running all model work on one thread keeps one
-team (and, on CUDA, one current stream).
+target service against 49 ms in a plain loop. Running all model work of a process on one
+thread keeps one team (and, on CUDA, one current stream). Target and draft services in one
+process (the in-process stack) share the same thread.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import ParamSpec, TypeVar
@@ -23,10 +25,31 @@ class ModelThread:
 
     def __init__(self, name: str = "specd-model") -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._ident: int | None = None
+        self._executor.submit(self._remember).result()
+
+    def _remember(self) -> None:
+        self._ident = threading.get_ident()
 
     def run(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Call ``fn(*args, **kwargs)`` on the model thread and return (or raise) its result."""
+        """Call ``fn(*args, **kwargs)`` on the model thread and return (or raise) its result.
+
+        A call made from the model thread itself runs directly (no deadlock when one service
+        calls another in the same process).
+        """
+        if threading.get_ident() == self._ident:
+            return fn(*args, **kwargs)
         return self._executor.submit(fn, *args, **kwargs).result()
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=True)
+
+_SHARED: ModelThread | None = None
+_SHARED_LOCK = threading.Lock()
+
+
+def model_thread() -> ModelThread:
+    """The process-wide model thread, started on first use."""
+    global _SHARED
+    with _SHARED_LOCK:
+        if _SHARED is None:
+            _SHARED = ModelThread()
+        return _SHARED

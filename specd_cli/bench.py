@@ -118,6 +118,8 @@ class HFRunner:
         return prompt_tokens(self.lm.tokenizer, GenerateParams(prompt=text))
 
     def run(self, method: str, prompt: list[int], max_new: int, pld_tokens: int) -> tuple[list[int], float, int]:
+        from spec_decode.model_thread import model_thread
+
         torch = self._torch
         ids = torch.tensor([prompt], device=self.lm.device)
         kwargs: dict[str, Any] = dict(
@@ -132,9 +134,14 @@ class HFRunner:
         elif method == "hf-assisted":
             kwargs["assistant_model"] = self.draft
         self.calls = 0
+
+        def generate() -> Any:
+            with torch.inference_mode():
+                return self.lm.model.generate(ids, **kwargs)
+
+        # On the process's model thread, like specd's own in-process services: one OpenMP team.
         start = time.perf_counter()
-        with torch.inference_mode():
-            out = self.lm.model.generate(ids, **kwargs)
+        out = model_thread().run(generate)
         wall = time.perf_counter() - start
         return out[0, len(prompt) :].tolist(), wall, self.calls
 

@@ -17,7 +17,7 @@ import torch
 
 from spec_decode.acceptance import accept_greedy, accept_sampling
 from spec_decode.errors import InvalidArgument
-from spec_decode.model_thread import ModelThread
+from spec_decode.model_thread import model_thread
 from spec_decode.models import LoadedModel, load_model
 from spec_decode.sampling import make_generator, warp_probs
 from spec_decode.tree import validate_tree
@@ -68,7 +68,7 @@ class TargetVerifier:
         self.engine = TreeEngine(loaded.model)
         self.config = dataclasses.replace(config, max_context=min(config.max_context, self.engine.max_positions))
         self.sessions = SessionStore(self.config.max_sessions, self.config.max_context)
-        self._model_thread = ModelThread("specd-target")
+        self._model_thread = model_thread()
 
     @classmethod
     def from_config(cls, config: TargetConfig) -> TargetVerifier:
