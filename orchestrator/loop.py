@@ -92,7 +92,7 @@ class DecodeLoop:
         )
         if max_nodes <= 0:
             return EMPTY_TREE
-        context = self._prompt + self.tokens
+        new_tokens = self._unsent_tokens()  # only what the drafter has not seen: O(step), not O(context)
         start = time.perf_counter()
         try:
             try:
@@ -100,7 +100,7 @@ class DecodeLoop:
                     self.session_id,
                     self._method.drafter,
                     self._sent_to_draft,
-                    context[self._sent_to_draft :],
+                    new_tokens,
                     max_nodes,
                     self._options,
                     self._params.sampling,
@@ -113,7 +113,7 @@ class DecodeLoop:
                     self.session_id,
                     self._method.drafter,
                     0,
-                    context,
+                    self._prompt + self.tokens,
                     max_nodes,
                     self._options,
                     self._params.sampling,
@@ -124,10 +124,17 @@ class DecodeLoop:
             return EMPTY_TREE
         finally:
             wall = time.perf_counter() - start
-        self._sent_to_draft = len(context)
+        self._sent_to_draft = context_len
         self.stats.phases.draft_s += result.compute_s
         self.stats.add_network(wall, result.compute_s)
         return result.tree
+
+    def _unsent_tokens(self) -> list[int]:
+        """Context tokens from ``_sent_to_draft`` on, without copying the whole context."""
+        n_prompt = len(self._prompt)
+        if self._sent_to_draft >= n_prompt:
+            return self.tokens[self._sent_to_draft - n_prompt :]
+        return self._prompt[self._sent_to_draft :] + self.tokens
 
     def _verify(self, tree: DraftTree) -> VerifyResult:
         start = time.perf_counter()
