@@ -23,10 +23,13 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class OrchestratorConfig:
     max_new_tokens: int = 2048  # cap on a request's max_new_tokens
+    max_prompt_tokens: int = 0  # cap on a request's prompt tokens (0: only the target's context)
 
     def validate(self) -> OrchestratorConfig:
         if self.max_new_tokens <= 0:
             raise InvalidArgument(f"max_new_tokens cap must be > 0, got {self.max_new_tokens}")
+        if self.max_prompt_tokens < 0:
+            raise InvalidArgument(f"max_prompt_tokens cap must be >= 0, got {self.max_prompt_tokens}")
         return self
 
 
@@ -127,6 +130,10 @@ class Orchestrator:
         bad = next((t for t in prompt if not 0 <= t < vocab_size), None)
         if bad is not None:
             raise InvalidArgument(f"prompt token id {bad} is outside the vocabulary [0, {vocab_size})")
+        if 0 < self.config.max_prompt_tokens < len(prompt):
+            raise InvalidArgument(
+                f"prompt is {len(prompt)} tokens; this server's cap is {self.config.max_prompt_tokens} prompt tokens"
+            )
         if len(prompt) >= limits.max_context:
             raise InvalidArgument(
                 f"prompt is {len(prompt)} tokens; the target's context is {limits.max_context} tokens"

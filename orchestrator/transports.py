@@ -8,9 +8,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import grpc
-
 from protos import convert, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
+from protos.security import PeerTls, open_channel
 from protos.serving import CHANNEL_OPTIONS, call
 from spec_decode.types import (
     DraftInfo,
@@ -36,11 +35,11 @@ class RpcTimeouts:
 
 
 class GrpcTargetClient:
-    """TargetAPI over gRPC."""
+    """TargetAPI over gRPC; ``tls``: the target's CA (and this client's certificate for mTLS)."""
 
-    def __init__(self, address: str, timeouts: RpcTimeouts | None = None) -> None:
+    def __init__(self, address: str, timeouts: RpcTimeouts | None = None, tls: PeerTls | None = None) -> None:
         self.address = address
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel = open_channel(address, tls, CHANNEL_OPTIONS)
         self._stub = target_pb2_grpc.TargetServiceStub(self._channel)
         self._t = timeouts or RpcTimeouts()
 
@@ -75,9 +74,9 @@ class GrpcDraftClient:
     Propose (``has_feedback``), so it returns -1 ("sent later") instead of the next length.
     """
 
-    def __init__(self, address: str, timeouts: RpcTimeouts | None = None) -> None:
+    def __init__(self, address: str, timeouts: RpcTimeouts | None = None, tls: PeerTls | None = None) -> None:
         self.address = address
-        self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        self._channel = open_channel(address, tls, CHANNEL_OPTIONS)
         self._stub = draft_pb2_grpc.DraftServiceStub(self._channel)
         self._t = timeouts or RpcTimeouts()
         self._feedback: dict[str, tuple[int, int, tuple[int, ...]]] = {}

@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -94,6 +95,21 @@ for _, token in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
 end
 return {keys, phrases}
 """
+
+
+def url_with_password(url: str, password: str) -> str:
+    """``url`` with its password set to ``password`` (percent-encoded; the user name is kept).
+
+    For ``--phrase-store-password-file``: the password stays out of command lines and flags.
+    Example: ``url_with_password("rediss://cache:6380/0", "p@ss")`` → ``"rediss://:p%40ss@cache:6380/0"``.
+    """
+    parts = urlsplit(url)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise InvalidArgument("a phrase store password needs a redis:// or rediss:// URL with a host")
+    user = quote(unquote(parts.username), safe="") if parts.username else ""
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    port = f":{parts.port}" if parts.port is not None else ""
+    return urlunsplit(parts._replace(netloc=f"{user}:{quote(password, safe='')}@{host}{port}"))
 
 
 def encode(continuation: Continuation) -> bytes:
@@ -261,12 +277,16 @@ class RedisPhraseStore:
             if exc is None or now - self._last_warning < WARN_INTERVAL_S:
                 return
             unwarned, self._unwarned, self._last_warning = self._unwarned, 0, now
+        hint = ""
+        if isinstance(exc, redis.exceptions.AuthenticationError | redis.exceptions.AuthorizationError):
+            hint = " [Redis refused the credentials: check the URL's password or --phrase-store-password-file]"
         log.warning(
-            "phrase store: Redis %s failed for namespace %s (%s: %s); %d operation(s) failed soft since the "
+            "phrase store: Redis %s failed for namespace %s (%s: %s)%s; %d operation(s) failed soft since the "
             "last warning: reads return no phrases and writes are dropped until Redis is back",
             op,
             self._tag,
             type(exc).__name__,
             exc,
+            hint,
             unwarned,
         )

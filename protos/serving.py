@@ -1,5 +1,5 @@
 """gRPC plumbing shared by every specd server and client: error mapping, health,
-reflection, graceful shutdown. Domain code never imports this module.
+reflection, TLS / mutual TLS, graceful shutdown. Domain code never imports this module.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from protos.security import PeerTls, TlsConfig, open_channel
 from spec_decode.errors import InvalidArgument, SpecdError, error_for_code
 
 log = logging.getLogger(__name__)
@@ -122,31 +123,46 @@ def start_server(
     host: str = "127.0.0.1",
     port: int = 0,
     max_workers: int = 16,
+    tls: TlsConfig | None = None,
+    interceptors: Sequence[grpc.ServerInterceptor] = (),
 ) -> ServerHandle:
-    """Start a gRPC server with health checking and reflection; ``port=0`` picks a free one."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=max_workers), options=CHANNEL_OPTIONS)
+    """Start a gRPC server with health checking and reflection; ``port=0`` picks a free one.
+
+    ``tls``: serve TLS only (a plaintext client cannot connect); with ``tls.client_ca`` every
+    caller must present a certificate signed by that CA (mutual TLS), health checks included.
+    ``interceptors`` run before every method (the orchestrator's API-key check).
+    """
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers), options=CHANNEL_OPTIONS, interceptors=list(interceptors)
+    )
     register(server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     names = tuple(service_names)
     reflection.enable_server_reflection((*names, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    if tls is None:
+        bound = server.add_insecure_port(f"{host}:{port}")
+    else:
+        bound = server.add_secure_port(f"{host}:{port}", tls.server_credentials())
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}")
     server.start()
     for name in (*names, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving %s on %s:%d", ", ".join(names), host, bound)
+    security = "plaintext" if tls is None else "mutual TLS" if tls.mutual else "TLS"
+    log.info("serving %s on %s:%d (%s)", ", ".join(names), host, bound, security)
     return ServerHandle(server, bound, health_servicer, names)
 
 
-def wait_healthy(address: str, timeout: float = 60.0, service: str = "") -> None:
-    """Block until the server at ``address`` reports SERVING, or raise TimeoutError."""
+def wait_healthy(address: str, timeout: float = 60.0, service: str = "", tls: PeerTls | None = None) -> None:
+    """Block until the server at ``address`` reports SERVING, or raise TimeoutError.
+
+    ``tls``: how to reach a TLS server (its CA, and a client certificate for mutual TLS)."""
     import time
 
     deadline = time.monotonic() + timeout
     last: Exception | None = None
-    with grpc.insecure_channel(address) as channel:
+    with open_channel(address, tls) as channel:
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             try:

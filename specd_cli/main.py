@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -34,6 +35,49 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
 def _add_server_flags(p: argparse.ArgumentParser, port: int) -> None:
     p.add_argument("--host", default="127.0.0.1", help="bind address (loopback by default)")
     p.add_argument("--port", type=int, default=port)
+    p.add_argument("--tls-cert", default=None, help="serve TLS with this PEM certificate chain (needs --tls-key)")
+    p.add_argument("--tls-key", default=None, help="the PEM private key of --tls-cert")
+    p.add_argument(
+        "--tls-client-ca",
+        default=None,
+        help="mutual TLS: refuse callers without a client certificate signed by this CA "
+        "(specd up: target and draft only; the front door keeps TLS + API key)",
+    )
+
+
+def _add_peer_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--peer-ca", default=None, help="TLS to target/draft: the CA that signed their certificates")
+    p.add_argument("--peer-cert", default=None, help="mutual TLS to target/draft: this orchestrator's certificate")
+    p.add_argument("--peer-key", default=None, help="the PEM private key of --peer-cert")
+
+
+def _add_auth_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--api-key-file",
+        default=None,
+        help="require 'authorization: Bearer KEY' on every call; one key per line, '#' comments, "
+        "re-read when it changes (a mounted Kubernetes Secret works)",
+    )
+    p.add_argument("--rate-limit", type=float, default=0.0, help="requests/s allowed per API key (0 = no limit)")
+    p.add_argument("--rate-burst", type=int, default=0, help="requests an API key may send at once (0 = rate)")
+
+
+def _server_tls(args: argparse.Namespace) -> Any:
+    from protos.security import tls_from_flags
+
+    return tls_from_flags(args.tls_cert, args.tls_key, args.tls_client_ca)
+
+
+def _phrase_store_url(args: argparse.Namespace) -> str | None:
+    """``--phrase-store`` with the password of ``--phrase-store-password-file`` put in."""
+    if args.phrase_store_password_file is None:
+        return args.phrase_store
+    from phrase_store.redis_store import url_with_password
+    from protos.security import read_secret
+
+    if not args.phrase_store:
+        raise SystemExit("specd: error: --phrase-store-password-file needs a --phrase-store redis:// URL")
+    return url_with_password(args.phrase_store, read_secret(args.phrase_store_password_file, "Redis password"))
 
 
 def _target_config(args: argparse.Namespace) -> Any:
@@ -56,7 +100,7 @@ def _draft_config(args: argparse.Namespace) -> Any:
         draft_model=args.draft_model,
         device=args.device or "auto",
         dtype=args.dtype,
-        phrase_store_url=args.phrase_store,
+        phrase_store_url=_phrase_store_url(args),
     ).validate()
 
 
@@ -64,7 +108,13 @@ def _add_phrase_store_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--phrase-store",
         default=None,
-        help="Ouroboros phrase pool: redis://HOST:PORT/DB (shared by replicas) or memory:// (default: embedded)",
+        help="Ouroboros phrase pool: redis://[:PASSWORD@]HOST:PORT/DB or rediss://... for TLS (shared by "
+        "replicas; rediss takes ?ssl_ca_certs=FILE), or memory:// (default: embedded)",
+    )
+    p.add_argument(
+        "--phrase-store-password-file",
+        default=None,
+        help="file holding the Redis password (overrides a password in the URL)",
     )
 
 
@@ -72,7 +122,8 @@ def cmd_target(args: argparse.Namespace) -> int:
     from target_service.server import serve_target
     from target_service.verifier import TargetVerifier
 
-    handle = serve_target(TargetVerifier.from_config(_target_config(args)), host=args.host, port=args.port)
+    tls = _server_tls(args)
+    handle = serve_target(TargetVerifier.from_config(_target_config(args)), host=args.host, port=args.port, tls=tls)
     print(f"target service on {args.host}:{handle.port}", flush=True)
     handle.wait_for_signal()
     return 0
@@ -82,8 +133,9 @@ def cmd_draft(args: argparse.Namespace) -> int:
     from draft_service.server import serve_draft
     from draft_service.service import DraftWorker
 
+    tls = _server_tls(args)
     worker = DraftWorker.from_config(_draft_config(args))
-    handle = serve_draft(worker, host=args.host, port=args.port)
+    handle = serve_draft(worker, host=args.host, port=args.port, tls=tls)
     print(f"draft service on {args.host}:{handle.port}", flush=True)
     try:
         handle.wait_for_signal()
@@ -93,22 +145,27 @@ def cmd_draft(args: argparse.Namespace) -> int:
 
 
 def cmd_orchestrator(args: argparse.Namespace) -> int:
+    from orchestrator.auth import AuthConfig, AuthInterceptor
     from orchestrator.server import serve_orchestrator
     from orchestrator.service import Orchestrator, OrchestratorConfig
     from orchestrator.transports import GrpcDraftClient, GrpcTargetClient
+    from protos.security import peer_tls_from_flags
     from protos.serving import wait_healthy
     from spec_decode.models import load_tokenizer
 
-    wait_healthy(args.target_address, args.wait)
+    tls = _server_tls(args)
+    peer = peer_tls_from_flags(args.peer_ca, args.peer_cert, args.peer_key)
+    auth = AuthConfig(args.api_key_file, args.rate_limit, args.rate_burst)
+    AuthInterceptor.from_config(auth)  # a bad key file stops us before we wait for the backends
+    wait_healthy(args.target_address, args.wait, tls=peer)
     draft = None
     if args.draft_address and args.draft_address != "none":
-        wait_healthy(args.draft_address, args.wait)
-        draft = GrpcDraftClient(args.draft_address)
+        wait_healthy(args.draft_address, args.wait, tls=peer)
+        draft = GrpcDraftClient(args.draft_address, tls=peer)
     tokenizer, _ = load_tokenizer(args.target)
-    orch = Orchestrator(
-        GrpcTargetClient(args.target_address), draft, tokenizer, OrchestratorConfig(args.max_new_tokens)
-    )
-    handle = serve_orchestrator(orch, host=args.host, port=args.port)
+    config = OrchestratorConfig(args.max_new_tokens, args.max_prompt_tokens)
+    orch = Orchestrator(GrpcTargetClient(args.target_address, tls=peer), draft, tokenizer, config)
+    handle = serve_orchestrator(orch, host=args.host, port=args.port, tls=tls, auth=auth)
     print(f"orchestrator on {args.host}:{handle.port} (methods: {', '.join(orch.methods)})", flush=True)
     handle.wait_for_signal()
     return 0
@@ -118,7 +175,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from specd_cli.stack import start_process_stack
+    from specd_cli.stack import ProcessSecurity, start_process_stack
 
     extra = [
         "--max-sessions",
@@ -138,6 +195,24 @@ def cmd_up(args: argparse.Namespace) -> int:
         device=args.device,
         extra_target_args=extra,
         phrase_store=args.phrase_store,
+        phrase_store_password_file=args.phrase_store_password_file,
+        security=ProcessSecurity(
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            peer_ca=args.peer_ca,
+            peer_cert=args.peer_cert,
+            peer_key=args.peer_key,
+            api_key_file=args.api_key_file,
+            rate_limit=args.rate_limit,
+            rate_burst=args.rate_burst,
+        ),
+        extra_orchestrator_args=[
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+            "--max-prompt-tokens",
+            str(args.max_prompt_tokens),
+        ],
     )
     print(f"specd is up: orchestrator {stack.address} (logs in {stack.log_dir}); Ctrl-C stops it", flush=True)
     stop = threading.Event()
@@ -184,7 +259,15 @@ def _generate_remote(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
     from specd_client import SpecdClient, SpecdClientError
 
     try:
-        with SpecdClient(args.address, timeout=args.timeout) as client:
+        client = SpecdClient(
+            args.address,
+            timeout=args.timeout,
+            api_key=args.api_key,
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+        )
+        with client:
             if args.json:
                 result = client.generate(args.prompt, **kwargs)
                 payload = {
@@ -201,7 +284,7 @@ def _generate_remote(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
                     print()
                     _print_stats(event.stats.as_dict())
     except SpecdClientError as err:
-        print(f"specd: {err.code}: {err.details}", file=sys.stderr)
+        print(f"specd: error: {err.code}: {err.details}", file=sys.stderr)
         return 1
     return 0
 
@@ -241,7 +324,7 @@ def _generate_inprocess(args: argparse.Namespace, kwargs: dict[str, Any]) -> int
                 print()
                 _print_stats(_stats_dict(chunk.stats))
     except SpecdError as err:
-        print(f"specd: {err.code}: {err.message}", file=sys.stderr)
+        print(f"specd: error: {err.code}: {err.message}", file=sys.stderr)
         return 1
     return 0
 
@@ -306,8 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--target-address", default="127.0.0.1:50052")
     p.add_argument("--draft-address", default="127.0.0.1:50053", help="'none' for target-only")
     p.add_argument("--max-new-tokens", type=int, default=2048, help="cap on a request's max_new_tokens")
+    p.add_argument("--max-prompt-tokens", type=int, default=0, help="cap on a request's prompt tokens (0 = context)")
     p.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the backends to be healthy")
     _add_server_flags(p, DEFAULT_PORT)
+    _add_peer_flags(p)
+    _add_auth_flags(p)
     p.set_defaults(fn=cmd_orchestrator)
 
     p = sub.add_parser("up", help="start target, draft and orchestrator as processes on loopback")
@@ -316,7 +402,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_flags(p, DEFAULT_PORT)
     p.add_argument("--target-port", type=int, default=50052)
     p.add_argument("--draft-port", type=int, default=50053)
+    p.add_argument("--max-new-tokens", type=int, default=2048, help="cap on a request's max_new_tokens")
+    p.add_argument("--max-prompt-tokens", type=int, default=0, help="cap on a request's prompt tokens (0 = context)")
     _add_phrase_store_flag(p)
+    _add_peer_flags(p)
+    _add_auth_flags(p)
     p.set_defaults(fn=cmd_up)
 
     p = sub.add_parser("generate", help="generate a completion (in-process, or via --address)")
@@ -342,6 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_phrase_store_flag(p)
     p.add_argument("--ignore-eos", action="store_true")
     p.add_argument("--address", default=None, help="orchestrator HOST:PORT; without it the stack runs in-process")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("SPECD_API_KEY"),
+        help="API key sent as 'authorization: Bearer KEY' (default: $SPECD_API_KEY)",
+    )
+    p.add_argument("--tls-ca", default=None, help="connect with TLS; the CA that signed the orchestrator's certificate")
+    p.add_argument("--tls-cert", default=None, help="client certificate, for an orchestrator that asks for one")
+    p.add_argument("--tls-key", default=None, help="the PEM private key of --tls-cert")
     p.add_argument("--timeout", type=float, default=600.0)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_model_flags(p)
@@ -376,7 +474,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose or args.command in ("target", "draft", "orchestrator") else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    return int(args.fn(args))
+    from orchestrator.auth import AuthConfigError
+    from protos.security import TlsConfigError
+
+    try:
+        return int(args.fn(args))
+    except (TlsConfigError, AuthConfigError) as err:
+        print(f"specd: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

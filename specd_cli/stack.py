@@ -12,9 +12,11 @@ from pathlib import Path
 
 from draft_service.server import serve_draft
 from draft_service.service import DraftConfig, DraftWorker
+from orchestrator.auth import ApiKeys, AuthConfig
 from orchestrator.server import serve_orchestrator
 from orchestrator.service import Orchestrator, OrchestratorConfig
 from orchestrator.transports import GrpcDraftClient, GrpcTargetClient
+from protos.security import PeerTls, TlsConfig, TlsConfigError, peer_tls_from_flags, tls_from_flags
 from protos.serving import ServerHandle, wait_healthy
 from spec_decode.models import load_tokenizer
 from target_service.server import serve_target
@@ -24,11 +26,24 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
+class StackSecurity:
+    """TLS and API keys of a gRPC stack: ``backend_tls`` is served by target and draft (mutual
+    when it has a client CA), ``peer_tls`` is how the orchestrator reaches them, ``front_tls`` and
+    ``auth`` (API keys, per-key rate) guard the orchestrator. All None: plaintext, no keys."""
+
+    backend_tls: TlsConfig | None = None
+    peer_tls: PeerTls | None = None
+    front_tls: TlsConfig | None = None
+    auth: AuthConfig | None = None
+
+
+@dataclass(frozen=True)
 class StackConfig:
     target: TargetConfig
     draft: DraftConfig
     orchestrator: OrchestratorConfig = field(default_factory=OrchestratorConfig)
     host: str = "127.0.0.1"
+    security: StackSecurity = field(default_factory=StackSecurity)
 
 
 def build_inprocess(cfg: StackConfig) -> Orchestrator:
@@ -69,14 +84,72 @@ def start_thread_stack(
     """Serve target and draft over gRPC; the orchestrator talks to them through gRPC clients."""
     target = target or TargetVerifier.from_config(cfg.target)
     draft = draft or DraftWorker.from_config(cfg.draft)
-    t_handle = serve_target(target, host=cfg.host)
-    d_handle = serve_draft(draft, host=cfg.host)
-    t_client = GrpcTargetClient(f"{cfg.host}:{t_handle.port}")
-    d_client = GrpcDraftClient(f"{cfg.host}:{d_handle.port}")
+    sec = cfg.security
+    t_handle = serve_target(target, host=cfg.host, tls=sec.backend_tls)
+    d_handle = serve_draft(draft, host=cfg.host, tls=sec.backend_tls)
+    t_client = GrpcTargetClient(f"{cfg.host}:{t_handle.port}", tls=sec.peer_tls)
+    d_client = GrpcDraftClient(f"{cfg.host}:{d_handle.port}", tls=sec.peer_tls)
     tokenizer, _ = load_tokenizer(cfg.target.model)
     orch = Orchestrator(t_client, d_client, tokenizer, cfg.orchestrator)
-    o_handle = serve_orchestrator(orch, host=cfg.host)
+    o_handle = serve_orchestrator(orch, host=cfg.host, tls=sec.front_tls, auth=sec.auth)
     return ThreadStack(t_handle, d_handle, o_handle, (t_client, d_client), cfg.host)
+
+
+@dataclass(frozen=True)
+class ProcessSecurity:
+    """The security flags ``specd up`` hands its children: file paths only, never a secret.
+
+    ``tls_cert``/``tls_key`` are served by all three services; ``tls_client_ca`` makes target
+    and draft demand client certificates (the orchestrator presents ``peer_cert``/``peer_key``),
+    while the front door stays TLS + API key. ``peer_ca`` verifies the services' certificates
+    (the orchestrator's calls and the start-up health checks).
+    """
+
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    peer_ca: str | None = None
+    peer_cert: str | None = None
+    peer_key: str | None = None
+    api_key_file: str | None = None
+    rate_limit: float = 0.0
+    rate_burst: int = 0
+
+    def validate(self) -> ProcessSecurity:
+        """Load every file once here, so a bad one stops ``specd up`` before anything starts."""
+        tls_from_flags(self.tls_cert, self.tls_key, self.tls_client_ca)
+        peer = peer_tls_from_flags(self.peer_ca, self.peer_cert, self.peer_key)
+        if self.tls_cert is not None and (peer is None or peer.root_ca is None):
+            raise TlsConfigError(
+                "--tls-cert on specd up needs --peer-ca: the CA that signed it, to verify the services"
+            )
+        if self.tls_client_ca is not None and (peer is None or peer.cert_chain is None):
+            raise TlsConfigError("--tls-client-ca on specd up needs --peer-cert/--peer-key for the orchestrator")
+        AuthConfig(self.api_key_file, self.rate_limit, self.rate_burst).validate()
+        if self.api_key_file is not None:
+            ApiKeys(self.api_key_file)
+        return self
+
+    def health_tls(self) -> PeerTls | None:
+        return peer_tls_from_flags(self.peer_ca, self.peer_cert, self.peer_key) if self.tls_cert else None
+
+    def backend_args(self) -> list[str]:
+        return [*self._server_args(), *_flag("--tls-client-ca", self.tls_client_ca)]
+
+    def orchestrator_args(self) -> list[str]:
+        args = [*self._server_args(), *_flag("--api-key-file", self.api_key_file)]
+        args += [*_flag("--peer-ca", self.peer_ca), *_flag("--peer-cert", self.peer_cert)]
+        args += _flag("--peer-key", self.peer_key)
+        if self.rate_limit > 0:
+            args += ["--rate-limit", repr(self.rate_limit), "--rate-burst", str(self.rate_burst)]
+        return args
+
+    def _server_args(self) -> list[str]:
+        return [*_flag("--tls-cert", self.tls_cert), *_flag("--tls-key", self.tls_key)]
+
+
+def _flag(name: str, value: str | None) -> list[str]:
+    return [name, value] if value is not None else []
 
 
 @dataclass
@@ -117,8 +190,13 @@ def start_process_stack(
     extra_target_args: list[str] | None = None,
     phrase_store: str | None = None,
     timeout: float = 300.0,
+    security: ProcessSecurity | None = None,
+    phrase_store_password_file: str | None = None,
+    extra_orchestrator_args: list[str] | None = None,
 ) -> ProcessStack:
     """Start the three services as separate processes on loopback and wait until all serve."""
+    security = (security or ProcessSecurity()).validate()
+    health_tls = security.health_tls()
     log_dir = log_dir or Path(os.environ.get("SPECD_LOG_DIR", "/tmp/specd-logs"))
     log_dir.mkdir(parents=True, exist_ok=True)
     exe = [sys.executable, "-m", "specd_cli.main"]
@@ -135,6 +213,7 @@ def start_process_stack(
             str(target_port),
             *dev,
             *(extra_target_args or []),
+            *security.backend_args(),
         ],
         "draft": [
             *exe,
@@ -146,6 +225,8 @@ def start_process_stack(
             *dev,
             *(["--draft-model", draft_model] if draft_model else []),
             *(["--phrase-store", phrase_store] if phrase_store else []),
+            *_flag("--phrase-store-password-file", phrase_store_password_file),
+            *security.backend_args(),
         ],
     }
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -153,8 +234,8 @@ def start_process_stack(
     try:
         for name, cmd in cmds.items():
             procs[name] = _spawn(name, cmd, log_dir)
-        _wait_serving(procs["target"], "target", f"{host}:{target_port}", timeout)
-        _wait_serving(procs["draft"], "draft", f"{host}:{draft_port}", timeout)
+        _wait_serving(procs["target"], "target", f"{host}:{target_port}", timeout, health_tls)
+        _wait_serving(procs["draft"], "draft", f"{host}:{draft_port}", timeout, health_tls)
         orch_cmd = [
             *exe,
             "orchestrator",
@@ -168,9 +249,11 @@ def start_process_stack(
             f"{host}:{target_port}",
             "--draft-address",
             f"{host}:{draft_port}",
+            *security.orchestrator_args(),
+            *(extra_orchestrator_args or []),
         ]
         procs["orchestrator"] = _spawn("orchestrator", orch_cmd, log_dir)
-        _wait_serving(procs["orchestrator"], "orchestrator", f"{host}:{port}", timeout)
+        _wait_serving(procs["orchestrator"], "orchestrator", f"{host}:{port}", timeout, health_tls)
     except BaseException:
         stack.stop(2.0)
         for name in procs:
@@ -180,14 +263,16 @@ def start_process_stack(
     return stack
 
 
-def _wait_serving(proc: subprocess.Popen[bytes], name: str, address: str, timeout: float) -> None:
+def _wait_serving(
+    proc: subprocess.Popen[bytes], name: str, address: str, timeout: float, tls: PeerTls | None = None
+) -> None:
     """Wait for ``address`` to report SERVING; fail at once if the process exits first."""
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
             raise RuntimeError(f"the {name} service exited with code {proc.returncode} before serving")
         try:
-            wait_healthy(address, min(2.0, max(0.1, deadline - time.monotonic())))
+            wait_healthy(address, min(2.0, max(0.1, deadline - time.monotonic())), tls=tls)
             return
         except TimeoutError:
             if time.monotonic() >= deadline:

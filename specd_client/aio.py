@@ -9,6 +9,8 @@ import grpc
 import grpc.aio
 
 from protos import orchestrator_pb2, orchestrator_pb2_grpc
+from protos.security import PemSource
+from specd_client._channel import auth_metadata, channel_credentials, channel_options
 from specd_client._request import build_request, event_from_pb, result_from_pb
 from specd_client.errors import from_rpc_error
 from specd_client.types import GenerationResult, Message, StreamEvent
@@ -23,12 +25,22 @@ class AsyncSpecdClient:
         *,
         timeout: float | None = 300.0,
         api_key: str | None = None,
+        tls: bool = False,
+        tls_ca: PemSource | None = None,
+        tls_cert: PemSource | None = None,
+        tls_key: PemSource | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
-        self._channel = grpc.aio.insecure_channel(address)
+        self._metadata = auth_metadata(api_key)
+        creds = channel_credentials(tls, tls_ca, tls_cert, tls_key)
+        options = channel_options(tls_server_name)
+        if creds is None:
+            self._channel = grpc.aio.insecure_channel(address, options=options)
+        else:
+            self._channel = grpc.aio.secure_channel(address, creds, options=options)
         self._stub = orchestrator_pb2_grpc.OrchestratorStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
     async def generate(
         self,

@@ -8,6 +8,8 @@ from typing import Any
 import grpc
 
 from protos import orchestrator_pb2, orchestrator_pb2_grpc
+from protos.security import PemSource
+from specd_client._channel import auth_metadata, channel_credentials, channel_options
 from specd_client._request import build_request, event_from_pb, result_from_pb
 from specd_client.errors import from_rpc_error
 from specd_client.types import GenerationResult, Message, StreamEvent
@@ -16,9 +18,13 @@ from specd_client.types import GenerationResult, Message, StreamEvent
 class SpecdClient:
     """Blocking client. ``timeout`` (seconds) is the default deadline of every call.
 
-    ``api_key`` is sent as ``authorization: Bearer <key>`` metadata when given.
-    Failures raise :class:`specd_client.SpecdClientError` subclasses named after the
-    gRPC status (InvalidArgumentError, UnavailableError, ...).
+    ``api_key`` is sent as ``authorization: Bearer <key>`` metadata with every call.
+    TLS: ``tls_ca`` (path or PEM bytes) is the CA that signed the server's certificate
+    (``tls=True`` alone trusts the system's roots); ``tls_cert`` + ``tls_key`` is a client
+    certificate for a server that asks for one (mutual TLS); ``tls_server_name`` overrides the
+    name checked against the server's certificate. Failures raise
+    :class:`specd_client.SpecdClientError` subclasses named after the gRPC status
+    (InvalidArgumentError, UnavailableError, UnauthenticatedError, ...).
     """
 
     def __init__(
@@ -28,12 +34,24 @@ class SpecdClient:
         timeout: float | None = 300.0,
         api_key: str | None = None,
         channel: grpc.Channel | None = None,
+        tls: bool = False,
+        tls_ca: PemSource | None = None,
+        tls_cert: PemSource | None = None,
+        tls_key: PemSource | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
         self.address = address
         self.timeout = timeout
-        self._channel = channel or grpc.insecure_channel(address)
+        self._metadata = auth_metadata(api_key)
+        if channel is None:
+            creds = channel_credentials(tls, tls_ca, tls_cert, tls_key)
+            options = channel_options(tls_server_name)
+            if creds is None:
+                channel = grpc.insecure_channel(address, options=options)
+            else:
+                channel = grpc.secure_channel(address, creds, options=options)
+        self._channel = channel
         self._stub = orchestrator_pb2_grpc.OrchestratorStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
 
     def generate(
         self,

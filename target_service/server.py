@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from protos.security import TlsConfig
 from protos.serving import ServerHandle, start_server
 from spec_decode.api import TargetAPI
 from target_service.servicer import SERVICE_NAME, register
 
 
-def serve_target(target: TargetAPI, *, host: str = "127.0.0.1", port: int = 0) -> ServerHandle:
-    """Serve an already built target (in-process verifier) on ``host:port``."""
-    return start_server(register(target), [SERVICE_NAME], host=host, port=port)
+def serve_target(
+    target: TargetAPI, *, host: str = "127.0.0.1", port: int = 0, tls: TlsConfig | None = None
+) -> ServerHandle:
+    """Serve an already built target (in-process verifier) on ``host:port``; ``tls`` for TLS,
+    mutual TLS when it has a client CA."""
+    return start_server(register(target), [SERVICE_NAME], host=host, port=port, tls=tls)
