@@ -182,6 +182,26 @@ def test_pods_run_as_non_root_on_a_read_only_root(values, render):
             assert env["HOME"] == "/tmp", where
 
 
+def test_a_component_can_override_one_security_key(render):
+    """A component's key replaces the top-level one, also when it is false (mergeOverwrite would
+    silently keep true)."""
+    values = {
+        "draftService": {
+            "securityContext": {"readOnlyRootFilesystem": False},
+            "podSecurityContext": {"runAsUser": 2000},
+        }
+    }
+    rendered = render(values)
+    draft = rendered.get("Deployment", "draft")
+    assert container(draft)["securityContext"]["readOnlyRootFilesystem"] is False
+    assert container(draft)["securityContext"]["capabilities"] == {"drop": ["ALL"]}  # the rest stays
+    assert pod_spec(draft)["securityContext"]["runAsUser"] == 2000
+    assert pod_spec(draft)["securityContext"]["runAsNonRoot"] is True
+    target = rendered.get("Deployment", "target")
+    assert container(target)["securityContext"]["readOnlyRootFilesystem"] is True
+    assert pod_spec(target)["securityContext"]["runAsUser"] == 10001
+
+
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
 def test_rendered_args_parse_with_the_specd_cli(values, render):
     """Every service's args are accepted by the real `specd` parser and bind 0.0.0.0."""

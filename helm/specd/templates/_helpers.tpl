@@ -56,14 +56,22 @@ Takes (dict "root" $ "image" IMAGE). */}}
 {{- printf "%s:%s" .image.repository (.image.tag | default .root.Chart.AppVersion | toString) }}
 {{- end }}
 
-{{/* The top-level securityContexts with a component's own keys merged over them.
-Takes (dict "root" $ "values" VALUES). */}}
+{{/* The top-level securityContexts with a component's own top-level keys replacing theirs (a
+plain `set`, not mergeOverwrite, which would ignore false and 0). Takes (dict "root" $ "values" VALUES). */}}
 {{- define "specd.podSecurityContext" -}}
-{{- toYaml (mergeOverwrite (deepCopy .root.Values.podSecurityContext) (deepCopy .values.podSecurityContext)) }}
+{{- $out := deepCopy .root.Values.podSecurityContext }}
+{{- range $key, $value := .values.podSecurityContext }}
+{{- $_ := set $out $key $value }}
+{{- end }}
+{{- toYaml $out }}
 {{- end }}
 
 {{- define "specd.securityContext" -}}
-{{- toYaml (mergeOverwrite (deepCopy .root.Values.securityContext) (deepCopy .values.securityContext)) }}
+{{- $out := deepCopy .root.Values.securityContext }}
+{{- range $key, $value := .values.securityContext }}
+{{- $_ := set $out $key $value }}
+{{- end }}
+{{- toYaml $out }}
 {{- end }}
 
 {{/* Container resources plus the GPU request of gpu.* (an extended resource: requests = limits).
@@ -123,7 +131,9 @@ failureThreshold: {{ $p.failureThreshold }}
 {{- $_ := set $ann "prometheus.io/port" (.root.Values.metrics.port | toString) }}
 {{- $_ := set $ann "prometheus.io/path" "/metrics" }}
 {{- end }}
-{{- $ann = mergeOverwrite $ann (deepCopy (.values.podAnnotations | default dict)) }}
+{{- range $key, $value := .values.podAnnotations }}
+{{- $_ := set $ann $key $value }}
+{{- end }}
 {{- if $ann }}
 {{- toYaml $ann }}
 {{- end }}
