@@ -24,16 +24,70 @@ attention equals the model's own.
 from __future__ import annotations
 
 import itertools
+import logging
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from transformers import DynamicCache
 
+from spec_decode.errors import InvalidArgument
 from spec_decode.tree import tree_pass_inputs
 
+log = logging.getLogger(__name__)
+
 _MASKABLE_ATTENTION = ("sdpa", "eager")
+ENGINE_KINDS = ("auto", "native", "hf")
+
+
+class TargetEngine(Protocol):
+    """What the verifier needs from an engine; :class:`TreeEngine` and ``NativeEngine`` provide it.
+
+    ``cache`` objects are engine-specific and opaque to callers.
+    """
+
+    kind: str
+    device: torch.device
+    dtype: torch.dtype
+    vocab_size: int
+    max_positions: int
+
+    def new_cache(self) -> Any: ...
+    def cache_len(self, cache: Any) -> int: ...
+    def kv_bytes(self, cache: Any) -> int: ...
+    def truncate(self, cache: Any, length: int) -> None: ...
+    def prefill(self, cache: Any, tokens: Sequence[int]) -> int: ...
+    def score_tree(
+        self, cache: Any, pending_token: int, parents: torch.Tensor, tokens: Sequence[int]
+    ) -> torch.Tensor: ...
+    def score_trees(self, items: Sequence[tuple[Any, int, torch.Tensor, Sequence[int]]]) -> list[torch.Tensor]: ...
+    def commit(self, cache: Any, prefix_len: int, keep_rows: Sequence[int]) -> None: ...
+
+
+def build_engine(
+    model: Any, kind: str | None = "auto", weight_format: str | None = None, max_context: int | None = None
+) -> TargetEngine:
+    """The engine for ``model``: ``native`` (specd's own Llama-family forward), ``hf`` (transformers
+    forward with a tree mask), or ``auto`` (native when the architecture is supported, else hf).
+    """
+    from target_service.llama_engine import NativeEngine, UnsupportedModel, check_supported
+
+    kind = kind or "auto"
+    if kind not in ENGINE_KINDS:
+        raise InvalidArgument(f"unknown engine {kind!r}; use one of {', '.join(ENGINE_KINDS)}")
+    if kind == "hf":
+        if weight_format not in (None, "auto", "dense"):
+            raise InvalidArgument(f"weight format {weight_format!r} needs the native engine")
+        return TreeEngine(model)
+    try:
+        check_supported(model)
+    except UnsupportedModel as exc:
+        if kind == "native":
+            raise InvalidArgument(f"the native engine cannot run this model: {exc}") from exc
+        log.info("native engine unsupported (%s); using the transformers engine", exc)
+        return TreeEngine(model)
+    return NativeEngine(model, weight_format, max_context)
 
 
 class TreeEngine:
@@ -42,6 +96,8 @@ class TreeEngine:
     The engine is stateless apart from the model: callers own the caches (one per
     session) and pass them in. Methods never re-run committed tokens.
     """
+
+    kind = "hf"
 
     def __init__(self, model: Any) -> None:
         self.model = model
@@ -140,6 +196,10 @@ class TreeEngine:
                 raise
         logits: torch.Tensor = out.logits[0]  # [1+N, V]
         return logits
+
+    def score_trees(self, items: Sequence[tuple[DynamicCache, int, torch.Tensor, Sequence[int]]]) -> list[torch.Tensor]:
+        """Several sessions' trees, one after another (this engine does not batch sessions)."""
+        return [self.score_tree(*item) for item in items]
 
     def commit(self, cache: DynamicCache, prefix_len: int, keep_rows: Sequence[int]) -> None:
         """Keep the prefix and the pass rows ``keep_rows`` (increasing), drop every other row.

@@ -30,7 +30,8 @@ from spec_decode.types import (
     TargetLimits,
     VerifyResult,
 )
-from target_service.engine import TreeEngine
+from target_service.engine import ENGINE_KINDS, build_engine
+from target_service.kernels import WEIGHT_FORMATS
 from target_service.sessions import Session, SessionStore
 
 
@@ -48,6 +49,8 @@ class TargetConfig:
     max_tree_nodes: int = 64
     max_context: int = 2048
     max_draft_top_k: int = 64
+    engine: str = "auto"  # "native" (specd's Llama-family forward), "hf" (transformers), "auto"
+    weight_format: str | None = None  # native engine: "dense", "packed" (MKL-prepacked fp32), None/"auto"
 
     def validate(self) -> TargetConfig:
         if not self.model:
@@ -56,6 +59,12 @@ class TargetConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
+        if self.engine not in ENGINE_KINDS:
+            raise InvalidArgument(f"unknown engine {self.engine!r}; use one of {', '.join(ENGINE_KINDS)}")
+        if self.weight_format not in (None, *WEIGHT_FORMATS):
+            raise InvalidArgument(
+                f"unknown weight format {self.weight_format!r}; use one of {', '.join(WEIGHT_FORMATS)}"
+            )
         return self
 
 
@@ -65,7 +74,7 @@ class TargetVerifier:
     def __init__(self, loaded: LoadedModel, config: TargetConfig) -> None:
         config.validate()
         self.loaded = loaded
-        self.engine = TreeEngine(loaded.model)
+        self.engine = build_engine(loaded.model, config.engine, config.weight_format, config.max_context)
         self.config = dataclasses.replace(config, max_context=min(config.max_context, self.engine.max_positions))
         self.sessions = SessionStore(self.config.max_sessions, self.config.max_context)
         self._model_thread = model_thread()

@@ -41,14 +41,22 @@ def greedy_reference(model: Any, prompt: list[int], new_tokens: int) -> list[int
     return [int(t) for t in out[0, len(prompt) :].tolist()]
 
 
-def assert_cache_equal(got: DynamicCache, want: DynamicCache, atol: float = 1e-10) -> None:
-    """Same length and same key/value tensors on every layer."""
-    assert len(got.layers) == len(want.layers)
-    pairs: list[tuple[Any, Any]] = list(zip(got.layers, want.layers, strict=True))
-    for i, (a, b) in enumerate(pairs):
-        assert a.keys.shape == b.keys.shape, f"layer {i}: keys {tuple(a.keys.shape)} vs {tuple(b.keys.shape)}"
-        torch.testing.assert_close(a.keys, b.keys, atol=atol, rtol=0, msg=f"layer {i} keys differ")
-        torch.testing.assert_close(a.values, b.values, atol=atol, rtol=0, msg=f"layer {i} values differ")
+def kv_layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(keys, values) per layer, each ``[Hkv, L, D]``, for a DynamicCache or a native KVCache."""
+    if isinstance(cache, DynamicCache):
+        return [(layer.keys[0], layer.values[0]) for layer in cache.layers if getattr(layer, "keys", None) is not None]
+    n = cache.length
+    return [(cache.data[i, 0, :, :n], cache.data[i, 1, :, :n]) for i in range(cache.data.shape[0])]
+
+
+def assert_cache_equal(got: Any, want: Any, atol: float = 1e-10) -> None:
+    """Same length and same key/value tensors on every layer (either engine's cache)."""
+    got_layers, want_layers = kv_layers(got), kv_layers(want)
+    assert len(got_layers) == len(want_layers)
+    for i, ((gk, gv), (wk, wv)) in enumerate(zip(got_layers, want_layers, strict=True)):
+        assert gk.shape == wk.shape, f"layer {i}: keys {tuple(gk.shape)} vs {tuple(wk.shape)}"
+        torch.testing.assert_close(gk, wk, atol=atol, rtol=0, msg=f"layer {i} keys differ")
+        torch.testing.assert_close(gv, wv, atol=atol, rtol=0, msg=f"layer {i} values differ")
 
 
 def shuffle_tree(tree: DraftTree, rng: random.Random) -> DraftTree:
@@ -100,3 +108,29 @@ def lossless_tree(rng: random.Random, continuation: list[int], vocab: int) -> Dr
         paths.append(shared + [rng.randrange(vocab) for _ in range(rng.randint(1, 4))])
     rng.shuffle(paths)
     return shuffle_tree(merge_paths(paths), rng)
+
+
+def inject_failure(engine: Any, patch: Any, message: str = "simulated device failure") -> dict[str, int]:
+    """Make the engine's next forward fail after layer 0 has written its KV; returns a call counter.
+
+    ``patch`` is a ``pytest.MonkeyPatch`` (or its context). Works for both engines.
+    """
+    calls = {"n": 0}
+    if engine.kind == "hf":
+
+        def boom(*args: object, **kwargs: object) -> None:
+            calls["n"] += 1
+            raise RuntimeError(message)
+
+        patch.setattr(engine.model.model.layers[1].mlp, "forward", boom)
+        return calls
+    original = engine._attend
+
+    def failing_attend(layer: int, *args: Any) -> Any:
+        if layer == 1:
+            calls["n"] += 1
+            raise RuntimeError(message)
+        return original(layer, *args)
+
+    patch.setattr(engine, "_attend", failing_attend)
+    return calls

@@ -8,18 +8,24 @@ from typing import Any
 
 import pytest
 import torch
-from target_helpers import assert_cache_equal, random_tree, sequential_decode
+from target_helpers import assert_cache_equal, inject_failure, random_tree, sequential_decode
 
 from spec_decode.models import LoadedModel, load_model
 from spec_decode.tree import path_to
-from target_service.engine import TreeEngine
+from target_service.engine import TargetEngine, build_engine
+
+
+@pytest.fixture(params=["hf", "native"])
+def engine_kind(request: pytest.FixtureRequest) -> str:
+    """Every engine test runs against both engines (the native one in ``dense`` format here)."""
+    return str(request.param)
 
 
 def _prompt(rng: random.Random, vocab: int, lo: int = 1, hi: int = 12) -> list[int]:
     return [rng.randrange(vocab) for _ in range(rng.randint(lo, hi))]
 
 
-def _check_tree_pass(model: Any, engine: TreeEngine, seed: int, atol: float) -> None:
+def _check_tree_pass(model: Any, engine: TargetEngine, seed: int, atol: float) -> None:
     rng = random.Random(seed)
     vocab = engine.vocab_size
     prompt = _prompt(rng, vocab)
@@ -39,12 +45,21 @@ def _check_tree_pass(model: Any, engine: TreeEngine, seed: int, atol: float) -> 
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_tree_pass_equals_sequential_decoding_of_each_branch(target64: LoadedModel, seed: int) -> None:
-    _check_tree_pass(target64.model, TreeEngine(target64.model), seed, atol=1e-6)
+def test_tree_pass_equals_sequential_decoding_of_each_branch(
+    target64: LoadedModel, seed: int, engine_kind: str
+) -> None:
+    _check_tree_pass(target64.model, build_engine(target64.model, engine_kind), seed, atol=1e-6)
 
 
 def _tiny_config_model(kind: str, vocab: int) -> Any:
-    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import (
+        MistralConfig,
+        MistralForCausalLM,
+        Qwen2Config,
+        Qwen2ForCausalLM,
+        Qwen3Config,
+        Qwen3ForCausalLM,
+    )
 
     torch.manual_seed(7)
     common: dict[str, Any] = dict(
@@ -57,38 +72,40 @@ def _tiny_config_model(kind: str, vocab: int) -> Any:
         max_position_embeddings=256,
     )
     model: Any
-    if kind == "qwen2":
+    if kind == "qwen2":  # biases on q/k/v
         model = Qwen2ForCausalLM(Qwen2Config(**common, tie_word_embeddings=True))
+    elif kind == "qwen3":  # RMSNorm on q and k per head, explicit head_dim
+        model = Qwen3ForCausalLM(Qwen3Config(**common, head_dim=16, tie_word_embeddings=False))
     else:
         model = MistralForCausalLM(MistralConfig(**common, sliding_window=64))
     return model.to(torch.float64).eval().requires_grad_(False)
 
 
-@pytest.mark.parametrize("kind", ["qwen2", "mistral"])
-def test_tree_pass_other_architectures(target64: LoadedModel, kind: str) -> None:
+@pytest.mark.parametrize("kind", ["qwen2", "qwen3", "mistral"])
+def test_tree_pass_other_architectures(target64: LoadedModel, kind: str, engine_kind: str) -> None:
     model = _tiny_config_model(kind, target64.vocab.vocab_size)
-    engine = TreeEngine(model)
+    engine = build_engine(model, engine_kind)
     if kind == "mistral":
         assert engine.max_positions == 64  # the sliding window caps full-attention context
     _check_tree_pass(model, engine, seed=11, atol=1e-6)
 
 
-def test_tree_pass_with_eager_attention(tiny_target: Path) -> None:
+def test_tree_pass_with_eager_attention(tiny_target: Path, engine_kind: str) -> None:
     """Eager attention adds the mask to the scores: the engine's additive float mask suits it.
 
     Eager softmax runs in float32 even for float64 weights, hence the looser tolerance.
     """
     loaded = load_model(str(tiny_target), device="cpu", dtype="float64")
     loaded.model.set_attn_implementation("eager")
-    engine = TreeEngine(loaded.model)
+    engine = build_engine(loaded.model, engine_kind)
     assert loaded.model.config._attn_implementation == "eager"
     _check_tree_pass(loaded.model, engine, seed=5, atol=1e-4)
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_commit_equals_feeding_the_accepted_path(target64: LoadedModel, seed: int) -> None:
+def test_commit_equals_feeding_the_accepted_path(target64: LoadedModel, seed: int, engine_kind: str) -> None:
     rng = random.Random(100 + seed)
-    engine = TreeEngine(target64.model)
+    engine = build_engine(target64.model, engine_kind)
     vocab = engine.vocab_size
     prompt = _prompt(rng, vocab)
     tree = random_tree(rng, vocab)
@@ -104,8 +121,8 @@ def test_commit_equals_feeding_the_accepted_path(target64: LoadedModel, seed: in
     assert_cache_equal(cache, want)
 
 
-def test_commit_of_nothing_but_the_pending_token(target64: LoadedModel) -> None:
-    engine = TreeEngine(target64.model)
+def test_commit_of_nothing_but_the_pending_token(target64: LoadedModel, engine_kind: str) -> None:
+    engine = build_engine(target64.model, engine_kind)
     prompt = [11, 22, 33]
     cache = engine.new_cache()
     pending = engine.prefill(cache, prompt)
@@ -115,8 +132,8 @@ def test_commit_of_nothing_but_the_pending_token(target64: LoadedModel) -> None:
     assert_cache_equal(cache, want)
 
 
-def test_empty_tree_is_one_plain_decode_step(target64: LoadedModel) -> None:
-    engine = TreeEngine(target64.model)
+def test_empty_tree_is_one_plain_decode_step(target64: LoadedModel, engine_kind: str) -> None:
+    engine = build_engine(target64.model, engine_kind)
     prompt = [7, 8, 9, 10]
     cache = engine.new_cache()
     pending = engine.prefill(cache, prompt)
@@ -128,8 +145,8 @@ def test_empty_tree_is_one_plain_decode_step(target64: LoadedModel) -> None:
     assert_cache_equal(cache, want_cache)
 
 
-def test_one_token_prompt_feeds_nothing(target64: LoadedModel) -> None:
-    engine = TreeEngine(target64.model)
+def test_one_token_prompt_feeds_nothing(target64: LoadedModel, engine_kind: str) -> None:
+    engine = build_engine(target64.model, engine_kind)
     cache = engine.new_cache()
     assert engine.prefill(cache, [42]) == 42
     assert engine.cache_len(cache) == 0 and engine.kv_bytes(cache) == 0
@@ -138,30 +155,34 @@ def test_one_token_prompt_feeds_nothing(target64: LoadedModel) -> None:
     torch.testing.assert_close(logits, want, atol=1e-10, rtol=0)
 
 
-def test_failed_pass_leaves_the_cache_as_it_was(target64: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = TreeEngine(target64.model)
+def test_failed_pass_leaves_the_cache_as_it_was(
+    target64: LoadedModel, monkeypatch: pytest.MonkeyPatch, engine_kind: str
+) -> None:
+    engine = build_engine(target64.model, engine_kind)
     cache = engine.new_cache()
     pending = engine.prefill(cache, [1, 2, 3, 4])
     before, _ = sequential_decode(target64.model, [1, 2, 3])
-    layer = target64.model.model.layers[1]
-    calls = {"n": 0}
-
-    def boom(*args: object, **kwargs: object) -> None:
-        calls["n"] += 1
-        raise RuntimeError("simulated device failure")
-
-    monkeypatch.setattr(layer.mlp, "forward", boom)  # fails after layer 0 has written its KV
+    calls = inject_failure(engine, monkeypatch)  # fails after layer 0 has written its KV
     with pytest.raises(RuntimeError, match="simulated"):
         engine.score_tree(cache, pending, torch.tensor([-1, 0]), [5, 6])
     assert calls["n"] == 1
     assert engine.cache_len(cache) == 3
     assert_cache_equal(cache, before)
+    monkeypatch.undo()  # and the next pass works on the untouched cache
+    logits = engine.score_tree(cache, pending, torch.tensor([-1]), [5])
+    _, want = sequential_decode(target64.model, [1, 2, 3, 4, 5])
+    torch.testing.assert_close(logits, want[-2:], atol=1e-9, rtol=0)
 
 
-def test_kv_bytes_counts_every_layer(target64: LoadedModel) -> None:
-    engine = TreeEngine(target64.model)
+def test_kv_bytes_counts_every_layer(target64: LoadedModel, engine_kind: str) -> None:
+    engine = build_engine(target64.model, engine_kind)
     cache = engine.new_cache()
     engine.prefill(cache, list(range(10, 20)))
     cfg = target64.model.config
     head_dim = cfg.hidden_size // cfg.num_attention_heads
-    assert engine.kv_bytes(cache) == 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 9 * 8
+    per_position = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 8
+    if engine_kind == "hf":
+        assert engine.kv_bytes(cache) == per_position * 9
+    else:  # preallocated: the bytes held are the capacity's, rounded up to whole blocks
+        assert cache.capacity >= 9 and cache.capacity % 64 == 0
+        assert engine.kv_bytes(cache) == per_position * cache.capacity

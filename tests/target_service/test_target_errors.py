@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from target_helpers import MakeVerifier
+from target_helpers import MakeVerifier, inject_failure, kv_layers
 
 from spec_decode.errors import InvalidArgument, NotFound
 from spec_decode.models import LoadedModel
@@ -32,7 +32,7 @@ State = tuple[int, int, int, list[torch.Tensor]]
 
 def _state(verifier: TargetVerifier, sid: str) -> State:
     with verifier.sessions.checkout(sid) as s:
-        keys = [layer.keys.clone() for layer in s.cache.layers]
+        keys = [k.clone() for k, _ in kv_layers(s.cache)]
         return s.prefix_len, s.pending_token, s.kv_bytes, keys
 
 
@@ -131,13 +131,8 @@ def test_bad_sampling_params(busy: TargetVerifier) -> None:
 
 def test_failed_forward_leaves_the_session_unchanged(busy: TargetVerifier, monkeypatch: pytest.MonkeyPatch) -> None:
     before = {sid: _state(busy, sid) for sid in ("a", "b")}
-    layer = busy.engine.model.model.layers[1]
-
-    def boom(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("simulated out of memory")
-
     with monkeypatch.context() as patch:
-        patch.setattr(layer.mlp, "forward", boom)
+        inject_failure(busy.engine, patch, "simulated out of memory")
         with pytest.raises(RuntimeError, match="simulated"):
             busy.verify("a", DraftTree.chain([5, 6, 7]))
     _assert_unharmed(busy, before)

@@ -1,0 +1,441 @@
+"""specd's own forward engine for Llama-family models (Llama, Mistral, Qwen2, Qwen3).
+
+Why not ``model(...)``: a transformers forward re-dispatches through generic layers, builds
+masks per call, keeps a ``DynamicCache`` that grows by concatenation, and calls ``F.linear``
+on weights that MKL repacks on every call. Here the weights are taken out of the HF model once
+and frozen into the fastest layout for the device (:mod:`target_service.kernels`), QKV and
+gate/up are fused into one matmul each, the KV cache is a preallocated tensor per session
+that is written in place, and the tree mask is built once per pass (not per layer).
+
+One pass feeds ``T`` new tokens of one or more sessions (a *batch of passes*; row-stacked,
+``[T, E]`` through every linear layer, attention per session). Conventions match
+:mod:`target_service.engine`: a session's cache holds ``prefix_len`` committed tokens, a tree
+pass feeds ``[pending] + tree`` at depth-based positions and leaves ``prefix_len + 1 + N``
+entries in row order, :meth:`NativeEngine.commit` moves the kept rows down in place.
+
+Numerics: float32 matches transformers' logits to about 1e-4 (different but equally exact
+summation order; ``dense`` format with float64 weights matches to 1e-9). RMSNorm and RoPE
+follow transformers exactly (the norm's statistics in float32, RoPE tables from the model's
+own rotary module), so the same weights give the same greedy tokens.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from spec_decode.tree import tree_pass_inputs
+from target_service.kernels import LinearKernel, WeightFormat, make_linear, resolve_format
+
+SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+_STATIC_ROPE = ("default", "linear", "llama3", "yarn", None)
+_ALIGN = 64  # KV capacity grows in multiples of this many positions
+
+
+class UnsupportedModel(ValueError):
+    """The native engine cannot run this checkpoint (the HF engine still can)."""
+
+
+# ---- weights --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerWeights:
+    attn_norm: torch.Tensor  # [E]
+    qkv: LinearKernel  # [E] -> [(H + 2 Hkv) D]
+    q_norm: torch.Tensor | None  # [D] (Qwen3) or None
+    k_norm: torch.Tensor | None  # [D]
+    o: LinearKernel  # [H D] -> [E]
+    mlp_norm: torch.Tensor  # [E]
+    gate_up: LinearKernel  # [E] -> [2 F]
+    down: LinearKernel  # [F] -> [E]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    layers: int
+    hidden: int  # E
+    heads: int  # H
+    kv_heads: int  # Hkv
+    head_dim: int  # D
+    intermediate: int  # F
+    vocab: int  # V
+    eps: float
+    max_positions: int
+
+
+@dataclass(frozen=True)
+class NativeWeights:
+    shape: ModelShape
+    embed: torch.Tensor  # [V, E]
+    layers: tuple[LayerWeights, ...]
+    final_norm: torch.Tensor  # [E]
+    lm_head: LinearKernel  # [E] -> [V]
+    fmt: WeightFormat
+
+    def nbytes(self) -> int:
+        """Weight bytes one decode step reads (embedding rows excluded)."""
+        total = self.lm_head.nbytes()
+        for layer in self.layers:
+            total += layer.qkv.nbytes() + layer.o.nbytes() + layer.gate_up.nbytes() + layer.down.nbytes()
+        return total
+
+
+def check_supported(model: Any) -> None:
+    """Raise :class:`UnsupportedModel` unless the native engine can run ``model`` exactly."""
+    config = model.config.get_text_config()
+    kind = getattr(config, "model_type", None)
+    if kind not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedModel(f"model_type {kind!r} is not one of {SUPPORTED_MODEL_TYPES}")
+    if getattr(config, "hidden_act", "silu") != "silu":
+        raise UnsupportedModel(f"activation {config.hidden_act!r} is not silu")
+    rope = getattr(config, "rope_scaling", None) or getattr(config, "rope_parameters", None) or {}
+    if rope.get("rope_type", rope.get("type")) not in _STATIC_ROPE:
+        raise UnsupportedModel(f"rope type {rope.get('rope_type')!r} changes with sequence length")
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers") or not hasattr(inner, "rotary_emb"):
+        raise UnsupportedModel("not a *ForCausalLM with .model.layers and .model.rotary_emb")
+
+
+def extract_weights(model: Any, fmt: WeightFormat, max_positions: int) -> NativeWeights:
+    """Copy the HF model's weights into fused, frozen kernels of format ``fmt``."""
+    check_supported(model)
+    config = model.config.get_text_config()
+    inner = model.model
+    heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // heads)
+    first = inner.layers[0]
+    shape = ModelShape(
+        layers=len(inner.layers),
+        hidden=int(config.hidden_size),
+        heads=heads,
+        kv_heads=kv_heads,
+        head_dim=head_dim,
+        intermediate=int(first.mlp.gate_proj.weight.shape[0]),
+        vocab=int(model.get_output_embeddings().weight.shape[0]),
+        eps=float(config.rms_norm_eps),
+        max_positions=max_positions,
+    )
+    layers = []
+    with torch.no_grad():
+        for layer in inner.layers:
+            attn, mlp = layer.self_attn, layer.mlp
+            qkv_w = torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])  # [(H+2Hkv)D, E]
+            qkv_b = None
+            if attn.q_proj.bias is not None:
+                qkv_b = torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])  # [(H+2Hkv)D]
+            gate_up_b = None
+            if mlp.gate_proj.bias is not None:
+                gate_up_b = torch.cat([mlp.gate_proj.bias, mlp.up_proj.bias])  # [2F]
+            layers.append(
+                LayerWeights(
+                    attn_norm=layer.input_layernorm.weight.detach(),
+                    qkv=make_linear(qkv_w, qkv_b, fmt),
+                    q_norm=_norm_weight(getattr(attn, "q_norm", None)),
+                    k_norm=_norm_weight(getattr(attn, "k_norm", None)),
+                    o=make_linear(attn.o_proj.weight, attn.o_proj.bias, fmt),
+                    mlp_norm=layer.post_attention_layernorm.weight.detach(),
+                    gate_up=make_linear(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]), gate_up_b, fmt),
+                    down=make_linear(mlp.down_proj.weight, mlp.down_proj.bias, fmt),
+                )
+            )
+        head = model.get_output_embeddings()
+        return NativeWeights(
+            shape=shape,
+            embed=inner.embed_tokens.weight.detach(),
+            layers=tuple(layers),
+            final_norm=inner.norm.weight.detach(),
+            lm_head=make_linear(head.weight, getattr(head, "bias", None), fmt),
+            fmt=fmt,
+        )
+
+
+def _norm_weight(module: Any) -> torch.Tensor | None:
+    return None if module is None else module.weight.detach()
+
+
+# ---- KV cache ---------------------------------------------------------------------------
+
+
+class KVCache:
+    """One session's keys and values: ``data[layer, 0=k/1=v, kv_head, position, head_dim]``.
+
+    ``length`` positions are valid; the rest is scratch that the next pass overwrites.
+    Capacity grows geometrically (a copy per doubling, so O(1) amortized per token) and never
+    beyond the engine's context limit.
+    """
+
+    __slots__ = ("data", "length")
+
+    def __init__(self, data: torch.Tensor) -> None:
+        self.data = data  # [L, 2, Hkv, cap, D]
+        self.length = 0
+
+    @property
+    def capacity(self) -> int:
+        return int(self.data.shape[3])
+
+    def nbytes(self) -> int:
+        return self.data.numel() * self.data.element_size()
+
+
+# ---- the engine -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PassInput:
+    """New tokens of one session for one forward pass.
+
+    ``allowed`` is the attention mask over ``[cache rows + new rows]``; ``positions`` the
+    rotary position per new token.
+    """
+
+    cache: KVCache
+    tokens: torch.Tensor  # [Q] long
+    positions: torch.Tensor  # [Q] long
+    allowed: torch.Tensor  # [Q, cache.length + Q] bool
+    want_logits: bool
+
+
+class NativeEngine:
+    """Implements the target engine interface (see :class:`target_service.engine.TreeEngine`)."""
+
+    kind = "native"
+
+    def __init__(self, model: Any, weight_format: str | None = None, max_context: int | None = None) -> None:
+        check_supported(model)
+        param = next(model.parameters())
+        self.device: torch.device = param.device
+        self.dtype: torch.dtype = param.dtype
+        from target_service.engine import _max_positions  # the same context rule as the HF engine
+
+        limit = _max_positions(model.config)
+        self.max_positions: int = min(limit, max_context) if max_context else limit
+        self.weight_format: WeightFormat = resolve_format(weight_format, self.device, self.dtype)
+        self.weights = extract_weights(model, self.weight_format, self.max_positions)
+        self.shape = self.weights.shape
+        self.vocab_size: int = self.shape.vocab
+        self._rotary = model.model.rotary_emb
+        self._cos = torch.empty(0, self.shape.head_dim // 2, dtype=self.dtype, device=self.device)  # [P, D/2]
+        self._sin = torch.empty(0, self.shape.head_dim // 2, dtype=self.dtype, device=self.device)  # [P, D/2]
+        self._scale = self.shape.head_dim**-0.5
+        self._lock = threading.Lock()
+
+    # ---- caches -------------------------------------------------------------------
+
+    def new_cache(self) -> KVCache:
+        return KVCache(self._alloc(0))
+
+    def _alloc(self, capacity: int) -> torch.Tensor:
+        s = self.shape
+        return torch.empty(s.layers, 2, s.kv_heads, capacity, s.head_dim, dtype=self.dtype, device=self.device)
+
+    def _reserve(self, cache: KVCache, needed: int) -> None:
+        if needed <= cache.capacity:
+            return
+        if needed > self.max_positions:
+            raise ValueError(f"{needed} positions exceed the engine's limit of {self.max_positions}")
+        grown = max(needed, 2 * cache.capacity)
+        grown = min(-(-grown // _ALIGN) * _ALIGN, max(self.max_positions, needed))
+        data = self._alloc(grown)  # [L, 2, Hkv, grown, D]
+        if cache.length:
+            data[:, :, :, : cache.length] = cache.data[:, :, :, : cache.length]
+        cache.data = data
+
+    @staticmethod
+    def cache_len(cache: KVCache) -> int:
+        return cache.length
+
+    @staticmethod
+    def kv_bytes(cache: KVCache) -> int:
+        """Bytes the session's cache holds allocated (capacity, not just the valid part)."""
+        return cache.nbytes()
+
+    @staticmethod
+    def truncate(cache: KVCache, length: int) -> None:
+        """Forget every position ``>= length`` (O(1): the rows become scratch)."""
+        cache.length = min(cache.length, max(0, length))
+
+    # ---- passes -------------------------------------------------------------------
+
+    def prefill(self, cache: KVCache, tokens: Sequence[int]) -> int:
+        """Feed ``tokens[:-1]`` into an empty ``cache``; return ``tokens[-1]``, the pending token."""
+        if not tokens:
+            raise ValueError("prefill needs at least one token")
+        if cache.length:
+            raise ValueError("prefill needs an empty cache")
+        n = len(tokens) - 1
+        if n:
+            ids = torch.tensor(list(tokens[:-1]), dtype=torch.long, device=self.device)  # [n]
+            positions = torch.arange(n, device=self.device)  # [n]
+            allowed = torch.ones(n, n, dtype=torch.bool, device=self.device).tril_()  # [n, n]
+            self.forward([PassInput(cache, ids, positions, allowed, want_logits=False)])
+        return int(tokens[-1])
+
+    def score_tree(
+        self,
+        cache: KVCache,
+        pending_token: int,
+        parents: torch.Tensor,  # [N] long, -1 = child of the pending token
+        tokens: Sequence[int],  # [N]
+    ) -> torch.Tensor:
+        """One pass over ``[pending] + tree``; logits ``[1 + N, V]`` (row i+1 scores node i's children)."""
+        return self.score_trees([(cache, pending_token, parents, tokens)])[0]
+
+    def score_trees(self, items: Sequence[tuple[KVCache, int, torch.Tensor, Sequence[int]]]) -> list[torch.Tensor]:
+        """Score the trees of several sessions in ONE forward pass (each as :meth:`score_tree`)."""
+        passes = []
+        for cache, pending_token, parents, tokens in items:
+            n = len(tokens)
+            if parents.shape != (n,):
+                raise ValueError(f"parents has shape {tuple(parents.shape)}; expected ({n},)")
+            ids = torch.tensor([pending_token, *tokens], dtype=torch.long, device=self.device)  # [1+N]
+            allowed, positions = tree_pass_inputs(parents.to(self.device), cache.length)  # [1+N, P+1+N], [1+N]
+            passes.append(PassInput(cache, ids, positions, allowed, want_logits=True))
+        return self.forward(passes)
+
+    def commit(self, cache: KVCache, prefix_len: int, keep_rows: Sequence[int]) -> None:
+        """Keep the prefix and pass rows ``keep_rows`` (increasing); move them down in place."""
+        total = cache.length
+        rows = list(keep_rows)
+        if any(b <= a for a, b in itertools.pairwise(rows)):
+            raise ValueError(f"keep_rows must increase, got {rows}")
+        if rows and not (rows[0] >= 0 and prefix_len + rows[-1] < total):
+            raise ValueError(f"keep_rows {rows} out of range for {total - prefix_len} pass rows")
+        if rows != list(range(len(rows))):  # rows to move: gather them, then write them at the prefix end
+            src = torch.tensor(rows, dtype=torch.long, device=self.device) + prefix_len  # [K]
+            with torch.inference_mode():
+                moved = cache.data.index_select(3, src)  # [L, 2, Hkv, K, D]
+                cache.data[:, :, :, prefix_len : prefix_len + len(rows)] = moved
+        cache.length = prefix_len + len(rows)
+
+    # ---- the forward pass -----------------------------------------------------------
+
+    def forward(self, passes: Sequence[PassInput]) -> list[torch.Tensor]:
+        """Run the passes as one batch; returns logits ``[Q_i, V]`` per pass that wants them.
+
+        Each pass's cache gains its ``Q_i`` new rows (``cache.length += Q_i``) only when the
+        whole forward succeeds; on an error every cache keeps its old length.
+        """
+        with self._lock, torch.inference_mode():
+            for p in passes:
+                self._reserve(p.cache, p.cache.length + int(p.tokens.shape[0]))
+            hidden = self._run_layers(passes)  # [T, E]
+            outputs: list[torch.Tensor] = []
+            start = 0
+            for p in passes:
+                q = int(p.tokens.shape[0])
+                if p.want_logits:
+                    rows = _rms_norm(hidden[start : start + q], self.weights.final_norm, self.shape.eps)  # [Q, E]
+                    outputs.append(self.weights.lm_head(rows))  # [Q, V]
+                start += q
+            for p in passes:
+                p.cache.length += int(p.tokens.shape[0])
+            return outputs
+
+    def _run_layers(self, passes: Sequence[PassInput]) -> torch.Tensor:
+        s, w = self.shape, self.weights
+        ids = torch.cat([p.tokens for p in passes]) if len(passes) > 1 else passes[0].tokens  # [T]
+        positions = torch.cat([p.positions for p in passes]) if len(passes) > 1 else passes[0].positions  # [T]
+        cos, sin = self._rope(positions)  # [T, 1, D/2] each
+        groups = s.heads // s.kv_heads
+        # Additive masks, repeated for the query heads that share a KV head: [g Q, P + Q] per pass.
+        masks = [self._bias(p.allowed, groups) for p in passes]
+        spans = list(itertools.accumulate((int(p.tokens.shape[0]) for p in passes), initial=0))
+        x = F.embedding(ids, w.embed)  # [T, E]
+        n_q, n_kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
+        for index, layer in enumerate(w.layers):
+            h = _rms_norm(x, layer.attn_norm, s.eps)  # [T, E]
+            qkv = layer.qkv(h)  # [T, (H + 2 Hkv) D]
+            q = qkv[:, :n_q].view(-1, s.heads, s.head_dim)  # [T, H, D]
+            k = qkv[:, n_q : n_q + n_kv].view(-1, s.kv_heads, s.head_dim)  # [T, Hkv, D]
+            v = qkv[:, n_q + n_kv :].view(-1, s.kv_heads, s.head_dim)  # [T, Hkv, D]
+            if layer.q_norm is not None and layer.k_norm is not None:
+                q = _rms_norm(q, layer.q_norm, s.eps)
+                k = _rms_norm(k, layer.k_norm, s.eps)
+            q = _apply_rope(q, cos, sin)  # [T, H, D]
+            k = _apply_rope(k, cos, sin)  # [T, Hkv, D]
+            outs = []
+            for p, mask, lo, hi in zip(passes, masks, spans, spans[1:], strict=False):
+                outs.append(self._attend(index, p.cache, q[lo:hi], k[lo:hi], v[lo:hi], mask, groups))
+            attn = torch.cat(outs) if len(outs) > 1 else outs[0]  # [T, H D]
+            x = x + layer.o(attn)  # [T, E]
+            h = _rms_norm(x, layer.mlp_norm, s.eps)  # [T, E]
+            gate_up = layer.gate_up(h)  # [T, 2F]
+            gate, up = gate_up[:, : s.intermediate], gate_up[:, s.intermediate :]
+            x = x + layer.down(F.silu(gate) * up)  # [T, E]
+        return x
+
+    def _attend(
+        self,
+        layer: int,
+        cache: KVCache,
+        q: torch.Tensor,  # [Q, H, D]
+        k: torch.Tensor,  # [Q, Hkv, D]
+        v: torch.Tensor,  # [Q, Hkv, D]
+        bias: torch.Tensor | None,  # [g Q, P + Q] additive mask (0 / -inf), None = all allowed
+        groups: int,
+    ) -> torch.Tensor:
+        """Write this pass's keys/values at the cache end, attend over prefix + new rows."""
+        s = self.shape
+        n, start = q.shape[0], cache.length
+        kv = cache.data[layer]  # [2, Hkv, cap, D]
+        kv[0, :, start : start + n] = k.transpose(0, 1)
+        kv[1, :, start : start + n] = v.transpose(0, 1)
+        keys = kv[0, :, : start + n]  # [Hkv, P+Q, D]
+        values = kv[1, :, : start + n]  # [Hkv, P+Q, D]
+        # Query head h uses KV head h // g: group the g query heads of a KV head as extra rows.
+        qg = q.transpose(0, 1).reshape(s.kv_heads, groups * n, s.head_dim)  # [Hkv, g Q, D]
+        if bias is None:  # every row sees every cached and new position (a single token)
+            scores = torch.bmm(qg, keys.transpose(1, 2)).mul_(self._scale)  # [Hkv, g Q, P+Q]
+        else:
+            scores = torch.baddbmm(bias, qg, keys.transpose(1, 2), alpha=self._scale)  # [Hkv, g Q, P+Q]
+        if scores.dtype in (torch.float16, torch.bfloat16):  # softmax statistics in float32
+            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # [Hkv, g Q, P+Q]
+        else:
+            probs = torch.softmax(scores, dim=-1)  # [Hkv, g Q, P+Q]
+        out = torch.bmm(probs, values)  # [Hkv, g Q, D]
+        return out.reshape(s.heads, n, s.head_dim).transpose(0, 1).reshape(n, s.heads * s.head_dim)  # [Q, H D]
+
+    def _bias(self, allowed: torch.Tensor, groups: int) -> torch.Tensor | None:
+        """``allowed`` ([Q, P+Q] bool) as an additive float mask for the grouped query rows."""
+        if bool(allowed.all()):
+            return None
+        bias = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)  # [Q, P+Q]
+        bias.masked_fill_(~allowed, float("-inf"))
+        return bias.repeat(groups, 1)  # [g Q, P+Q]
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin rows for ``positions`` from the model's own rotary module, cached as a table."""
+        need = int(positions.max()) + 1 if positions.numel() else 0
+        if need > self._cos.shape[0]:
+            size = min(max(need, 2 * self._cos.shape[0], 256), max(self.max_positions, need))
+            probe = torch.zeros(1, dtype=self.dtype, device=self.device)
+            pos = torch.arange(size, device=self.device)[None]  # [1, P]
+            cos, sin = self._rotary(probe, pos)  # [1, P, D] each, halves duplicated
+            half = self.shape.head_dim // 2
+            self._cos, self._sin = cos[0, :, :half].contiguous(), sin[0, :, :half].contiguous()  # [P, D/2]
+        return self._cos[positions][:, None], self._sin[positions][:, None]  # [T, 1, D/2]
+
+
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' LlamaRMSNorm: statistics in float32, scale in the input dtype."""
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """``x * cos + rotate_half(x) * sin`` with half-width tables (the halves of HF's are equal)."""
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]  # [T, H, D/2]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)  # [T, H, D]

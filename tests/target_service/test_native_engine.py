@@ -1,0 +1,135 @@
+"""The native engine beyond the shared engine tests: fp32 packed weights, batching, growth, fallback."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from target_helpers import assert_cache_equal, random_tree, sequential_decode
+
+from spec_decode.errors import InvalidArgument
+from spec_decode.models import LoadedModel, load_model
+from spec_decode.tree import path_to
+from target_service.engine import TreeEngine, build_engine
+from target_service.kernels import resolve_format
+from target_service.llama_engine import KVCache, NativeEngine
+
+
+@pytest.fixture(scope="module")
+def target32(tiny_target: Path) -> LoadedModel:
+    return load_model(str(tiny_target), device="cpu", dtype="float32")
+
+
+@pytest.mark.parametrize("fmt", ["dense", "packed"])
+def test_fp32_formats_match_transformers(target32: LoadedModel, fmt: str) -> None:
+    """fp32 logits within 1e-4 of transformers' (another summation order), same argmax."""
+    engine = NativeEngine(target32.model, fmt)
+    assert engine.weight_format == fmt
+    rng = random.Random(3)
+    vocab = engine.vocab_size
+    for _ in range(3):
+        prompt = [rng.randrange(vocab) for _ in range(rng.randint(2, 40))]
+        tree = random_tree(rng, vocab, max_nodes=16)
+        cache = engine.new_cache()
+        pending = engine.prefill(cache, prompt)
+        logits = engine.score_tree(cache, pending, torch.tensor(tree.parents), tree.tokens)  # [1+N, V]
+        for node in range(-1, tree.size):
+            branch = [] if node < 0 else [tree.tokens[i] for i in path_to(node, tree.parents)]
+            _, want = sequential_decode(target32.model, prompt + branch)
+            torch.testing.assert_close(logits[node + 1], want[-1], atol=1e-4, rtol=0)
+            assert int(logits[node + 1].argmax()) == int(want[-1].argmax())
+
+
+def test_batched_trees_equal_one_session_at_a_time(target64: LoadedModel) -> None:
+    """score_trees over several sessions (different lengths, trees) = score_tree per session."""
+    engine = NativeEngine(target64.model, "dense")
+    rng = random.Random(5)
+    vocab = engine.vocab_size
+    items, solo_caches, solo_logits = [], [], []
+    for i in range(4):
+        prompt = [rng.randrange(vocab) for _ in range(3 + 7 * i)]
+        tree = random_tree(rng, vocab, max_nodes=10)
+        parents = torch.tensor(tree.parents)
+        batch_cache, solo = engine.new_cache(), engine.new_cache()
+        pending = engine.prefill(batch_cache, prompt)
+        engine.prefill(solo, prompt)
+        solo_logits.append(engine.score_tree(solo, pending, parents, tree.tokens))
+        solo_caches.append(solo)
+        items.append((batch_cache, pending, parents, tree.tokens))
+    batched = engine.score_trees(items)
+    for (cache, *_), solo, got, want in zip(items, solo_caches, batched, solo_logits, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+        assert_cache_equal(cache, solo)
+
+
+def test_cache_growth_keeps_every_position(target64: LoadedModel) -> None:
+    """Many small passes cross several capacity doublings; the result equals one-by-one decoding."""
+    engine = NativeEngine(target64.model, "dense")
+    rng = random.Random(9)
+    tokens = [rng.randrange(engine.vocab_size) for _ in range(150)]
+    cache = engine.new_cache()
+    pending = engine.prefill(cache, tokens[:2])
+    capacities = {cache.capacity}
+    pos = 2
+    while pos < len(tokens):
+        step = tokens[pos : pos + rng.randint(1, 5)]
+        prefix = engine.cache_len(cache)
+        engine.score_tree(cache, pending, torch.arange(-1, len(step) - 1), step)
+        engine.commit(cache, prefix, list(range(len(step))))  # keep the pending token + all but the last
+        pending, pos = step[-1], pos + len(step)
+        capacities.add(cache.capacity)
+    assert len(capacities) >= 3 and engine.cache_len(cache) == len(tokens) - 1
+    want, _ = sequential_decode(target64.model, tokens[:-1])
+    assert_cache_equal(cache, want, atol=1e-9)
+
+
+def test_commit_moves_rows_in_place(target64: LoadedModel) -> None:
+    engine = NativeEngine(target64.model, "dense")
+    cache = engine.new_cache()
+    pending = engine.prefill(cache, [3, 4, 5])
+    engine.score_tree(cache, pending, torch.tensor([-1, -1, 1, 2]), [6, 7, 8, 9])
+    storage = cache.data.data_ptr()
+    engine.commit(cache, 2, [0, 2, 3, 4])  # pending, then 7 -> 8 -> 9: rows move down by one
+    assert cache.data.data_ptr() == storage and engine.cache_len(cache) == 6
+    want, _ = sequential_decode(target64.model, [3, 4, 5, 7, 8, 9])
+    assert_cache_equal(cache, want, atol=1e-9)
+    with pytest.raises(ValueError, match="must increase"):
+        engine.commit(cache, 2, [0, 0])
+
+
+def test_context_limit_is_enforced(target64: LoadedModel) -> None:
+    engine = NativeEngine(target64.model, "dense", max_context=40)
+    assert engine.max_positions == 40
+    cache = engine.new_cache()
+    pending = engine.prefill(cache, list(range(1, 39)))
+    with pytest.raises(ValueError, match="exceed the engine's limit of 40"):
+        engine.score_tree(cache, pending, torch.tensor([-1, 0, 1]), [1, 2, 3])
+    assert engine.cache_len(cache) == 37 and isinstance(cache, KVCache)
+
+
+def test_engine_choice(target64: LoadedModel, target32: LoadedModel) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    assert isinstance(build_engine(target64.model, "auto"), NativeEngine)
+    assert isinstance(build_engine(target64.model, "hf"), TreeEngine)
+    assert build_engine(target32.model, "auto").weight_format == "packed"  # type: ignore[union-attr]
+    gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64)).eval()
+    assert isinstance(build_engine(gpt2, "auto"), TreeEngine)  # not Llama-family: transformers runs it
+    with pytest.raises(InvalidArgument, match="native engine cannot run this model: model_type 'gpt2'"):
+        build_engine(gpt2, "native")
+    with pytest.raises(InvalidArgument, match="unknown engine 'fast'"):
+        build_engine(gpt2, "fast")
+    with pytest.raises(InvalidArgument, match="needs the native engine"):
+        build_engine(target32.model, "hf", "packed")
+
+
+def test_weight_format_validation() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_format(None, cpu, torch.float64) == "dense"
+    assert resolve_format("auto", cpu, torch.float32) == "packed"
+    with pytest.raises(InvalidArgument, match="'packed' needs float32"):
+        resolve_format("packed", cpu, torch.float64)
+    with pytest.raises(InvalidArgument, match="unknown weight format 'int4'"):
+        resolve_format("int4", cpu, torch.float32)
