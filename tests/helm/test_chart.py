@@ -12,7 +12,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-from conftest import (
+from chart_helpers import (
     CHART,
     NAMESPACE,
     RELEASE,
@@ -21,6 +21,7 @@ from conftest import (
     file_source,
     flag,
     pod_spec,
+    render,
     run_helm,
     template,
 )
@@ -130,8 +131,8 @@ def parse_with_cli(command: str, args: list[str]) -> argparse.Namespace:
 
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
-def test_lint_strict_and_kubernetes_schemas(values, helm, helm_tmp, render):
-    lint = run_helm(helm, ["lint", "--strict", str(CHART), "--namespace", NAMESPACE], values, helm_tmp)
+def test_lint_strict_and_kubernetes_schemas(values):
+    lint = run_helm(["lint", "--strict", str(CHART), "--namespace", NAMESPACE], values)
     assert lint.returncode == 0, lint.stdout + lint.stderr
     assert "0 chart(s) failed" in lint.stdout
     rendered = render(values)
@@ -148,7 +149,7 @@ def test_lint_strict_and_kubernetes_schemas(values, helm, helm_tmp, render):
         assert labels["app.kubernetes.io/managed-by"] == "Helm", where
 
 
-def test_kubernetes_validation_is_not_vacuous(render):
+def test_kubernetes_validation_is_not_vacuous():
     """The strict validator used above refuses a typo'd field and a wrong type."""
     deployment = copy.deepcopy(render({}).get("Deployment", "target"))
     container(deployment)["imagePullPolicyy"] = "Always"
@@ -161,7 +162,7 @@ def test_kubernetes_validation_is_not_vacuous(render):
 
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
-def test_pods_run_as_non_root_on_a_read_only_root(values, render):
+def test_pods_run_as_non_root_on_a_read_only_root(values):
     rendered = render(values)
     workloads = [d for d in rendered.docs if d["kind"] in ("Deployment", "StatefulSet")]
     assert workloads
@@ -182,7 +183,7 @@ def test_pods_run_as_non_root_on_a_read_only_root(values, render):
             assert env["HOME"] == "/tmp", where
 
 
-def test_a_component_can_override_one_security_key(render):
+def test_a_component_can_override_one_security_key():
     """A component's key replaces the top-level one, also when it is false (mergeOverwrite would
     silently keep true)."""
     values = {
@@ -203,7 +204,7 @@ def test_a_component_can_override_one_security_key(render):
 
 
 @pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
-def test_rendered_args_parse_with_the_specd_cli(values, render):
+def test_rendered_args_parse_with_the_specd_cli(values):
     """Every service's args are accepted by the real `specd` parser and bind 0.0.0.0."""
     rendered = render(values)
     deployments = [d for d in rendered.docs if d["kind"] == "Deployment"]
@@ -220,7 +221,7 @@ def test_rendered_args_parse_with_the_specd_cli(values, render):
 # --- defaults --------------------------------------------------------------------------------
 
 
-def test_defaults_render_every_component(render):
+def test_defaults_render_every_component():
     assert render({}).kinds() == sorted(
         [
             ("Deployment", name("target")),
@@ -239,14 +240,14 @@ def test_defaults_render_every_component(render):
     )
 
 
-def test_default_target_args(render):
+def test_default_target_args():
     ns = parse_with_cli("target", args_of(render({}), "target"))
     assert (ns.target, ns.device, ns.dtype) == ("smollm2", None, None)
     assert (ns.max_sessions, ns.max_tree_nodes, ns.max_context, ns.port) == (64, 64, 2048, 50052)
     assert ns.tls_cert is None and ns.tls_key is None and ns.tls_client_ca is None
 
 
-def test_probes_are_native_grpc_health_on_the_grpc_port(render):
+def test_probes_are_native_grpc_health_on_the_grpc_port():
     rendered = render({})
     for component, port in (("target", 50052), ("draft", 50053), ("orchestrator", 50051)):
         c = container(rendered.get("Deployment", component))
@@ -259,13 +260,13 @@ def test_probes_are_native_grpc_health_on_the_grpc_port(render):
     assert startup["periodSeconds"] * startup["failureThreshold"] == 900
 
 
-def test_probes_can_be_switched_off(render):
+def test_probes_can_be_switched_off():
     off = {"enabled": False, "initialDelaySeconds": 0, "periodSeconds": 10, "timeoutSeconds": 5, "failureThreshold": 3}
     c = container(render({"targetService": {"probes": {"liveness": off}}}).get("Deployment", "target"))
     assert "livenessProbe" not in c and "readinessProbe" in c and "startupProbe" in c
 
 
-def test_metrics_port_and_annotations(render):
+def test_metrics_port_and_annotations():
     rendered = render({})
     for component in ("target", "draft", "orchestrator"):
         d = rendered.get("Deployment", component)
@@ -277,7 +278,7 @@ def test_metrics_port_and_annotations(render):
         assert {p["name"] for p in service["spec"]["ports"]} == {"grpc", "metrics"}
 
 
-def test_draft_service_is_headless_and_discovered_by_port_name(render):
+def test_draft_service_is_headless_and_discovered_by_port_name():
     rendered = render({})
     service = rendered.get("Service", "draft")
     assert service["spec"]["clusterIP"] == "None"
@@ -293,7 +294,7 @@ def test_draft_service_is_headless_and_discovered_by_port_name(render):
     assert rendered.get("Service", "target")["spec"].get("clusterIP") is None  # a normal virtual IP
 
 
-def test_orchestrator_may_only_read_endpointslices(render):
+def test_orchestrator_may_only_read_endpointslices():
     rendered = render({})
     role = rendered.get("Role", "orchestrator")
     assert role["rules"] == [
@@ -312,7 +313,7 @@ def test_orchestrator_may_only_read_endpointslices(render):
         assert "serviceAccountName" not in spec, component
 
 
-def test_static_draft_address_needs_no_rbac(render):
+def test_static_draft_address_needs_no_rbac():
     rendered = render({"orchestrator": {"draftAddress": "dns:drafters.other.svc:50053"}})
     assert rendered.find("Role", "orchestrator") is None
     assert rendered.find("RoleBinding", "orchestrator") is None
@@ -320,7 +321,7 @@ def test_static_draft_address_needs_no_rbac(render):
     assert pod_spec(rendered.get("Deployment", "orchestrator"))["automountServiceAccountToken"] is False
 
 
-def test_drafters_autoscale_between_bounds_on_cpu(render):
+def test_drafters_autoscale_between_bounds_on_cpu():
     rendered = render({})
     hpa = rendered.get("HorizontalPodAutoscaler", "draft")
     assert hpa["apiVersion"] == "autoscaling/v2"
@@ -334,7 +335,7 @@ def test_drafters_autoscale_between_bounds_on_cpu(render):
     assert container(rendered.get("Deployment", "draft"))["resources"]["requests"]["cpu"] == "1"
 
 
-def test_drafters_autoscale_on_a_custom_metric(render):
+def test_drafters_autoscale_on_a_custom_metric():
     hpa = render(CUSTOM_METRIC).get("HorizontalPodAutoscaler", "draft")
     autoscaling = CUSTOM_METRIC["draftService"]["autoscaling"]
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 10)
@@ -342,13 +343,13 @@ def test_drafters_autoscale_on_a_custom_metric(render):
     assert hpa["spec"]["behavior"] == autoscaling["behavior"]
 
 
-def test_fixed_drafter_replicas_without_autoscaler(render):
+def test_fixed_drafter_replicas_without_autoscaler():
     rendered = render(FIXED_DRAFTERS)
     assert rendered.find("HorizontalPodAutoscaler", "draft") is None
     assert rendered.get("Deployment", "draft")["spec"]["replicas"] == 3
 
 
-def test_internal_redis_without_password_by_default(render):
+def test_internal_redis_without_password_by_default():
     rendered = render({})
     args = args_of(rendered, "draft")
     assert flag(args, "--phrase-store") == f"redis://{name('redis')}:6379/0"
@@ -366,7 +367,7 @@ def test_internal_redis_without_password_by_default(render):
 # --- GPU -----------------------------------------------------------------------------------
 
 
-def test_gpu_requests_and_model_flags(render):
+def test_gpu_requests_and_model_flags():
     rendered = render(GPU)
     target = rendered.get("Deployment", "target")
     resources = container(target)["resources"]
@@ -398,7 +399,7 @@ def test_gpu_requests_and_model_flags(render):
 # --- Redis ---------------------------------------------------------------------------------
 
 
-def test_external_redis_with_password_from_existing_secret(render):
+def test_external_redis_with_password_from_existing_secret():
     rendered = render(EXTERNAL_REDIS)
     assert rendered.find("StatefulSet", "redis") is None
     assert rendered.find("Service", "redis") is None
@@ -411,7 +412,7 @@ def test_external_redis_with_password_from_existing_secret(render):
     assert "redis-auth" not in str(container(draft).get("env"))  # a file, not an environment variable
 
 
-def test_internal_redis_with_password_from_existing_secret(render):
+def test_internal_redis_with_password_from_existing_secret():
     rendered = render(TLS_AND_KEYS)
     draft = rendered.get("Deployment", "draft")
     password_file = flag(args_of(rendered, "draft"), "--phrase-store-password-file")
@@ -423,7 +424,7 @@ def test_internal_redis_with_password_from_existing_secret(render):
     assert '--requirepass "$REDIS_PASSWORD"' in redis["command"][-1]
 
 
-def test_redis_persistence_uses_a_claim_template(render):
+def test_redis_persistence_uses_a_claim_template():
     sts = render({"phraseStore": {"internal": {"persistence": {"enabled": True, "size": "5Gi"}}}}).get(
         "StatefulSet", "redis"
     )
@@ -434,7 +435,7 @@ def test_redis_persistence_uses_a_claim_template(render):
     assert "--save '300 1'" in container(sts)["command"][-1]
 
 
-def test_disabled_phrase_store_leaves_drafters_their_embedded_pool(render):
+def test_disabled_phrase_store_leaves_drafters_their_embedded_pool():
     rendered = render({"phraseStore": {"enabled": False}})
     assert rendered.find("StatefulSet", "redis") is None
     args = args_of(rendered, "draft")
@@ -444,7 +445,7 @@ def test_disabled_phrase_store_leaves_drafters_their_embedded_pool(render):
 # --- TLS and API keys ----------------------------------------------------------------------
 
 
-def test_mutual_tls_between_services(render):
+def test_mutual_tls_between_services():
     rendered = render(TLS_AND_KEYS)
     for component in ("target", "draft"):
         d = rendered.get("Deployment", component)
@@ -465,7 +466,7 @@ def test_mutual_tls_between_services(render):
     assert ns.tls_client_ca is None
 
 
-def test_api_keys_are_a_mounted_secret_file(render):
+def test_api_keys_are_a_mounted_secret_file():
     rendered = render(TLS_AND_KEYS)
     orchestrator = rendered.get("Deployment", "orchestrator")
     key_file = flag(args_of(rendered, "orchestrator"), "--api-key-file")
@@ -474,7 +475,7 @@ def test_api_keys_are_a_mounted_secret_file(render):
     assert flag(args_of(render({}), "orchestrator"), "--api-key-file") is None
 
 
-def test_tls_off_by_default(render):
+def test_tls_off_by_default():
     rendered = render({})
     for component in ("target", "draft", "orchestrator"):
         args = args_of(rendered, component)
@@ -484,7 +485,7 @@ def test_tls_off_by_default(render):
 # --- components disabled ---------------------------------------------------------------------
 
 
-def test_orchestrator_alone_against_an_external_target(render):
+def test_orchestrator_alone_against_an_external_target():
     rendered = render(DISABLED)
     assert rendered.kinds() == sorted(
         [
@@ -531,8 +532,8 @@ def test_orchestrator_alone_against_an_external_target(render):
         "bad-draft-address",
     ],
 )
-def test_schema_rejects_bad_values(values, message, helm, helm_tmp):
-    run = template(helm, values, helm_tmp)
+def test_schema_rejects_bad_values(values, message):
+    run = template(values)
     assert run.returncode != 0, f"helm accepted {values}"
     assert "values don't meet the specifications of the schema" in run.stderr, run.stderr
     assert message in run.stderr, run.stderr
@@ -565,19 +566,14 @@ def test_schema_rejects_bad_values(values, message, helm, helm_tmp):
         "no-metric",
     ],
 )
-def test_templates_reject_inconsistent_values(values, message, helm, helm_tmp):
-    run = template(helm, values, helm_tmp)
+def test_templates_reject_inconsistent_values(values, message):
+    run = template(values)
     assert run.returncode != 0, f"helm accepted {values}"
     assert message in run.stderr, run.stderr
 
 
-def test_notes_tell_how_to_connect(helm, helm_tmp):
-    run = run_helm(
-        helm,
-        ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client"],
-        TLS_AND_KEYS,
-        helm_tmp,
-    )
+def test_notes_tell_how_to_connect():
+    run = run_helm(["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client"], TLS_AND_KEYS)
     assert run.returncode == 0, run.stderr
     notes = run.stdout.split("NOTES:", 1)[1]
     assert f"port-forward svc/{name('orchestrator')} 50051:50051" in notes

@@ -12,7 +12,7 @@ import tomllib
 
 import pytest
 import yaml
-from conftest import CHART, ROOT
+from chart_helpers import CHART, ROOT
 
 from specd_cli.main import build_parser
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import container
+from chart_helpers import container, render
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -40,7 +40,7 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def rendered_redis(render, tmp_path: Path) -> Iterator[tuple[dict[str, Any], int, dict[str, str]]]:
+def rendered_redis(tmp_path: Path) -> Iterator[tuple[dict[str, Any], int, dict[str, str]]]:
     """Start the rendered Redis container command; yield (container, port, environment)."""
     port = free_port()
     values = {"phraseStore": {"internal": {"port": port, "auth": {"existingSecret": "redis-auth"}}}}

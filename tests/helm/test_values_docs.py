@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 import yaml
-from conftest import CHART
+from chart_helpers import CHART
 
 # Kubernetes objects the schema shapes (closed, optional keys) but the chart does not define.
 KUBERNETES_DEFINITIONS = {"#/definitions/resources"}

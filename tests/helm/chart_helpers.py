@@ -1,5 +1,6 @@
-"""Chart-test fixtures: the real ``helm`` binary, rendering with chosen values, and lookups into
-the rendered manifests.
+"""Chart-test helpers: the real ``helm`` binary, rendering with chosen values, and lookups into
+the rendered manifests. (Not a conftest.py: one in this folder would shadow tests/conftest.py for
+the other folders' ``from conftest import``.)
 
 helm comes from ``make .venv/bin/helm`` (part of ``make test``; see helm/install_helm.py). The
 tests fail, not skip, without it: CI has to prove the chart.
@@ -12,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,8 @@ def find_helm() -> str | None:
     return shutil.which("helm")
 
 
-@pytest.fixture(scope="session")
 def helm() -> str:
+    """The helm binary; fails the calling test (never skips) when there is none."""
     path = find_helm()
     if path is None:
         pytest.fail(
@@ -76,42 +76,29 @@ class Rendered:
         return doc
 
 
-def run_helm(helm: str, args: list[str], values: dict[str, Any], tmp_dir: Path) -> HelmRun:
-    """Run ``helm ARGS -f VALUES`` (values written as JSON, which is YAML)."""
-    values_file = tmp_dir / f"values-{abs(hash(json.dumps(values, sort_keys=True)))}.yaml"
-    values_file.write_text(json.dumps(values))
+def run_helm(args: list[str], values: dict[str, Any]) -> HelmRun:
+    """Run ``helm ARGS -f -`` with ``values`` on stdin (as JSON, which is YAML)."""
     proc = subprocess.run(
-        [helm, *args, "-f", str(values_file)], capture_output=True, text=True, timeout=60, check=False
+        [helm(), *args, "-f", "-"], input=json.dumps(values), capture_output=True, text=True, timeout=60, check=False
     )
     return HelmRun(proc.returncode, proc.stdout, proc.stderr)
 
 
-def template(helm: str, values: dict[str, Any], tmp_dir: Path) -> HelmRun:
-    return run_helm(helm, ["template", RELEASE, str(CHART), "--namespace", NAMESPACE], values, tmp_dir)
+def template(values: dict[str, Any]) -> HelmRun:
+    return run_helm(["template", RELEASE, str(CHART), "--namespace", NAMESPACE], values)
 
 
-@pytest.fixture(scope="session")
-def render(helm: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[dict[str, Any]], Rendered]]:
-    """``render(values)`` → the rendered manifests; fails the test when helm refuses the values.
-    Results are cached per value set for the session."""
-    tmp_dir = tmp_path_factory.mktemp("helm-values")
-    cache: dict[str, Rendered] = {}
-
-    def _render(values: dict[str, Any]) -> Rendered:
-        key = json.dumps(values, sort_keys=True)
-        if key not in cache:
-            run = template(helm, values, tmp_dir)
-            assert run.returncode == 0, f"helm template failed for {values}:\n{run.stderr}"
-            docs = tuple(d for d in yaml.safe_load_all(run.stdout) if d)
-            cache[key] = Rendered(docs)
-        return cache[key]
-
-    yield _render
+_rendered: dict[str, Rendered] = {}
 
 
-@pytest.fixture(scope="session")
-def helm_tmp(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("helm-runs")
+def render(values: dict[str, Any]) -> Rendered:
+    """The manifests for ``values`` (cached per value set); fails the test when helm refuses them."""
+    key = json.dumps(values, sort_keys=True)
+    if key not in _rendered:
+        run = template(values)
+        assert run.returncode == 0, f"helm template failed for {values}:\n{run.stderr}"
+        _rendered[key] = Rendered(tuple(d for d in yaml.safe_load_all(run.stdout) if d))
+    return _rendered[key]
 
 
 def pod_spec(workload: dict[str, Any]) -> dict[str, Any]:
