@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
-from pki import Pki, make_pki, openssl_binary
 
 from draft_service.service import DraftWorker
 from orchestrator.auth import AuthConfig
@@ -21,12 +20,11 @@ from orchestrator.server import serve_orchestrator
 from orchestrator.service import Orchestrator, OrchestratorConfig
 from protos.security import PeerTls, TlsConfig
 from protos.serving import ServerHandle
+from security.helpers import KEY_A, KEY_B, write_keys
+from security.pki import Pki, make_pki, openssl_binary
 from spec_decode.models import load_tokenizer
 from specd_cli.stack import StackConfig, StackSecurity, ThreadStack, start_thread_stack
 from target_service.verifier import TargetConfig, TargetVerifier
-
-KEY_A = "sk-alpha-0123456789abcdef"
-KEY_B = "sk-bravo-fedcba9876543210"
 
 
 @pytest.fixture(scope="session")
@@ -36,14 +34,10 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
 
 
-def write_keys(path: Path, *keys: str) -> Path:
-    path.write_text("# specd API keys\n" + "".join(f"{k}  # owner {i}\n" for i, k in enumerate(keys)))
-    return path
-
-
 def tiny_stack_config(target: Path, draft: Path) -> StackConfig:
-    """Tiny models in float64 (no float ties can flip a greedy argmax). The root conftest has the
-    same helper, but this directory's conftest shadows the module name ``conftest``."""
+    """Tiny models in float64 (no float ties can flip a greedy argmax). Like the root conftest's
+    ``stack_config``, which cannot be imported reliably from here: the module name ``conftest``
+    belongs to whichever non-package folder's conftest pytest loaded last."""
     from draft_service.service import DraftConfig
 
     return StackConfig(

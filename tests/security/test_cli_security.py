@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import KEY_A, write_keys
 
 from protos.security import PeerTls
 from protos.serving import wait_healthy
+from security.helpers import KEY_A, write_keys
 from specd_cli.demo import free_port
 
 SPECD = [sys.executable, "-m", "specd_cli.main"]

@@ -9,7 +9,6 @@ import time
 
 import grpc
 import pytest
-from conftest import KEY_A, KEY_B, write_keys
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -18,6 +17,7 @@ from orchestrator.service import OrchestratorConfig
 from orchestrator.servicer import SERVICE_NAME
 from protos import orchestrator_pb2, orchestrator_pb2_grpc
 from protos.security import PeerTls, TlsConfig, open_channel
+from security.helpers import KEY_A, KEY_B, write_keys
 from specd_client import (
     AsyncSpecdClient,
     InvalidArgumentError,
