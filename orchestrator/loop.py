@@ -4,6 +4,13 @@ The loop is written once against :class:`spec_decode.api.TargetAPI` and
 :class:`spec_decode.api.DraftAPI`, so it runs the same with in-process services and with
 gRPC clients. Every phase is timed inside the loop; the time a call spends outside the
 remote service's own compute is charged to the network.
+
+Drafting goes through a :class:`~orchestrator.drafters.DrafterRouter`: each step the loop
+asks it which replica holds the session. When that replica changes — it failed a call
+(UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED), or a replica joined and took the session over
+on the hash ring — the session moves: released on the old replica (if it still answers),
+rebuilt on the new one from the whole token history. With no replica left the step is
+target-only. Neither changes the output: the target alone decides every token.
 """
 
 from __future__ import annotations
@@ -12,10 +19,11 @@ import logging
 import time
 from collections.abc import Iterator
 
+from orchestrator.drafters import DrafterRouter, Replica
 from orchestrator.methods import Method
 from orchestrator.request import GenerateParams
-from spec_decode.api import DraftAPI, TargetAPI
-from spec_decode.errors import DeadlineExceeded, FailedPrecondition, NotFound, Unavailable
+from spec_decode.api import TargetAPI
+from spec_decode.errors import Cancelled, DeadlineExceeded, FailedPrecondition, NotFound, Unavailable
 from spec_decode.stats import LoopStats
 from spec_decode.types import EMPTY_TREE, DraftTree, GenerationStats, TargetLimits, VerifyResult
 
@@ -30,7 +38,7 @@ class DecodeLoop:
         *,
         session_id: str,
         target: TargetAPI,
-        draft: DraftAPI | None,
+        draft: DrafterRouter | None,
         method: Method,
         params: GenerateParams,
         prompt: list[int],
@@ -40,7 +48,9 @@ class DecodeLoop:
     ) -> None:
         self.session_id = session_id
         self._target = target
-        self._draft_api = draft if method.drafter is not None else None
+        self._drafters = draft if method.drafter is not None else None
+        self._replica: Replica | None = None  # the replica holding this session's drafter state
+        self._failed: set[str] = set()  # replicas that failed this request; never picked again
         self._method = method
         self._params = params
         self._prompt = prompt
@@ -80,8 +90,8 @@ class DecodeLoop:
             self._target.prefill(self.session_id, self._prompt, self._params.sampling)
 
     def _draft(self) -> DraftTree:
-        """Ask the drafter for a tree that fits the context and the remaining token budget."""
-        if self._draft_api is None or self._method.drafter is None:
+        """Ask the session's drafter for a tree that fits the context and the remaining token budget."""
+        if self._drafters is None or self._method.drafter is None:
             return EMPTY_TREE
         context_len = len(self._prompt) + len(self.tokens)
         remaining = self._params.max_new_tokens - len(self.tokens)
@@ -92,41 +102,66 @@ class DecodeLoop:
         )
         if max_nodes <= 0:
             return EMPTY_TREE
+        failed = False
+        while (replica := self._route()) is not None:
+            try:
+                return self._propose(replica, max_nodes, context_len)
+            except (Unavailable, DeadlineExceeded, Cancelled) as err:
+                log.warning("session %s: drafter %s failed (%s)", self.session_id, replica.address, err)
+                failed = True
+                self._failed.add(replica.address)
+                self._drafters.report_failure(replica.address, err)
+        if failed:
+            log.warning("session %s: no drafter left; continuing target-only", self.session_id)
+        return EMPTY_TREE  # this step is target-only
+
+    def _route(self) -> Replica | None:
+        """The replica for this step; moves the session when the router now names another one."""
+        assert self._drafters is not None
+        replica = self._drafters.pick(self.session_id, frozenset(self._failed))
+        old = self._replica
+        if replica is None or (old is not None and old.address == replica.address):
+            return replica
+        if old is not None:
+            self.stats.drafter_switches += 1
+            log.info("session %s: drafter %s -> %s", self.session_id, old.address, replica.address)
+            if old.address not in self._failed:
+                self._release_draft(old)  # rebalanced away: free the state it holds
+        self._replica = replica
+        self._sent_to_draft = 0  # the new replica rebuilds the state from the whole context
+        return replica
+
+    def _propose(self, replica: Replica, max_nodes: int, context_len: int) -> DraftTree:
+        assert self._method.drafter is not None
         new_tokens = self._unsent_tokens()  # only what the drafter has not seen: O(step), not O(context)
         start = time.perf_counter()
         try:
-            try:
-                result = self._draft_api.propose(
-                    self.session_id,
-                    self._method.drafter,
-                    self._sent_to_draft,
-                    new_tokens,
-                    max_nodes,
-                    self._options,
-                    self._params.sampling,
-                )
-            except (FailedPrecondition, NotFound) as err:
-                if self._sent_to_draft == 0:
-                    raise
-                log.info("session %s: drafter lost sync (%s); resending the context", self.session_id, err)
-                result = self._draft_api.propose(
-                    self.session_id,
-                    self._method.drafter,
-                    0,
-                    self._prompt + self.tokens,
-                    max_nodes,
-                    self._options,
-                    self._params.sampling,
-                )
-        except (Unavailable, DeadlineExceeded) as err:
-            log.warning("session %s: drafter unavailable (%s); continuing target-only", self.session_id, err)
-            self._draft_api = None
-            return EMPTY_TREE
-        finally:
-            wall = time.perf_counter() - start
+            result = replica.api.propose(
+                self.session_id,
+                self._method.drafter,
+                self._sent_to_draft,
+                new_tokens,
+                max_nodes,
+                self._options,
+                self._params.sampling,
+            )
+        except (FailedPrecondition, NotFound) as err:
+            if self._sent_to_draft == 0:
+                raise
+            log.info("session %s: drafter lost sync (%s); resending the context", self.session_id, err)
+            self._sent_to_draft = 0
+            result = replica.api.propose(
+                self.session_id,
+                self._method.drafter,
+                0,
+                self._prompt + self.tokens,
+                max_nodes,
+                self._options,
+                self._params.sampling,
+            )
         self._sent_to_draft = context_len
         self.stats.phases.draft_s += result.compute_s
-        self.stats.add_network(wall, result.compute_s)
+        self.stats.add_network(time.perf_counter() - start, result.compute_s)
         return result.tree
 
     def _unsent_tokens(self) -> list[int]:
@@ -156,20 +191,29 @@ class DecodeLoop:
 
     def _advance(self, tree: DraftTree, result: VerifyResult, new_tokens: list[int]) -> None:
         self.tokens.extend(new_tokens)
-        if self._draft_api is not None and tree.size:
+        if self._replica is not None and tree.size:
             try:
-                self._draft_api.observe(self.session_id, tree.size, len(result.acceptance.tokens), result.target_tokens)
+                self._replica.api.observe(
+                    self.session_id, tree.size, len(result.acceptance.tokens), result.target_tokens
+                )
             except (Unavailable, DeadlineExceeded, NotFound) as err:
                 log.warning("session %s: drafter feedback failed: %s", self.session_id, err)
 
     def _release(self) -> None:
-        for name, api in (("target", self._target), ("draft", self._draft_api)):
-            if api is None:
-                continue
-            try:
-                api.release(self.session_id)
-            except Exception as err:  # releasing must never mask the request's own outcome
-                log.warning("session %s: releasing the %s session failed: %s", self.session_id, name, err)
+        try:
+            self._target.release(self.session_id)
+        except Exception as err:  # releasing must never mask the request's own outcome
+            log.warning("session %s: releasing the target session failed: %s", self.session_id, err)
+        if self._replica is not None and self._replica.address not in self._failed:
+            self._release_draft(self._replica)
+
+    def _release_draft(self, replica: Replica) -> None:
+        try:
+            replica.api.release(self.session_id)
+        except Exception as err:  # a replica that left or fails must not fail the request
+            log.warning(
+                "session %s: releasing the draft session on %s failed: %s", self.session_id, replica.address, err
+            )
 
     # ---------------------------------------------------------------- results
     def generation_stats(self) -> GenerationStats:
@@ -187,4 +231,5 @@ class DecodeLoop:
             phases=phases,
             accepted_length_histogram=tuple(self.stats.accepted_hist),
             finish_reason=self.finish_reason,
+            drafter_switches=self.stats.drafter_switches,
         )

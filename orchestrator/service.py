@@ -8,6 +8,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.drafters import DrafterRouter, as_router
 from orchestrator.loop import DecodeLoop
 from orchestrator.methods import available_methods, resolve_method
 from orchestrator.request import GenerateParams
@@ -55,21 +56,25 @@ class StreamChunk:
 
 
 class Orchestrator:
-    """Serves generation requests over a target and an optional draft service."""
+    """Serves generation requests over a target and an optional draft service.
+
+    ``draft`` is one drafter (an in-process object or one client) or a
+    :class:`~orchestrator.drafters.DrafterPool` of replicas that sessions are spread over.
+    """
 
     def __init__(
         self,
         target: TargetAPI,
-        draft: DraftAPI | None,
+        draft: DraftAPI | DrafterRouter | None,
         tokenizer: Any,
         config: OrchestratorConfig | None = None,
     ) -> None:
         self.config = (config or OrchestratorConfig()).validate()
         self._target = target
-        self._draft = draft
+        self._draft = as_router(draft)
         self._tokenizer = tokenizer
         self.target_info: TargetInfo = target.info()
-        self.draft_info: DraftInfo | None = draft.info() if draft is not None else None
+        self.draft_info: DraftInfo | None = self._draft.info() if self._draft is not None else None
         tok_fp = vocab_fingerprint(tokenizer)
         if tok_fp != self.target_info.vocab.fingerprint:
             raise FailedPrecondition(

@@ -169,6 +169,7 @@ def stats_to_pb(stats: GenerationStats) -> orchestrator_pb2.GenerationStats:
         ),
         accepted_length_histogram=stats.accepted_length_histogram,
         finish_reason=stats.finish_reason,
+        drafter_switches=stats.drafter_switches,
     )
 
 
@@ -184,4 +185,5 @@ def stats_from_pb(msg: orchestrator_pb2.GenerationStats) -> GenerationStats:
         phases=PhaseTimes(ph.prefill_s, ph.draft_s, ph.verify_s, ph.orchestrate_s, ph.network_s),
         accepted_length_histogram=tuple(msg.accepted_length_histogram),
         finish_reason=msg.finish_reason,
+        drafter_switches=msg.drafter_switches,
     )

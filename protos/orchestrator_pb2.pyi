@@ -74,7 +74,7 @@ class PhaseTimes(_message.Message):
     def __init__(self, draft_s: _Optional[float] = ..., verify_s: _Optional[float] = ..., orchestrate_s: _Optional[float] = ..., network_s: _Optional[float] = ..., prefill_s: _Optional[float] = ...) -> None: ...
 
 class GenerationStats(_message.Message):
-    __slots__ = ("prompt_tokens", "new_tokens", "target_steps", "draft_tokens", "accepted_tokens", "tau", "acceptance_rate", "wall_s", "tokens_per_s", "phases", "accepted_length_histogram", "finish_reason")
+    __slots__ = ("prompt_tokens", "new_tokens", "target_steps", "draft_tokens", "accepted_tokens", "tau", "acceptance_rate", "wall_s", "tokens_per_s", "phases", "accepted_length_histogram", "finish_reason", "drafter_switches")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TARGET_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +87,7 @@ class GenerationStats(_message.Message):
     PHASES_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_LENGTH_HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    DRAFTER_SWITCHES_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     new_tokens: int
     target_steps: int
@@ -99,7 +100,8 @@ class GenerationStats(_message.Message):
     phases: PhaseTimes
     accepted_length_histogram: _containers.RepeatedScalarFieldContainer[int]
     finish_reason: str
-    def __init__(self, prompt_tokens: _Optional[int] = ..., new_tokens: _Optional[int] = ..., target_steps: _Optional[int] = ..., draft_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., tau: _Optional[float] = ..., acceptance_rate: _Optional[float] = ..., wall_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., phases: _Optional[_Union[PhaseTimes, _Mapping]] = ..., accepted_length_histogram: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ...) -> None: ...
+    drafter_switches: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., new_tokens: _Optional[int] = ..., target_steps: _Optional[int] = ..., draft_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., tau: _Optional[float] = ..., acceptance_rate: _Optional[float] = ..., wall_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., phases: _Optional[_Union[PhaseTimes, _Mapping]] = ..., accepted_length_histogram: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., drafter_switches: _Optional[int] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
     __slots__ = ("text", "token_ids", "method", "stats", "session_id")

@@ -19,6 +19,7 @@ class LoopStats:
     draft_tokens: int = 0
     accepted_tokens: int = 0
     accepted_hist: list[int] = field(default_factory=list)
+    drafter_switches: int = 0  # times the session moved to another draft replica
 
     @contextmanager
     def time(self, phase: str) -> Iterator[None]:

@@ -206,6 +206,7 @@ class GenerationStats:
     phases: PhaseTimes = field(default_factory=PhaseTimes)
     accepted_length_histogram: tuple[int, ...] = ()
     finish_reason: str = "length"
+    drafter_switches: int = 0  # times the session moved to another draft replica (failover, rebalance)
 
     @property
     def tau(self) -> float:

@@ -36,6 +36,7 @@ class GenerationStats:
     phases: PhaseTimes = field(default_factory=PhaseTimes)
     accepted_length_histogram: tuple[int, ...] = ()
     finish_reason: str = ""
+    drafter_switches: int = 0  # times the session moved to another draft replica
 
     @classmethod
     def from_pb(cls, msg: orchestrator_pb2.GenerationStats) -> GenerationStats:
@@ -53,6 +54,7 @@ class GenerationStats:
             phases=PhaseTimes(ph.prefill_s, ph.draft_s, ph.verify_s, ph.orchestrate_s, ph.network_s),
             accepted_length_histogram=tuple(msg.accepted_length_histogram),
             finish_reason=msg.finish_reason,
+            drafter_switches=msg.drafter_switches,
         )
 
     def as_dict(self) -> dict[str, object]:
