@@ -15,11 +15,11 @@ def serve_orchestrator(
     host: str = "127.0.0.1",
     port: int = 0,
     tls: TlsConfig | None = None,
-    auth: AuthConfig | None = None,
+    auth: AuthConfig | AuthInterceptor | None = None,
 ) -> ServerHandle:
     """Serve ``orchestrator``; ``tls`` for TLS (mutual with a client CA), ``auth`` for API keys
     and a per-key rate (see orchestrator/auth.py). Raises AuthConfigError for an unusable key file."""
-    interceptor = AuthInterceptor.from_config(auth) if auth is not None else None
+    interceptor = AuthInterceptor.from_config(auth) if isinstance(auth, AuthConfig) else auth
     interceptors = [interceptor] if interceptor is not None else []
     return start_server(
         register(orchestrator), [SERVICE_NAME], host=host, port=port, max_workers=32, tls=tls, interceptors=interceptors

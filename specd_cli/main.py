@@ -155,8 +155,8 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
 
     tls = _server_tls(args)
     peer = peer_tls_from_flags(args.peer_ca, args.peer_cert, args.peer_key)
-    auth = AuthConfig(args.api_key_file, args.rate_limit, args.rate_burst)
-    AuthInterceptor.from_config(auth)  # a bad key file stops us before we wait for the backends
+    # built first: a bad key file stops us before we wait for the backends
+    auth = AuthInterceptor.from_config(AuthConfig(args.api_key_file, args.rate_limit, args.rate_burst))
     wait_healthy(args.target_address, args.wait, tls=peer)
     draft = None
     if args.draft_address and args.draft_address != "none":
