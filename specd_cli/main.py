@@ -146,9 +146,11 @@ def cmd_draft(args: argparse.Namespace) -> int:
 
 def cmd_orchestrator(args: argparse.Namespace) -> int:
     from orchestrator.auth import AuthConfig, AuthInterceptor
+    from orchestrator.discovery import parse_draft_address
+    from orchestrator.drafters import DrafterPool, ReplicaClient
     from orchestrator.server import serve_orchestrator
     from orchestrator.service import Orchestrator, OrchestratorConfig
-    from orchestrator.transports import GrpcDraftClient, GrpcTargetClient
+    from orchestrator.transports import GrpcTargetClient
     from protos.security import peer_tls_from_flags
     from protos.serving import wait_healthy
     from spec_decode.models import load_tokenizer
@@ -157,17 +159,31 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
     peer = peer_tls_from_flags(args.peer_ca, args.peer_cert, args.peer_key)
     # built first: a bad key file stops us before we wait for the backends
     auth = AuthInterceptor.from_config(AuthConfig(args.api_key_file, args.rate_limit, args.rate_burst))
+    try:
+        source = parse_draft_address(args.draft_address or "none")
+    except ValueError as err:
+        print(f"specd: error: {err}", file=sys.stderr)
+        return 2
     wait_healthy(args.target_address, args.wait, tls=peer)
     draft = None
-    if args.draft_address and args.draft_address != "none":
-        wait_healthy(args.draft_address, args.wait, tls=peer)
-        draft = GrpcDraftClient(args.draft_address, tls=peer)
+    if source is not None:
+        try:
+            draft = DrafterPool(source, connect=lambda address: ReplicaClient(address, tls=peer))
+        except ValueError as err:  # k8s: no client package or no cluster config
+            print(f"specd: error: {err}", file=sys.stderr)
+            return 2
+        if not draft.wait_live(args.wait):
+            draft.close()
+            print(f"specd: error: no drafter of {source!r} was healthy within {args.wait:.0f} s", file=sys.stderr)
+            return 1
     tokenizer, _ = load_tokenizer(args.target)
     config = OrchestratorConfig(args.max_new_tokens, args.max_prompt_tokens)
     orch = Orchestrator(GrpcTargetClient(args.target_address, tls=peer), draft, tokenizer, config)
     handle = serve_orchestrator(orch, host=args.host, port=args.port, tls=tls, auth=auth)
     print(f"orchestrator on {args.host}:{handle.port} (methods: {', '.join(orch.methods)})", flush=True)
     handle.wait_for_signal()
+    if draft is not None:
+        draft.close()
     return 0
 
 
@@ -196,6 +212,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         extra_target_args=extra,
         phrase_store=args.phrase_store,
         phrase_store_password_file=args.phrase_store_password_file,
+        drafters=args.drafters,
         security=ProcessSecurity(
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
@@ -387,7 +404,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("orchestrator", help="run the orchestrator (front door)")
     p.add_argument("--target", default="smollm2", help="the target's model spec (its tokenizer is loaded)")
     p.add_argument("--target-address", default="127.0.0.1:50052")
-    p.add_argument("--draft-address", default="127.0.0.1:50053", help="'none' for target-only")
+    p.add_argument(
+        "--draft-address",
+        default="127.0.0.1:50053",
+        help="draft replicas: HOST:PORT, a list H1:P1,H2:P2, dns:NAME:PORT (every A/AAAA record, re-resolved "
+        "every 5 s), k8s:NAMESPACE/SERVICE:PORTNAME (EndpointSlices of SERVICE, in-cluster config), "
+        "or 'none' for target-only",
+    )
     p.add_argument("--max-new-tokens", type=int, default=2048, help="cap on a request's max_new_tokens")
     p.add_argument("--max-prompt-tokens", type=int, default=0, help="cap on a request's prompt tokens (0 = context)")
     p.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the backends to be healthy")
@@ -401,7 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_limit_flags(p)
     _add_server_flags(p, DEFAULT_PORT)
     p.add_argument("--target-port", type=int, default=50052)
-    p.add_argument("--draft-port", type=int, default=50053)
+    p.add_argument("--draft-port", type=int, default=50053, help="port of the first draft replica")
+    p.add_argument("--drafters", type=int, default=1, help="draft replicas (ports --draft-port, +1, ...)")
     p.add_argument("--max-new-tokens", type=int, default=2048, help="cap on a request's max_new_tokens")
     p.add_argument("--max-prompt-tokens", type=int, default=0, help="cap on a request's prompt tokens (0 = context)")
     _add_phrase_store_flag(p)

@@ -154,7 +154,8 @@ def _flag(name: str, value: str | None) -> list[str]:
 
 @dataclass
 class ProcessStack:
-    """``specd target``, ``specd draft`` and ``specd orchestrator`` as child processes."""
+    """``specd target``, ``specd draft`` (one process per replica: ``draft``, ``draft-2``, ...)
+    and ``specd orchestrator`` as child processes."""
 
     procs: dict[str, subprocess.Popen[bytes]]
     address: str
@@ -164,9 +165,10 @@ class ProcessStack:
         return {name: p.poll() is None for name, p in self.procs.items()}
 
     def stop(self, grace: float = 10.0) -> None:
-        for name in ("orchestrator", "draft", "target"):
-            proc = self.procs.get(name)
-            if proc is not None and proc.poll() is None:
+        order = ("orchestrator", "draft", "target")  # front door first, so no request meets a gone backend
+        for name in sorted(self.procs, key=lambda n: order.index(n.split("-")[0])):
+            proc = self.procs[name]
+            if proc.poll() is None:
                 proc.terminate()
         deadline = time.monotonic() + grace
         for proc in self.procs.values():
@@ -193,8 +195,16 @@ def start_process_stack(
     security: ProcessSecurity | None = None,
     phrase_store_password_file: str | None = None,
     extra_orchestrator_args: list[str] | None = None,
+    drafters: int = 1,
 ) -> ProcessStack:
-    """Start the three services as separate processes on loopback and wait until all serve."""
+    """Start the three services as separate processes on loopback and wait until all serve.
+
+    ``drafters``: draft-service replicas, on ports ``draft_port``, ``draft_port + 1``, ...; the
+    orchestrator spreads sessions over them (``--draft-address h:p1,h:p2,...``).
+    """
+    if drafters < 1:
+        raise ValueError(f"drafters must be >= 1, got {drafters}")
+    draft_ports = [draft_port + i for i in range(drafters)]
     security = (security or ProcessSecurity()).validate()
     health_tls = security.health_tls()
     log_dir = log_dir or Path(os.environ.get("SPECD_LOG_DIR", "/tmp/specd-logs"))
@@ -215,27 +225,30 @@ def start_process_stack(
             *(extra_target_args or []),
             *security.backend_args(),
         ],
-        "draft": [
+    }
+    for i, replica_port in enumerate(draft_ports):
+        cmds["draft" if i == 0 else f"draft-{i + 1}"] = [
             *exe,
             "draft",
             "--host",
             host,
             "--port",
-            str(draft_port),
+            str(replica_port),
             *dev,
             *(["--draft-model", draft_model] if draft_model else []),
             *(["--phrase-store", phrase_store] if phrase_store else []),
             *_flag("--phrase-store-password-file", phrase_store_password_file),
             *security.backend_args(),
-        ],
-    }
+        ]
     procs: dict[str, subprocess.Popen[bytes]] = {}
     stack = ProcessStack(procs, f"{host}:{port}", log_dir)
     try:
         for name, cmd in cmds.items():
             procs[name] = _spawn(name, cmd, log_dir)
         _wait_serving(procs["target"], "target", f"{host}:{target_port}", timeout, health_tls)
-        _wait_serving(procs["draft"], "draft", f"{host}:{draft_port}", timeout, health_tls)
+        for i, replica_port in enumerate(draft_ports):
+            name = "draft" if i == 0 else f"draft-{i + 1}"
+            _wait_serving(procs[name], name, f"{host}:{replica_port}", timeout, health_tls)
         orch_cmd = [
             *exe,
             "orchestrator",
@@ -248,7 +261,7 @@ def start_process_stack(
             "--target-address",
             f"{host}:{target_port}",
             "--draft-address",
-            f"{host}:{draft_port}",
+            ",".join(f"{host}:{p}" for p in draft_ports),
             *security.orchestrator_args(),
             *(extra_orchestrator_args or []),
         ]

@@ -5,6 +5,9 @@ output equal to transformers' own greedy decoding in every case."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import greedy_reference, stack_config
@@ -19,12 +22,15 @@ from orchestrator.service import Orchestrator
 from orchestrator.transports import GrpcTargetClient
 from protos.serving import ServerHandle
 from spec_decode.models import load_model, load_tokenizer
+from specd_cli.demo import free_port
+from specd_cli.stack import start_process_stack
 from specd_client import SpecdClient
 from target_service.server import serve_target
 from target_service.verifier import TargetVerifier
 
 PROMPT = (4000, 4100, 4200, 4300, 4000, 4100, 4200, 777, 4000, 4100)
 NEW = 40
+SPECD = [sys.executable, "-m", "specd_cli.main"]
 FAST = PoolConfig(probe_timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
 
 
@@ -213,3 +219,61 @@ def test_grpc_orchestrator_over_three_drafters(target, tokenizer, cfg, replicas,
         pool.close()
         t_client.close()
         t_handle.stop(1.0)
+
+
+# ---------------------------------------------------------------- the CLI
+def _consecutive_free_ports(n: int) -> int:
+    import socket
+
+    for _ in range(50):
+        base = free_port()
+        socks = []
+        try:
+            for p in range(base, base + n):
+                s = socket.socket()
+                socks.append(s)
+                s.bind(("127.0.0.1", p))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError(f"no {n} consecutive free ports")
+
+
+def test_cli_refuses_a_bad_draft_address(tiny_target):
+    out = subprocess.run(
+        [*SPECD, "orchestrator", "--target", str(tiny_target), "--draft-address", "k8s:specd-draft:grpc"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 2, out.stderr
+    assert "k8s:NAMESPACE/SERVICE:PORTNAME" in out.stderr
+
+
+def test_up_with_two_drafters(tiny_target, tmp_path):
+    stack = start_process_stack(
+        target=str(tiny_target),
+        draft_model=None,
+        port=free_port(),
+        target_port=free_port(),
+        draft_port=_consecutive_free_ports(2),
+        device="cpu",
+        log_dir=tmp_path,
+        timeout=120,
+        drafters=2,
+    )
+    try:
+        assert set(stack.alive()) == {"target", "draft", "draft-2", "orchestrator"}
+        with SpecdClient(stack.address, timeout=120) as client:
+            for prompt in ([1000, 2000, 3000, 1000, 2000], [42, 43, 44, 45, 42, 43]):
+                result = client.generate(prompt, method="pld", max_new_tokens=12)
+                assert list(result.token_ids) == greedy_reference(tiny_target, prompt, 12, torch.float32)
+        assert all(stack.alive().values())
+    finally:
+        stack.stop()
+    log = (tmp_path / "orchestrator.log").read_text()
+    assert "-> 2 members" in log and log.count("joins the ring") == 2
