@@ -108,8 +108,8 @@ class DrafterRouter(Protocol):
         """The replica that should hold ``session_id`` now, skipping ``exclude``; None if none is left."""
         ...
 
-    def report_failure(self, address: str, err: Exception) -> None:
-        """A call to ``address`` failed with UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED."""
+    def report_failure(self, replica: Replica, err: Exception) -> None:
+        """A call to ``replica`` failed with UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED."""
         ...
 
     def info(self) -> DraftInfo: ...
@@ -124,7 +124,7 @@ class LocalDrafter:
     def pick(self, session_id: str, exclude: frozenset[str] = frozenset()) -> Replica | None:
         return None if self._replica.address in exclude else self._replica
 
-    def report_failure(self, address: str, err: Exception) -> None:
+    def report_failure(self, replica: Replica, err: Exception) -> None:
         """Nothing to do: the loop stops asking this drafter for the rest of the request."""
 
     def info(self) -> DraftInfo:
@@ -282,10 +282,12 @@ class DrafterPool:
                 return Replica(address, member.client)
         return None
 
-    def report_failure(self, address: str, err: Exception) -> None:
+    def report_failure(self, replica: Replica, err: Exception) -> None:
+        """Take the replica out of the ring until a probe passes (not if it was reconnected since)."""
+        address = replica.address
         with self._lock:
             member = self._members.get(address)
-            if member is None or not member.live:
+            if member is None or not member.live or member.client is not replica.api:
                 return
             member.live = False
             member.failures += 1
@@ -303,7 +305,7 @@ class DrafterPool:
             try:
                 return member.client.info()
             except (Unavailable, DeadlineExceeded) as err:
-                self.report_failure(address, err)
+                self.report_failure(Replica(address, member.client), err)
         raise Unavailable(f"no draft replica is serving (members: {', '.join(sorted(self.members())) or 'none'})")
 
     # ---------------------------------------------------------------- probing

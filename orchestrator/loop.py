@@ -110,7 +110,7 @@ class DecodeLoop:
                 log.warning("session %s: drafter %s failed (%s)", self.session_id, replica.address, err)
                 failed = True
                 self._failed.add(replica.address)
-                self._drafters.report_failure(replica.address, err)
+                self._drafters.report_failure(replica, err)
         if failed:
             log.warning("session %s: no drafter left; continuing target-only", self.session_id)
         return EMPTY_TREE  # this step is target-only
@@ -120,7 +120,10 @@ class DecodeLoop:
         assert self._drafters is not None
         replica = self._drafters.pick(self.session_id, frozenset(self._failed))
         old = self._replica
-        if replica is None or (old is not None and old.address == replica.address):
+        if replica is None:
+            return None
+        if old is not None and old.address == replica.address:
+            self._replica = replica  # the same server (perhaps on a new channel): its state is there
             return replica
         if old is not None:
             self.stats.drafter_switches += 1

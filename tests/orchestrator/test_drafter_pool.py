@@ -155,12 +155,15 @@ def test_failed_replica_is_out_until_a_probe_finds_it_back(three):
         victim.stop()
         with pytest.raises(Unavailable):
             _propose(replica.api, session, 0, [1, 2, 3])
-        pool.report_failure(victim.address, Unavailable("test"))
+        pool.report_failure(replica, Unavailable("test"))
         assert victim.address not in pool.live()
         fallback = list(HashRing(a.address for a in three).walk(session))[1]
         assert pool.pick(session).address == fallback
         victim.restart()
         wait_until(lambda: victim.address in pool.live(), what="re-probe after restart")
+        pool.report_failure(replica, Unavailable("late news from the old channel"))
+        assert victim.address in pool.live()  # it was reconnected since: ignored
+        assert pool.pick(session).api is not replica.api
         assert _propose(pool.pick(session).api, session, 0, [1, 2, 3]).context_len == 3
     finally:
         pool.close()
