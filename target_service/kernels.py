@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from spec_decode.errors import InvalidArgument
 
-WeightFormat = Literal["dense", "packed"]
-WEIGHT_FORMATS: tuple[str, ...] = ("auto", "dense", "packed")
+WeightFormat = Literal["dense", "packed", "q8"]
+WEIGHT_FORMATS: tuple[str, ...] = ("auto", "dense", "packed", "q8")
 
 
 class LinearKernel(Protocol):
@@ -95,6 +95,14 @@ def resolve_format(requested: str | None, device: torch.device, dtype: torch.dty
         return "packed" if cpu_fp32 and _mkl_packing_available() else "dense"
     if name == "packed" and not (cpu_fp32 and _mkl_packing_available()):
         raise InvalidArgument(f"weight format 'packed' needs float32 on a CPU with MKL (got {dtype} on {device})")
+    if name == "q8":
+        if not (cpu_fp32 and _mkl_packing_available()):
+            raise InvalidArgument(f"weight format 'q8' needs float32 on a CPU (got {dtype} on {device})")
+        from target_service.q8 import library_error
+
+        error = library_error()
+        if error is not None:
+            raise InvalidArgument(f"weight format 'q8' needs its C kernel, which could not be built: {error}")
     return name  # type: ignore[return-value]
 
 
@@ -109,6 +117,14 @@ def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, fmt: WeightForm
     bias = None if bias is None else bias.detach().contiguous()
     if fmt == "dense":
         return DenseLinear(weight, bias, out_features, in_features)
+    if fmt == "q8":
+        from target_service.q8 import Q8Linear, quantize_exact
+
+        fallback = make_linear(weight, bias, "packed")
+        codes = quantize_exact(weight)
+        if codes is None:  # not a group-quantized checkpoint: keep fp32, never change the model
+            return fallback
+        return Q8Linear(codes, bias, fallback, out_features, in_features)
     packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, 16)
     return PackedLinear(packed, weight, bias, out_features, in_features)
 

@@ -1,0 +1,156 @@
+"""``specd bench-verify``: the cost of one target pass over k new tokens, specd engine vs transformers.
+
+Speculative decoding pays only when scoring k draft tokens costs about one decode step, so
+this is the number every drafter's speedup rests on. For each k the command times, on a warm
+cache of ``--context`` tokens, one forward pass over k new tokens:
+
+* ``specd``: the target service's engine (``--engine``, default the native one) scoring a
+  chain of k tokens (the pending token plus k-1 draft nodes) with its tree mask, then dropping
+  them again (an O(1) truncate);
+* ``transformers``: the same model's own forward (``model(input_ids[1, k],
+  past_key_values=cache)``, eager PyTorch, its default attention) on a ``DynamicCache``, then
+  ``cache.crop`` back.
+
+Both run interleaved (k by k, engine by engine) on the same thread so background load hits
+both alike; the median of ``--repeats`` runs is reported. A benchmark, not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+DEFAULT_TOKENS = "1,2,4,8,16,32,64"
+
+
+def add_bench_verify_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="smollm2", help="target model spec (default: SmolLM2-135M-Instruct)")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: fp32 CPU, bf16 CUDA)")
+    p.add_argument("--engine", default="auto", help="specd engine: auto | native | hf")
+    p.add_argument("--weight-format", default=None, help="native engine weights: auto | dense | packed")
+    p.add_argument("--tokens", default=DEFAULT_TOKENS, help=f"comma-separated k values (default {DEFAULT_TOKENS})")
+    p.add_argument("--context", type=int, default=300, help="tokens already in the cache (default 300)")
+    p.add_argument("--repeats", type=int, default=15, help="timed passes per k and engine (median reported)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed passes per k and engine first")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--json", action="store_true", help='print one object {"specd": {k: ms}, "transformers": {k: ms}}')
+
+
+def parse_tokens(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise SystemExit(f"specd bench-verify: --tokens must be comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise SystemExit(f"specd bench-verify: --tokens needs positive integers, got {text!r}")
+    return sorted(set(values))
+
+
+def run_bench_verify(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+    from transformers import DynamicCache
+
+    from spec_decode.models import load_model
+    from target_service.engine import build_engine
+
+    tokens = parse_tokens(args.tokens)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    loaded = load_model(args.target, args.device, args.dtype)
+    model = loaded.model
+    engine = build_engine(model, args.engine, args.weight_format, args.context + max(tokens) + 8)
+    vocab = engine.vocab_size
+    rng = random.Random(0)
+    context = [rng.randrange(vocab) for _ in range(args.context + 1)]
+    device = engine.device
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    # specd: the pending token + (k - 1) chain nodes over `context` committed tokens.
+    cache = engine.new_cache()
+    pending = engine.prefill(cache, context)
+
+    def specd_pass(k: int) -> None:
+        base = engine.cache_len(cache)
+        engine.score_tree(
+            cache, pending, torch.arange(-1, k - 2, device="cpu"), [rng.randrange(vocab) for _ in range(k - 1)]
+        )
+        engine.truncate(cache, base)
+
+    # transformers: its own forward over k new tokens on a DynamicCache of `context` tokens.
+    hf_cache = DynamicCache()
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([context[:-1]], device=device), past_key_values=hf_cache, use_cache=True)
+
+    def hf_pass(k: int) -> None:
+        ids = torch.tensor([[rng.randrange(vocab) for _ in range(k)]], device=device)  # [1, k]
+        with torch.inference_mode():
+            model(input_ids=ids, past_key_values=hf_cache, use_cache=True)
+        hf_cache.crop(-k)  # drop the k new tokens again (transformers 5: negative = tokens to remove)
+
+    runners: dict[str, Callable[[int], None]] = {"specd": specd_pass, "transformers": hf_pass}
+    times: dict[str, dict[int, list[float]]] = {name: {k: [] for k in tokens} for name in runners}
+    total = len(tokens) * len(runners) * (args.warmup + args.repeats)
+    with tqdm(total=total, desc="bench-verify", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
+        for k in tokens:
+            for _ in range(args.warmup):
+                for run in runners.values():
+                    run(k)
+                    bar.update()
+            for _ in range(args.repeats):
+                for name, run in runners.items():
+                    sync()
+                    start = time.perf_counter()
+                    run(k)
+                    sync()
+                    times[name][k].append((time.perf_counter() - start) * 1e3)
+                    bar.update()
+    medians = {
+        name: {str(k): round(statistics.median(v), 3) for k, v in per_k.items()} for name, per_k in times.items()
+    }
+    meta = _meta(engine, loaded, torch, args)
+    if args.json:
+        print(json.dumps(medians))
+        print(json.dumps({"meta": meta}), file=sys.stderr)
+        return 0
+    print(_table(medians, tokens, meta))
+    return 0
+
+
+def _meta(engine: Any, loaded: Any, torch: Any, args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "target": args.target,
+        "device": str(engine.device),
+        "dtype": str(engine.dtype).removeprefix("torch."),
+        "engine": engine.kind,
+        "weight_format": getattr(engine, "weight_format", "-"),
+        "context": args.context,
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "hf_attention": loaded.model.config._attn_implementation,
+    }
+
+
+def _table(medians: dict[str, dict[str, float]], tokens: list[int], meta: dict[str, Any]) -> str:
+    head = ", ".join(f"{k}={v}" for k, v in meta.items())
+    lines = [
+        f"# {head}",
+        "| k | specd ms | specd t(k)/t(1) | transformers ms | transformers t(k)/t(1) | specd / transformers |",
+        "|---:|---:|---:|---:|---:|---:|",
+    ]
+    s1, h1 = medians["specd"][str(tokens[0])], medians["transformers"][str(tokens[0])]
+    for k in tokens:
+        s, h = medians["specd"][str(k)], medians["transformers"][str(k)]
+        lines.append(f"| {k} | {s:.1f} | {s / s1:.2f} | {h:.1f} | {h / h1:.2f} | {s / h:.2f} |")
+    return "\n".join(lines)

@@ -1,0 +1,213 @@
+"""Exact int8 weights: GGUF-style group-quantized checkpoints served from their 1-byte codes.
+
+Many deployed checkpoints (the default SmolLM2 target among them: Q4_1 linear layers, a Q8_0
+embedding) were quantized in groups of 32 with ``w = fl(fl(d * q) + m)``. Dequantized to fp32
+they cost 4 bytes a weight on every decode step, though each weight carries at most 8 bits.
+:func:`quantize_exact` recovers ``(q, d, m)`` from the fp32 weights and proves, element by
+element, that they reproduce them bit for bit; only then does the engine use the C kernel
+(``csrc/q8_linear.c``) that streams the int8 codes instead of the floats. A weight that does not
+reproduce exactly stays fp32: this format never changes the model.
+
+The kernel is compiled on first use with the system C compiler (``cc -O3 -march=native``) into
+``$SPECD_CACHE/kernels`` and loaded with ctypes; its OpenMP runtime is the one torch already
+loaded (same soname), so both share one thread team. No compiler, or a K that is not a
+multiple of 32: the format is unavailable and ``auto`` falls back to MKL-packed fp32.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+GROUP = 32
+_SOURCE = Path(__file__).with_name("csrc") / "q8_linear.c"
+_LIB: ctypes.CDLL | None = None
+_LIB_ERROR: str | None = None
+_LIB_LOCK = threading.Lock()
+
+
+# ---- the compiled kernel ----------------------------------------------------------------------
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("SPECD_CACHE", Path.home() / ".cache" / "specd")) / "kernels"
+
+
+def _cpu_flags() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return line
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def load_library() -> ctypes.CDLL | None:
+    """The compiled kernel (built once per source, compiler and CPU), or None if it cannot be built."""
+    global _LIB, _LIB_ERROR
+    with _LIB_LOCK:
+        if _LIB is not None or _LIB_ERROR is not None:
+            return _LIB
+        try:
+            _LIB = _build_and_load()
+        except (OSError, subprocess.CalledProcessError, FileNotFoundError) as exc:
+            _LIB_ERROR = str(exc)
+            log.warning("q8 kernel unavailable (%s); int8 weights disabled", exc)
+        return _LIB
+
+
+def library_error() -> str | None:
+    load_library()
+    return _LIB_ERROR
+
+
+def _build_and_load() -> ctypes.CDLL:
+    compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not compiler:
+        raise FileNotFoundError("no C compiler (cc/gcc) on PATH")
+    source = _SOURCE.read_bytes()
+    version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
+    key = hashlib.sha256(source + version.encode() + _cpu_flags().encode()).hexdigest()[:16]
+    out = _cache_dir() / f"q8_linear-{key}.so"
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".{os.getpid()}.tmp")
+        cmd = [compiler, "-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
+        subprocess.run([*cmd, str(_SOURCE), "-o", str(tmp)], check=True, capture_output=True, text=True)
+        tmp.replace(out)  # atomic: a concurrent builder never loads a half-written file
+    lib = ctypes.CDLL(str(out))
+    lib.q8_linear.restype = None
+    lib.q8_linear.argtypes = [
+        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+        ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+    ]  # fmt: skip
+    lib.q8_group_size.restype = ctypes.c_int
+    if lib.q8_group_size() != GROUP:
+        raise OSError("q8 kernel group size mismatch")
+    return lib
+
+
+# ---- exact recovery of the codes ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Q8Weight:
+    q: torch.Tensor  # [N, K] int8 codes
+    d: torch.Tensor  # [N, K/32] fp32 scale per group
+    m: torch.Tensor  # [N, K/32] fp32 offset per group
+
+
+def quantize_exact(weight: torch.Tensor) -> Q8Weight | None:
+    """Codes ``q`` (int8) and per-group ``d``, ``m`` with ``fl(fl(d*q) + m) == weight`` exactly.
+
+    Two hypotheses per group of 32: symmetric (``m = 0``, Q8_0/Q4_0-style, ``d`` from the
+    largest magnitude) and affine (``m = min``, Q4_1-style, ``d`` from the range). GGUF stores
+    ``d`` in float16, so a few float16 neighbours of the estimate are tried. Returns None unless
+    every group of the tensor is reproduced bit for bit.
+    """
+    if weight.dtype != torch.float32 or weight.dim() != 2 or weight.shape[1] % GROUP:
+        return None
+    n, k = weight.shape
+    groups = weight.detach().reshape(-1, GROUP)  # [N G, 32]
+    # Rank the hypotheses on a sample first: a Q4_1 tensor is done in one full pass, not ten.
+    sample = groups[:: max(1, groups.shape[0] // 512)]
+    ranked = sorted(_CANDIDATES, key=lambda c: -int(_attempt(sample, *c)[0].sum()))
+    codes = torch.empty(groups.shape, dtype=torch.int8)
+    scales = torch.empty(groups.shape[0], dtype=torch.float32)
+    offsets = torch.empty(groups.shape[0], dtype=torch.float32)
+    todo: torch.Tensor | None = None  # None = every group (no gather needed)
+    for candidate in ranked:
+        w = groups if todo is None else groups[todo]  # [T, 32]
+        ok, q, d, offset = _attempt(w, *candidate)
+        if todo is None and bool(ok.all()):
+            codes.copy_(q.to(torch.int8))
+            scales.copy_(d)
+            offsets.copy_(offset)
+            todo = torch.empty(0, dtype=torch.long)
+            break
+        hit = ok.nonzero().squeeze(1) if todo is None else todo[ok]
+        codes[hit] = q[ok].to(torch.int8)
+        scales[hit] = d[ok]
+        offsets[hit] = offset[ok]
+        todo = (~ok).nonzero().squeeze(1) if todo is None else todo[~ok]
+        if not todo.numel():
+            break
+    if todo is None or todo.numel():
+        return None
+    return Q8Weight(codes.reshape(n, k), scales.reshape(n, -1), offsets.reshape(n, -1))
+
+
+# (affine, levels, float16 ulp step): Q4_1 (w = d q + min), Q8_0 (w = d q), Q4_0 (w = d (q - 8)).
+_CANDIDATES = [
+    (affine, levels, step) for affine, levels in ((True, 15), (False, 127), (False, 8)) for step in (0, -1, 1)
+]
+
+
+def _attempt(
+    w: torch.Tensor, affine: bool, levels: int, step: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Try one hypothesis on groups ``w`` ``[T, 32]``: (ok ``[T]``, codes, scale ``[T]``, offset ``[T]``)."""
+    lo, hi = w.amin(-1), w.amax(-1)  # [T]
+    offset = lo if affine else torch.zeros_like(lo)
+    estimate = (hi - lo) / levels if affine else torch.maximum(lo.abs(), hi.abs()) / levels
+    d = _f16_neighbour(estimate, step)  # [T]
+    safe = torch.where(d == 0, torch.ones_like(d), d)
+    q = torch.round((w - offset[:, None]) / safe[:, None]).clamp_(-128, 127)  # [T, 32]
+    ok = ((d[:, None] * q) + offset[:, None] == w).all(-1)  # fl(fl(d*q) + m) == w, per group
+    return ok, q, d, offset
+
+
+def _f16_neighbour(x: torch.Tensor, step: int) -> torch.Tensor:
+    """``x`` rounded to float16, moved ``step`` float16 ulps, back in float32."""
+    h = x.to(torch.float16)
+    if step:
+        bits = h.view(torch.int16).to(torch.int32) + step
+        h = bits.clamp(-32768, 32767).to(torch.int16).view(torch.float16)
+    return h.to(torch.float32)
+
+
+# ---- the linear kernel -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Q8Linear:
+    """``x @ W^T + b`` from exact int8 codes; rows beyond ``max_rows`` (prefill) use ``fallback``."""
+
+    weight: Q8Weight
+    bias: torch.Tensor | None  # [N]
+    fallback: object  # a LinearKernel on the fp32 weight, for long prompts
+    out_features: int
+    in_features: int
+    max_rows: int = 96
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.shape[0]
+        if rows > self.max_rows:
+            return self.fallback(x)  # type: ignore[operator]
+        lib = load_library()
+        assert lib is not None  # the format is only chosen when the kernel loaded
+        x = x.contiguous()
+        y = torch.empty(rows, self.out_features, dtype=torch.float32)  # [M, N]
+        w = self.weight
+        lib.q8_linear(
+            x.data_ptr(), rows, self.in_features, w.q.data_ptr(), w.d.data_ptr(), w.m.data_ptr(),
+            self.out_features, 0 if self.bias is None else self.bias.data_ptr(), y.data_ptr(),
+            torch.get_num_threads(),
+        )  # fmt: skip
+        return y
+
+    def nbytes(self) -> int:
+        return self.weight.q.numel() + 8 * self.weight.d.numel()

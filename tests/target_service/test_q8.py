@@ -1,0 +1,137 @@
+"""Exact int8 weights: recovery of GGUF-style group codes, the C kernel, and the engine on them."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+from target_helpers import random_tree, sequential_decode
+
+from spec_decode.models import LoadedModel, load_model
+from spec_decode.tree import path_to
+from target_service.kernels import make_linear, resolve_format
+from target_service.llama_engine import NativeEngine
+from target_service.q8 import Q8Linear, library_error, quantize_exact
+
+pytestmark = pytest.mark.skipif(library_error() is not None, reason=f"q8 kernel not buildable: {library_error()}")
+
+
+def gguf_like(rows: int, cols: int, kind: str, seed: int = 0) -> torch.Tensor:
+    """fp32 weights exactly as GGUF dequantizes ``kind`` blocks of 32 (fp16 d and m).
+
+    As GGUF's quantizers make them, every block holds its extreme codes (the min and max of a
+    Q4_1 block map to 0 and 15, the largest magnitude of a Q8_0/Q4_0 block to 127 / -8).
+    """
+    g = torch.Generator().manual_seed(seed)
+    groups = rows * cols // 32
+    d = (torch.rand(groups, 1, generator=g) * 0.02 + 1e-3).to(torch.float16).to(torch.float32)
+    if kind == "q4_1":
+        q = torch.randint(0, 16, (groups, 32), generator=g).to(torch.float32)
+        q[:, 3], q[:, 17] = 0, 15
+        m = (torch.randn(groups, 1, generator=g) * 0.05).to(torch.float16).to(torch.float32)
+        w = d * q + m  # fl(fl(d*q) + m), as numpy computes it
+    elif kind == "q8_0":
+        q = torch.randint(-127, 128, (groups, 32), generator=g).to(torch.float32)
+        q[:, 5] = 127
+        w = q * d
+    else:  # q4_0
+        q = torch.randint(0, 16, (groups, 32), generator=g).to(torch.float32)
+        q[:, 9] = 0
+        w = (q - 8) * d
+    return w.reshape(rows, cols)
+
+
+@pytest.mark.parametrize("kind", ["q4_1", "q8_0", "q4_0"])
+def test_codes_reproduce_the_weights_bit_for_bit(kind: str) -> None:
+    weight = gguf_like(48, 96, kind)
+    codes = quantize_exact(weight)
+    assert codes is not None
+    rebuilt = codes.d.repeat_interleave(32, 1) * codes.q.to(torch.float32) + codes.m.repeat_interleave(32, 1)
+    assert torch.equal(rebuilt, weight)
+
+
+def test_weights_that_are_not_group_quantized_are_refused() -> None:
+    assert quantize_exact(torch.randn(16, 64)) is None
+    almost = gguf_like(16, 64, "q4_1")
+    almost[3, 5] += 1e-7  # one weight off the grid: the whole tensor stays fp32
+    assert quantize_exact(almost) is None
+    assert quantize_exact(torch.randn(16, 48)) is None  # K not a multiple of 32
+    assert quantize_exact(gguf_like(16, 64, "q4_1").double()) is None
+
+
+@pytest.mark.parametrize("out_features", [8, 20, 97])
+def test_kernel_matches_fp32_and_rows_are_independent(out_features: int) -> None:
+    weight = gguf_like(out_features, 160, "q4_1", seed=out_features)
+    bias = torch.randn(out_features)
+    kernel = make_linear(weight, bias, "q8")
+    assert isinstance(kernel, Q8Linear)
+    x = torch.randn(41, 160)
+    y = kernel(x)  # [41, N]
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, weight, bias), atol=1e-5, rtol=1e-5)
+    for rows in (1, 2, 3, 8, 17):  # any split of the rows gives bit-identical rows
+        assert torch.equal(kernel(x[:rows]), y[:rows])
+    assert torch.equal(kernel(x[7:8]), y[7:8])
+
+
+def test_long_inputs_use_the_fp32_fallback() -> None:
+    weight = gguf_like(32, 64, "q8_0")
+    kernel = make_linear(weight, None, "q8")
+    assert isinstance(kernel, Q8Linear)
+    x = torch.randn(kernel.max_rows + 5, 64)
+    torch.testing.assert_close(kernel(x), x @ weight.T, atol=1e-5, rtol=1e-5)
+
+
+def test_non_exact_weights_stay_fp32() -> None:
+    kernel = make_linear(torch.randn(32, 64), None, "q8")
+    assert not isinstance(kernel, Q8Linear)
+
+
+@pytest.fixture(scope="module")
+def q4_target(tiny_target: Path) -> LoadedModel:
+    """The tiny target (fp32) with every linear weight snapped to a Q4_1 grid, like a GGUF checkpoint."""
+    loaded = load_model(str(tiny_target), device="cpu", dtype="float32")
+    model = copy.deepcopy(loaded.model)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and module.in_features % 32 == 0:
+                w = module.weight.reshape(-1, 32)
+                lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+                d = ((hi - lo) / 15).to(torch.float16).to(torch.float32)
+                m = lo.to(torch.float16).to(torch.float32)
+                q = torch.round((w - m) / torch.where(d == 0, 1.0, d)).clamp(0, 15)
+                module.weight.copy_((d * q + m).reshape(module.weight.shape))
+    return LoadedModel(model, loaded.tokenizer, loaded.vocab, loaded.device, loaded.dtype)
+
+
+def test_engine_on_exact_int8_weights(q4_target: LoadedModel) -> None:
+    engine = NativeEngine(q4_target.model, "q8")
+    assert all(isinstance(layer.gate_up, Q8Linear) for layer in engine.weights.layers)
+    import random
+
+    rng = random.Random(4)
+    vocab = engine.vocab_size
+    prompt = [rng.randrange(vocab) for _ in range(20)]
+    tree = random_tree(rng, vocab, max_nodes=12)
+    cache = engine.new_cache()
+    pending = engine.prefill(cache, prompt)
+    logits = engine.score_tree(cache, pending, torch.tensor(tree.parents), tree.tokens)  # [1+N, V]
+    for node in range(-1, tree.size):
+        branch = [] if node < 0 else [tree.tokens[i] for i in path_to(node, tree.parents)]
+        _, want = sequential_decode(q4_target.model, prompt + branch)  # transformers, fp32 weights
+        torch.testing.assert_close(logits[node + 1], want[-1], atol=1e-4, rtol=0)
+        # ...and to the engine's own decoding of the branch alone (the linear layers are row-exact;
+        # attention over a longer masked row may round differently, hence not bit-identical).
+        solo = engine.new_cache()
+        tokens = prompt + branch
+        solo_pending = engine.prefill(solo, tokens[:-1]) if len(tokens) > 1 else tokens[0]
+        row = engine.score_tree(solo, solo_pending, torch.tensor([-1]), [tokens[-1]])
+        torch.testing.assert_close(row[1], logits[node + 1], atol=1e-5, rtol=0)
+
+
+def test_q8_format_validation() -> None:
+    cpu = torch.device("cpu")
+    assert resolve_format("q8", cpu, torch.float32) == "q8"
+    with pytest.raises(Exception, match="'q8' needs float32"):
+        resolve_format("q8", cpu, torch.float64)
