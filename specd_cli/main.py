@@ -376,6 +376,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def cmd_bench_verify(args: argparse.Namespace) -> int:
+    from specd_cli.bench_verify import run_bench_verify
+
+    return run_bench_verify(args)
+
+
 def cmd_make_tiny_pair(args: argparse.Namespace) -> int:
     from specd_cli.tiny import run
 
@@ -489,6 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_args(p)
     p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("bench-verify", help="time one target pass over k new tokens: specd engine vs transformers")
+    from specd_cli.bench_verify import add_bench_verify_args
+
+    add_bench_verify_args(p)
+    p.set_defaults(fn=cmd_bench_verify)
     return parser
 
 
