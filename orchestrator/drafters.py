@@ -112,6 +112,10 @@ class DrafterRouter(Protocol):
         """A call to ``replica`` failed with UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED."""
         ...
 
+    def live(self) -> frozenset[str]:
+        """The addresses that get sessions now."""
+        ...
+
     def info(self) -> DraftInfo: ...
 
 
@@ -126,6 +130,9 @@ class LocalDrafter:
 
     def report_failure(self, replica: Replica, err: Exception) -> None:
         """Nothing to do: the loop stops asking this drafter for the rest of the request."""
+
+    def live(self) -> frozenset[str]:
+        return frozenset((self._replica.address,))
 
     def info(self) -> DraftInfo:
         return self._replica.api.info()

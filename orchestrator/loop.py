@@ -128,8 +128,8 @@ class DecodeLoop:
         if old is not None:
             self.stats.drafter_switches += 1
             log.info("session %s: drafter %s -> %s", self.session_id, old.address, replica.address)
-            if old.address not in self._failed:
-                self._release_draft(old)  # rebalanced away: free the state it holds
+            if old.address in self._drafters.live():  # rebalanced away: free the state it holds
+                self._release_draft(old)  # (not on a replica that is out of the ring: it may hang)
         self._replica = replica
         self._sent_to_draft = 0  # the new replica rebuilds the state from the whole context
         return replica
