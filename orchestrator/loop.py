@@ -8,7 +8,7 @@ remote service's own compute is charged to the network.
 Drafting goes through a :class:`~orchestrator.drafters.DrafterRouter`: each step the loop
 asks it which replica holds the session. When that replica changes — it failed a call
 (UNAVAILABLE / DEADLINE_EXCEEDED / CANCELLED), or a replica joined and took the session over
-on the hash ring — the session moves: released on the old replica (if it still answers),
+on the hash ring — the session moves: released on the old replica (if still in the ring),
 rebuilt on the new one from the whole token history. With no replica left the step is
 target-only. Neither changes the output: the target alone decides every token.
 """
