@@ -4,13 +4,12 @@ and real watch events; the pool behind it talks to real draft services on 127.0.
 
 from __future__ import annotations
 
+import kubernetes
 import pytest
 from drafter_pool_helpers import FakeKubeApi, endpoint_slice, replicas_on_hosts, wait_until
 
 from orchestrator.discovery import KubernetesSource
 from orchestrator.drafters import DrafterPool, PoolConfig
-
-kubernetes = pytest.importorskip("kubernetes")
 
 FAST = PoolConfig(probe_timeout_s=0.5, backoff_initial_s=0.05, backoff_max_s=0.2)
 SERVICE = "specd-draft"
