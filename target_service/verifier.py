@@ -8,7 +8,10 @@ accepted path to the KV cache, and make the recovered/bonus token the new pendin
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import dataclasses
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +25,6 @@ from spec_decode.models import LoadedModel, load_model
 from spec_decode.sampling import make_generator, warp_probs
 from spec_decode.tree import validate_tree
 from spec_decode.types import (
-    Acceptance,
     DraftTree,
     PrefillResult,
     SamplingParams,
@@ -30,6 +32,7 @@ from spec_decode.types import (
     TargetLimits,
     VerifyResult,
 )
+from target_service.batching import VerifyBatcher, VerifyCall
 from target_service.engine import ENGINE_KINDS, build_engine
 from target_service.kernels import WEIGHT_FORMATS
 from target_service.sessions import Session, SessionStore
@@ -49,16 +52,20 @@ class TargetConfig:
     max_tree_nodes: int = 64
     max_context: int = 2048
     max_draft_top_k: int = 64
+    max_batch: int = 16  # verify calls of different sessions scored in one forward pass (1 = no batching)
+    batch_window_ms: float = 2.0  # how long an idle server waits for more calls to join a batch
     engine: str = "auto"  # "native" (specd's Llama-family forward), "hf" (transformers), "auto"
     weight_format: str | None = None  # native engine: "dense", "packed" (MKL-prepacked fp32), None/"auto"
 
     def validate(self) -> TargetConfig:
         if not self.model:
             raise InvalidArgument("target model spec is empty")
-        for name in ("max_sessions", "max_tree_nodes", "max_context", "max_draft_top_k"):
+        for name in ("max_sessions", "max_tree_nodes", "max_context", "max_draft_top_k", "max_batch"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.batch_window_ms, int | float) or not 0 <= self.batch_window_ms <= 1000:
+            raise InvalidArgument(f"batch_window_ms must be within [0, 1000], got {self.batch_window_ms!r}")
         if self.engine not in ENGINE_KINDS:
             raise InvalidArgument(f"unknown engine {self.engine!r}; use one of {', '.join(ENGINE_KINDS)}")
         if self.weight_format not in (None, *WEIGHT_FORMATS):
@@ -66,6 +73,18 @@ class TargetConfig:
                 f"unknown weight format {self.weight_format!r}; use one of {', '.join(WEIGHT_FORMATS)}"
             )
         return self
+
+
+@dataclass(frozen=True)
+class TargetStats:
+    """Counters of a verifier at one moment (read by the metrics collector)."""
+
+    active_sessions: int
+    kv_bytes: int
+    forward_passes: int  # verify forward passes run (a batch counts once)
+    verify_calls: int  # verify calls served by them
+    batch_sizes: dict[int, int]  # calls per pass -> passes
+    evictions: int
 
 
 class TargetVerifier:
@@ -78,6 +97,11 @@ class TargetVerifier:
         self.config = dataclasses.replace(config, max_context=min(config.max_context, self.engine.max_positions))
         self.sessions = SessionStore(self.config.max_sessions, self.config.max_context)
         self._model_thread = model_thread()
+        self._batcher = VerifyBatcher(self._run_batch, self.config.max_batch, self.config.batch_window_ms / 1e3)
+        self._stats_lock = threading.Lock()
+        self._passes = 0
+        self._verify_calls = 0
+        self._batch_sizes: collections.Counter[int] = collections.Counter()
 
     @classmethod
     def from_config(cls, config: TargetConfig) -> TargetVerifier:
@@ -105,9 +129,26 @@ class TargetVerifier:
         """Score ``tree`` in one pass, accept, commit the pending token + accepted path.
 
         With ``return_target_tokens`` the result carries the target's argmax per row (1 + N ints).
-        Runs on the service's single model thread (see :mod:`spec_decode.model_thread`).
+        Concurrent calls of different sessions are batched into one forward pass (up to
+        ``max_batch``, see :mod:`target_service.batching`); the result of each is exactly what a
+        pass of its own would give. Runs on the service's single model thread.
         """
-        return self._model_thread.run(self._verify, session_id, tree, return_target_tokens)
+        call = VerifyCall(session_id, tree, return_target_tokens)
+        self._batcher.submit(call)
+        self._model_thread.run(self._batcher.drain)
+        return call.future.result()
+
+    def stats(self) -> TargetStats:
+        """A snapshot of the verifier's counters (for metrics)."""
+        with self._stats_lock:
+            return TargetStats(
+                active_sessions=len(self.sessions),
+                kv_bytes=self.sessions.total_kv_bytes(),
+                forward_passes=self._passes,
+                verify_calls=self._verify_calls,
+                batch_sizes=dict(self._batch_sizes),
+                evictions=self.sessions.evictions,
+            )
 
     def _prefill(self, session_id: str, prompt_tokens: Sequence[int], sampling: SamplingParams) -> PrefillResult:
         if not session_id:
@@ -135,30 +176,74 @@ class TargetVerifier:
                 self.sessions.finish(session)
         return PrefillResult(context_len=session.context_len, compute_s=compute_s, evicted_sessions=evicted)
 
-    def _verify(self, session_id: str, tree: DraftTree, return_target_tokens: bool) -> VerifyResult:
-        validate_tree(
-            tree,
-            vocab_size=self.engine.vocab_size,
-            max_nodes=self.config.max_tree_nodes,
-            max_top_k=self.config.max_draft_top_k,
-        )
-        with self.sessions.checkout(session_id) as session:
-            self.sessions.check_tree(session.prefix_len, tree.size)
+    def _run_batch(self, calls: list[VerifyCall]) -> None:
+        """One forward pass over the trees of ``calls`` (distinct sessions); completes every future.
+
+        A call that fails validation fails alone; a failed forward pass fails every call of the
+        batch and leaves each session exactly as it was.
+        """
+        with contextlib.ExitStack() as held:
+            ready: list[tuple[VerifyCall, Session]] = []
+            for call in calls:
+                try:
+                    validate_tree(
+                        call.tree,
+                        vocab_size=self.engine.vocab_size,
+                        max_nodes=self.config.max_tree_nodes,
+                        max_top_k=self.config.max_draft_top_k,
+                    )
+                    session = held.enter_context(self.sessions.checkout(call.session_id))
+                    self.sessions.check_tree(session.prefix_len, call.tree.size)
+                except BaseException as exc:
+                    call.future.set_exception(exc)
+                    continue
+                ready.append((call, session))
+            if not ready:
+                return
             start = time.perf_counter()
             try:
-                acceptance, target_tokens = self._score_and_accept(session, tree)
-                keep_rows = [0, *(node + 1 for node in acceptance.path)]
-                self.engine.commit(session.cache, session.prefix_len, keep_rows)
-            except BaseException:
-                self.engine.truncate(session.cache, session.prefix_len)  # leave the session as it was
-                raise
-            session.prefix_len += len(keep_rows)
-            session.pending_token = acceptance.next_token
-            session.kv_bytes = self.engine.kv_bytes(session.cache)
+                items = [
+                    (s.cache, s.pending_token, torch.tensor(c.tree.parents, dtype=torch.long), c.tree.tokens)
+                    for c, s in ready
+                ]
+                all_logits = self.engine.score_trees(items)  # [1 + N_i, V] per call
+            except BaseException as exc:
+                for call, session in ready:
+                    self.engine.truncate(session.cache, session.prefix_len)  # leave each session as it was
+                    call.future.set_exception(exc)
+                return
             compute_s = time.perf_counter() - start
-            return VerifyResult(
-                acceptance, session.context_len, compute_s, tuple(target_tokens) if return_target_tokens else ()
-            )
+            with self._stats_lock:
+                self._passes += 1
+                self._verify_calls += len(ready)
+                self._batch_sizes[len(ready)] += 1
+            for (call, session), logits in zip(ready, all_logits, strict=True):
+                try:
+                    result = self._accept_and_commit(session, call, logits, compute_s)
+                except BaseException as exc:
+                    self.engine.truncate(session.cache, session.prefix_len)
+                    call.future.set_exception(exc)
+                else:
+                    call.future.set_result(result)
+
+    def _accept_and_commit(
+        self, session: Session, call: VerifyCall, logits: torch.Tensor, compute_s: float
+    ) -> VerifyResult:
+        """Acceptance rule on this call's logits ``[1 + N, V]``, then commit pending + accepted path."""
+        tree = call.tree
+        argmax = logits.argmax(dim=-1).tolist()  # [1+N]
+        if session.sampling.greedy:
+            acceptance = accept_greedy(argmax, tree)
+        else:
+            probs = warp_probs(logits, session.sampling)  # [1+N, V] float32
+            acceptance = accept_sampling(probs, tree, session.generator)
+        keep_rows = [0, *(node + 1 for node in acceptance.path)]
+        self.engine.commit(session.cache, session.prefix_len, keep_rows)
+        session.prefix_len += len(keep_rows)
+        session.pending_token = acceptance.next_token
+        session.kv_bytes = self.engine.kv_bytes(session.cache)
+        target_tokens = tuple(argmax) if call.return_target_tokens else ()
+        return VerifyResult(acceptance, session.context_len, compute_s, target_tokens)
 
     def release(self, session_id: str) -> bool:
         """Free the session; False when it did not exist."""
@@ -176,17 +261,3 @@ class TargetVerifier:
                 raise InvalidArgument(f"prompt token {i}: id {tok} is outside the vocabulary [0, {vocab})")
         self.sessions.check_prompt(len(tokens))
         return tokens
-
-    def _score_and_accept(self, session: Session, tree: DraftTree) -> tuple[Acceptance, list[int]]:
-        """One tree pass, then the acceptance rule the session's sampling params call for.
-
-        Also returns the target's argmax token per row (cheap: N + 1 ints).
-        """
-        parents = torch.tensor(tree.parents, dtype=torch.long)  # [N]
-        cache = session.cache
-        logits = self.engine.score_tree(cache, session.pending_token, parents, tree.tokens)  # [1+N, V]
-        argmax = logits.argmax(dim=-1).tolist()  # [1+N]
-        if session.sampling.greedy:
-            return accept_greedy(argmax, tree), argmax
-        probs = warp_probs(logits, session.sampling)  # [1+N, V] float32
-        return accept_sampling(probs, tree, session.generator), argmax

@@ -1,0 +1,174 @@
+"""Batched verification: many sessions' trees in one forward pass, each result as if alone."""
+
+from __future__ import annotations
+
+import random
+import threading
+
+import pytest
+import torch
+from target_helpers import MakeVerifier, inject_failure, kv_layers, random_tree
+
+from spec_decode.errors import InvalidArgument
+from spec_decode.types import DraftTree, SamplingParams, SparseProbs
+from target_service.batching import VerifyBatcher, VerifyCall
+from target_service.verifier import TargetVerifier
+
+GREEDY = SamplingParams()
+
+
+def _session_runs(
+    verifier: TargetVerifier, sessions: int, steps: int, sampling: SamplingParams, barrier: threading.Barrier | None
+) -> dict[int, list[int]]:
+    """Each session (own thread when ``barrier``) prefills and verifies ``steps`` random trees."""
+    rng = random.Random(11)
+    vocab = verifier.engine.vocab_size
+    prompts = [[rng.randrange(vocab) for _ in range(3 + 4 * i)] for i in range(sessions)]
+    trees = [[random_tree(rng, vocab, max_nodes=6) for _ in range(steps)] for _ in range(sessions)]
+    for per_session in trees:  # give half of the nodes a sparse q: exercises the sampling residual path
+        for j, tree in enumerate(per_session):
+            if j % 2:
+                probs = tuple(SparseProbs((t, (t + 1) % vocab), (0.75, 0.25)) for t in tree.tokens)
+                per_session[j] = DraftTree(tree.tokens, tree.parents, probs)
+    out: dict[int, list[int]] = {}
+
+    def run(i: int) -> None:
+        verifier.prefill(f"s{i}", prompts[i], sampling)
+        emitted: list[int] = []
+        for tree in trees[i]:
+            if barrier is not None:
+                barrier.wait()  # every session's verify arrives together: they share passes
+            emitted.extend(verifier.verify(f"s{i}", tree).acceptance.emitted)
+        out[i] = emitted
+
+    if barrier is None:
+        for i in range(sessions):
+            run(i)
+    else:
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(sessions)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    return out
+
+
+@pytest.mark.parametrize(
+    "sampling", [GREEDY, SamplingParams(temperature=0.8, top_k=40, seed=5)], ids=["greedy", "sampled"]
+)
+def test_batched_results_equal_serial_results(make_verifier: MakeVerifier, sampling: SamplingParams) -> None:
+    want = _session_runs(make_verifier(max_batch=1), 4, 6, sampling, barrier=None)
+    batched = make_verifier(max_batch=8)
+    batched._batcher.window_s = 0.2  # generous: the four calls of a step surely meet in one batch
+    got = _session_runs(batched, 4, 6, sampling, barrier=threading.Barrier(4))
+    assert got == want
+    stats = batched.stats()
+    assert stats.verify_calls == 24
+    assert stats.forward_passes < 24 and max(stats.batch_sizes) > 1  # passes were shared
+    assert sum(size * n for size, n in stats.batch_sizes.items()) == 24
+
+
+def test_unbatched_verifier_runs_one_call_per_pass(make_verifier: MakeVerifier) -> None:
+    verifier = make_verifier(max_batch=1)
+    _session_runs(verifier, 3, 2, GREEDY, barrier=threading.Barrier(3))
+    assert verifier.stats().batch_sizes == {1: 6}
+
+
+def test_a_bad_tree_fails_alone(make_verifier: MakeVerifier) -> None:
+    verifier = make_verifier(max_batch=8)
+    for sid in ("a", "b"):
+        verifier.prefill(sid, [5, 6, 7], GREEDY)
+    calls = [VerifyCall("a", DraftTree((5, 6), (-1, 7)), False), VerifyCall("b", DraftTree.chain([8]), False)]
+    calls.append(VerifyCall("ghost", DraftTree.chain([8]), False))
+    verifier._model_thread.run(verifier._run_batch, calls)
+    with pytest.raises(InvalidArgument, match="parent index 7"):
+        calls[0].future.result()
+    assert calls[1].future.result().context_len == 4
+    with pytest.raises(Exception, match="unknown session 'ghost'"):
+        calls[2].future.result()
+
+
+def test_failed_pass_fails_the_batch_and_keeps_every_session(
+    make_verifier: MakeVerifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    verifier = make_verifier(max_batch=8)
+    for sid in ("a", "b"):
+        verifier.prefill(sid, [5, 6, 7, 8], GREEDY)
+    before = {sid: [k.clone() for k, _ in kv_layers(verifier.sessions._sessions[sid].cache)] for sid in ("a", "b")}
+    calls = [VerifyCall(sid, DraftTree.chain([9, 10]), False) for sid in ("a", "b")]
+    with monkeypatch.context() as patch:
+        inject_failure(verifier.engine, patch)
+        verifier._model_thread.run(verifier._run_batch, calls)
+    for call in calls:
+        with pytest.raises(RuntimeError, match="simulated"):
+            call.future.result()
+    for sid in ("a", "b"):
+        session = verifier.sessions._sessions[sid]
+        assert session.prefix_len == 3 and session.pending_token == 8
+        assert all(
+            torch.equal(a, b) for a, b in zip(before[sid], (k for k, _ in kv_layers(session.cache)), strict=True)
+        )
+    assert verifier.verify("a", DraftTree.chain([9])).context_len == 5  # and the sessions still work
+
+
+def test_same_session_twice_waits_for_the_next_batch(make_verifier: MakeVerifier) -> None:
+    verifier = make_verifier(max_batch=8)
+    verifier.prefill("a", [5, 6, 7], GREEDY)
+    results: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: results.append(verifier.verify("a", DraftTree.chain([1])).context_len))
+        for _ in range(3)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [4, 5, 6]  # one after another, never both in one pass
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+def _call(sid: str, at: float) -> VerifyCall:
+    call = VerifyCall(sid, DraftTree.chain([1]), False)
+    call.enqueued = at
+    return call
+
+
+def test_batcher_window_cap_and_order() -> None:
+    clock = FakeClock()
+    batches: list[list[str]] = []
+    batcher = VerifyBatcher(lambda b: batches.append([c.session_id for c in b]), 3, 0.004, clock, clock.sleep)
+    batcher.submit(_call("a", clock.now - 0.001))
+    batcher.drain()  # one call, 1 ms old: waits the remaining 3 ms, then runs alone
+    assert clock.slept == pytest.approx([0.003]) and batches == [["a"]]
+    for sid in ("b", "c", "b", "d", "e"):
+        batcher.submit(_call(sid, clock.now))
+    batcher.drain()  # full batch: no waiting; the second "b" is deferred to the next batch, order kept
+    assert clock.slept == pytest.approx([0.003]) and batches[-1] == ["b", "c", "d"]
+    clock.now += 1.0
+    batcher.drain()
+    assert batches[-1] == ["b", "e"] and len(batcher) == 0
+    batcher.drain()  # nothing queued: nothing runs
+    assert len(batches) == 3
+    with pytest.raises(ValueError):
+        VerifyBatcher(lambda b: None, 0, 0.0)
+
+
+def test_batch_config_validation(make_verifier: MakeVerifier) -> None:
+    with pytest.raises(InvalidArgument, match="max_batch must be a positive integer"):
+        make_verifier(max_batch=0)
+    from target_service.verifier import TargetConfig
+
+    with pytest.raises(InvalidArgument, match="batch_window_ms"):
+        TargetConfig(batch_window_ms=-1).validate()
