@@ -30,6 +30,16 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-sessions", type=int, default=64, help="KV-cache sessions held at once (LRU eviction)")
     p.add_argument("--max-tree-nodes", type=int, default=64, help="largest draft tree verified in one pass")
     p.add_argument("--max-context", type=int, default=2048, help="tokens per session (prompt + output)")
+    p.add_argument(
+        "--max-batch", type=int, default=16, help="verify calls of different sessions per forward pass (1 = off)"
+    )
+    p.add_argument("--batch-window-ms", type=float, default=2.0, help="how long an idle target waits to fill a batch")
+    p.add_argument("--engine", default="auto", help="target engine: auto | native (specd's Llama-family) | hf")
+    p.add_argument(
+        "--weight-format",
+        default=None,
+        help="native engine weights: auto | dense | packed (MKL fp32) | q8 (exact int8)",
+    )
 
 
 def _add_server_flags(p: argparse.ArgumentParser, port: int) -> None:
@@ -90,6 +100,10 @@ def _target_config(args: argparse.Namespace) -> Any:
         max_sessions=args.max_sessions,
         max_tree_nodes=args.max_tree_nodes,
         max_context=args.max_context,
+        max_batch=args.max_batch,
+        batch_window_ms=args.batch_window_ms,
+        engine=args.engine,
+        weight_format=args.weight_format,
     ).validate()
 
 
@@ -102,6 +116,21 @@ def _draft_config(args: argparse.Namespace) -> Any:
         dtype=args.dtype,
         phrase_store_url=_phrase_store_url(args),
     ).validate()
+
+
+def _add_load_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-concurrent-requests",
+        type=int,
+        default=64,
+        help="requests the orchestrator serves at once; more get RESOURCE_EXHAUSTED at once (0 = no cap)",
+    )
+    p.add_argument(
+        "--draft-timeout-ms",
+        type=int,
+        default=2000,
+        help="deadline of one draft call; a slower drafter is skipped and the step goes on target-only",
+    )
 
 
 def _add_phrase_store_flag(p: argparse.ArgumentParser) -> None:
@@ -150,7 +179,7 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
     from orchestrator.drafters import DrafterPool, ReplicaClient
     from orchestrator.server import serve_orchestrator
     from orchestrator.service import Orchestrator, OrchestratorConfig
-    from orchestrator.transports import GrpcTargetClient
+    from orchestrator.transports import GrpcTargetClient, RpcTimeouts
     from protos.security import peer_tls_from_flags
     from protos.serving import wait_healthy
     from spec_decode.models import load_tokenizer
@@ -164,11 +193,15 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"specd: error: {err}", file=sys.stderr)
         return 2
+    if args.draft_timeout_ms <= 0:
+        print(f"specd: error: --draft-timeout-ms must be > 0, got {args.draft_timeout_ms}", file=sys.stderr)
+        return 2
+    draft_timeouts = RpcTimeouts(propose=args.draft_timeout_ms / 1e3, release=min(5.0, args.draft_timeout_ms / 1e3))
     wait_healthy(args.target_address, args.wait, tls=peer)
     draft = None
     if source is not None:
         try:
-            draft = DrafterPool(source, connect=lambda address: ReplicaClient(address, tls=peer))
+            draft = DrafterPool(source, connect=lambda address: ReplicaClient(address, draft_timeouts, tls=peer))
         except ValueError as err:  # k8s: no client package or no cluster config
             print(f"specd: error: {err}", file=sys.stderr)
             return 2
@@ -177,7 +210,7 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
             print(f"specd: error: no drafter of {source!r} was healthy within {args.wait:.0f} s", file=sys.stderr)
             return 1
     tokenizer, _ = load_tokenizer(args.target)
-    config = OrchestratorConfig(args.max_new_tokens, args.max_prompt_tokens)
+    config = OrchestratorConfig(args.max_new_tokens, args.max_prompt_tokens, args.max_concurrent_requests)
     orch = Orchestrator(GrpcTargetClient(args.target_address, tls=peer), draft, tokenizer, config)
     handle = serve_orchestrator(orch, host=args.host, port=args.port, tls=tls, auth=auth)
     print(f"orchestrator on {args.host}:{handle.port} (methods: {', '.join(orch.methods)})", flush=True)
@@ -200,6 +233,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         str(args.max_tree_nodes),
         "--max-context",
         str(args.max_context),
+        "--max-batch",
+        str(args.max_batch),
+        "--batch-window-ms",
+        str(args.batch_window_ms),
+        "--engine",
+        args.engine,
+        *(["--weight-format", args.weight_format] if args.weight_format else []),
     ]
     stack = start_process_stack(
         target=args.target,
@@ -229,6 +269,10 @@ def cmd_up(args: argparse.Namespace) -> int:
             str(args.max_new_tokens),
             "--max-prompt-tokens",
             str(args.max_prompt_tokens),
+            "--max-concurrent-requests",
+            str(args.max_concurrent_requests),
+            "--draft-timeout-ms",
+            str(args.draft_timeout_ms),
         ],
     )
     print(f"specd is up: orchestrator {stack.address} (logs in {stack.log_dir}); Ctrl-C stops it", flush=True)
@@ -420,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=2048, help="cap on a request's max_new_tokens")
     p.add_argument("--max-prompt-tokens", type=int, default=0, help="cap on a request's prompt tokens (0 = context)")
     p.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the backends to be healthy")
+    _add_load_flags(p)
     _add_server_flags(p, DEFAULT_PORT)
     _add_peer_flags(p)
     _add_auth_flags(p)
@@ -434,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drafters", type=int, default=1, help="draft replicas (ports --draft-port, +1, ...)")
     p.add_argument("--max-new-tokens", type=int, default=2048, help="cap on a request's max_new_tokens")
     p.add_argument("--max-prompt-tokens", type=int, default=0, help="cap on a request's prompt tokens (0 = context)")
+    _add_load_flags(p)
     _add_phrase_store_flag(p)
     _add_peer_flags(p)
     _add_auth_flags(p)
