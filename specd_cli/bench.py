@@ -24,6 +24,11 @@ ABLATION = "ouroboros-without-"  # e.g. ouroboros-without-history_phrases+verifi
 HF_METHODS = ("hf-generate", "hf-pld", "hf-assisted")
 
 
+def _engine_args(args: argparse.Namespace) -> list[str]:
+    """The target-process flags that pick the engine the benchmark measures."""
+    return ["--engine", args.engine, *(["--weight-format", args.weight_format] if args.weight_format else [])]
+
+
 def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", type=Path, default=DEFAULT_PROMPTS, help="JSONL of {question_id, category, turns}")
     p.add_argument("--per-category", type=int, default=2, help="prompts per category (first N in file order)")
@@ -48,6 +53,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phrase-store", default=None, help="Ouroboros pool URL for the stack (default: embedded)")
     p.add_argument("--passes", type=int, default=1, help="run the prompt set N times (cold vs warm phrase pool)")
     p.add_argument("--out", type=Path, default=Path("bench-results"))
+    p.add_argument("--engine", default="auto", help="specd target engine: auto | native | hf")
+    p.add_argument("--weight-format", default=None, help="native engine weights: auto | dense | packed | q8")
 
 
 @dataclass
@@ -186,6 +193,7 @@ def run_bench(args: argparse.Namespace) -> int:
             target_port=free_port(),
             draft_port=free_port(),
             device=args.device,
+            extra_target_args=_engine_args(args),
         )
         clients["grpc"] = SpecdClient(stack.address, timeout=1800)
     if "inproc" in transports and any(_base(m) in SPECD_METHODS for m in methods):
@@ -194,7 +202,9 @@ def run_bench(args: argparse.Namespace) -> int:
 
         clients["inproc"] = build_inprocess(
             StackConfig(
-                TargetConfig(model=args.target, device=args.device),
+                TargetConfig(
+                    model=args.target, device=args.device, engine=args.engine, weight_format=args.weight_format
+                ),
                 DraftConfig(
                     draft_model=args.draft_model, device=args.device or "auto", phrase_store_url=args.phrase_store
                 ),
