@@ -61,6 +61,7 @@ class DecodeLoop:
         self._want_target_tokens = method.name == "ouroboros" and not params.ouroboros.no_verification_phrases
         self.tokens: list[int] = []  # generated so far
         self.stats = LoopStats()
+        self.draft_timeouts = 0  # Propose calls that ran past the drafter deadline
         self.finish_reason = "length"
         self._sent_to_draft = 0  # context tokens the drafter already holds
         self._start = 0.0
@@ -108,6 +109,8 @@ class DecodeLoop:
                 return self._propose(replica, max_nodes, context_len)
             except (Unavailable, DeadlineExceeded, Cancelled) as err:
                 log.warning("session %s: drafter %s failed (%s)", self.session_id, replica.address, err)
+                if isinstance(err, DeadlineExceeded):  # a slow drafter: this step goes on without it
+                    self.draft_timeouts += 1
                 failed = True
                 self._failed.add(replica.address)
                 self._drafters.report_failure(replica, err)

@@ -8,6 +8,8 @@ from orchestrator.servicer import SERVICE_NAME, register
 from protos.security import TlsConfig
 from protos.serving import ServerHandle, start_server
 
+_SPARE_WORKERS = 8  # threads beyond the request cap: Info, health checks, refusals
+
 
 def serve_orchestrator(
     orchestrator: Orchestrator,
@@ -21,6 +23,17 @@ def serve_orchestrator(
     and a per-key rate (see orchestrator/auth.py). Raises AuthConfigError for an unusable key file."""
     interceptor = AuthInterceptor.from_config(auth) if isinstance(auth, AuthConfig) else auth
     interceptors = [interceptor] if interceptor is not None else []
+    # Every admitted request gets a worker thread; calls beyond the cap (plus room for Info and
+    # health checks) are refused by gRPC itself rather than queued behind busy workers.
+    cap = orchestrator.config.max_concurrent_requests
+    workers = max(32, cap + _SPARE_WORKERS)
     return start_server(
-        register(orchestrator), [SERVICE_NAME], host=host, port=port, max_workers=32, tls=tls, interceptors=interceptors
+        register(orchestrator),
+        [SERVICE_NAME],
+        host=host,
+        port=port,
+        max_workers=workers,
+        tls=tls,
+        interceptors=interceptors,
+        maximum_concurrent_rpcs=cap + _SPARE_WORKERS if cap > 0 else None,
     )

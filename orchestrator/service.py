@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +16,7 @@ from orchestrator.methods import available_methods, resolve_method
 from orchestrator.request import GenerateParams
 from orchestrator.text import IncrementalDetokenizer, prompt_tokens
 from spec_decode.api import DraftAPI, TargetAPI
-from spec_decode.errors import Cancelled, FailedPrecondition, InvalidArgument
+from spec_decode.errors import Cancelled, FailedPrecondition, InvalidArgument, ResourceExhausted
 from spec_decode.models import check_same_vocab, vocab_fingerprint
 from spec_decode.types import DraftInfo, GenerationStats, TargetInfo
 
@@ -25,13 +27,40 @@ log = logging.getLogger(__name__)
 class OrchestratorConfig:
     max_new_tokens: int = 2048  # cap on a request's max_new_tokens
     max_prompt_tokens: int = 0  # cap on a request's prompt tokens (0: only the target's context)
+    max_concurrent_requests: int = 64  # requests served at once; beyond: RESOURCE_EXHAUSTED (0: no cap)
 
     def validate(self) -> OrchestratorConfig:
         if self.max_new_tokens <= 0:
             raise InvalidArgument(f"max_new_tokens cap must be > 0, got {self.max_new_tokens}")
         if self.max_prompt_tokens < 0:
             raise InvalidArgument(f"max_prompt_tokens cap must be >= 0, got {self.max_prompt_tokens}")
+        if self.max_concurrent_requests < 0:
+            raise InvalidArgument(f"max_concurrent_requests must be >= 0, got {self.max_concurrent_requests}")
         return self
+
+
+class Admission:
+    """Caps the requests served at once: one over the cap is refused at once (RESOURCE_EXHAUSTED)
+    instead of queueing in gRPC's thread pool while its client's deadline runs out."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._sem = threading.BoundedSemaphore(limit) if limit > 0 else None
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if self._sem is None:
+            yield
+            return
+        if not self._sem.acquire(blocking=False):
+            raise ResourceExhausted(
+                f"the orchestrator is serving its cap of {self.limit} requests at once "
+                "(--max-concurrent-requests); retry shortly"
+            )
+        try:
+            yield
+        finally:
+            self._sem.release()
 
 
 @dataclass(frozen=True)
@@ -73,6 +102,7 @@ class Orchestrator:
         self._target = target
         self._draft = as_router(draft)
         self._tokenizer = tokenizer
+        self._admission = Admission(self.config.max_concurrent_requests)
         self.target_info: TargetInfo = target.info()
         self.draft_info: DraftInfo | None = self._draft.info() if self._draft is not None else None
         tok_fp = vocab_fingerprint(tokenizer)
@@ -114,14 +144,16 @@ class Orchestrator:
         """Validate, then yield one chunk per target step and a final chunk with the stats.
 
         Validation errors are raised before the first chunk; closing the iterator early
-        (client cancelled) releases the sessions at once.
+        (client cancelled) releases the sessions at once. Over ``max_concurrent_requests``
+        the first ``next()`` raises ResourceExhausted.
         """
-        loop = self._prepare(params)
-        detok = IncrementalDetokenizer(self._tokenizer)
-        name = params.method or "vanilla"
-        for new_tokens in loop.run():
-            yield StreamChunk(detok.push(new_tokens), tuple(new_tokens), name, loop.session_id)
-        yield StreamChunk(detok.flush(), (), name, loop.session_id, True, loop.generation_stats())
+        with self._admission.slot():
+            loop = self._prepare(params)
+            detok = IncrementalDetokenizer(self._tokenizer)
+            name = params.method or "vanilla"
+            for new_tokens in loop.run():
+                yield StreamChunk(detok.push(new_tokens), tuple(new_tokens), name, loop.session_id)
+            yield StreamChunk(detok.flush(), (), name, loop.session_id, True, loop.generation_stats())
 
     def _prepare(self, params: GenerateParams) -> DecodeLoop:
         params.validate(max_new_tokens_cap=self.config.max_new_tokens)

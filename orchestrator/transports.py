@@ -5,12 +5,14 @@ in-process domain objects. gRPC status codes come back as :mod:`spec_decode.erro
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from protos import convert, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 from protos.security import PeerTls, open_channel
 from protos.serving import CHANNEL_OPTIONS, call
+from spec_decode.errors import Unavailable
 from spec_decode.types import (
     DraftInfo,
     DraftOptions,
@@ -21,6 +23,17 @@ from spec_decode.types import (
     TargetInfo,
     VerifyResult,
 )
+
+T = TypeVar("T")
+
+# A restarted target is reached again within ~2 s: gRPC's default reconnect backoff grows to
+# 120 s, which would keep a dead channel refusing requests long after the target is back.
+TARGET_CHANNEL_OPTIONS = [
+    *CHANNEL_OPTIONS,
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
 
 
 @dataclass(frozen=True)
@@ -39,28 +52,38 @@ class GrpcTargetClient:
 
     def __init__(self, address: str, timeouts: RpcTimeouts | None = None, tls: PeerTls | None = None) -> None:
         self.address = address
-        self._channel = open_channel(address, tls, CHANNEL_OPTIONS)
+        self._channel = open_channel(address, tls, TARGET_CHANNEL_OPTIONS)
         self._stub = target_pb2_grpc.TargetServiceStub(self._channel)
         self._t = timeouts or RpcTimeouts()
 
+    def _call(self, method: Callable[..., T], request: Any, timeout: float) -> T:
+        """:func:`call`, with UNAVAILABLE saying which service went away and what it cost."""
+        try:
+            return call(method, request, timeout)
+        except Unavailable as err:
+            raise Unavailable(
+                f"the target service at {self.address} is unavailable ({err.message}); "
+                "a request in flight lost its session: retry it"
+            ) from None
+
     def info(self) -> TargetInfo:
-        return convert.target_info_from_pb(call(self._stub.Info, target_pb2.TargetInfoRequest(), self._t.info))
+        return convert.target_info_from_pb(self._call(self._stub.Info, target_pb2.TargetInfoRequest(), self._t.info))
 
     def prefill(self, session_id: str, prompt_tokens: Sequence[int], sampling: SamplingParams) -> PrefillResult:
         req = target_pb2.PrefillRequest(
             session_id=session_id, prompt_tokens=prompt_tokens, sampling=convert.sampling_to_pb(sampling)
         )
-        resp = call(self._stub.Prefill, req, self._t.prefill)
+        resp = self._call(self._stub.Prefill, req, self._t.prefill)
         return PrefillResult(resp.context_len, resp.compute_ms / 1e3, resp.evicted_sessions)
 
     def verify(self, session_id: str, tree: DraftTree, return_target_tokens: bool = False) -> VerifyResult:
         req = target_pb2.VerifyRequest(
             session_id=session_id, tree=convert.tree_to_pb(tree), return_target_tokens=return_target_tokens
         )
-        return convert.verify_from_pb(call(self._stub.Verify, req, self._t.verify))
+        return convert.verify_from_pb(self._call(self._stub.Verify, req, self._t.verify))
 
     def release(self, session_id: str) -> bool:
-        resp = call(self._stub.Release, target_pb2.ReleaseRequest(session_id=session_id), self._t.release)
+        resp = self._call(self._stub.Release, target_pb2.ReleaseRequest(session_id=session_id), self._t.release)
         return bool(resp.released)
 
     def close(self) -> None:

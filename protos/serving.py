@@ -125,15 +125,21 @@ def start_server(
     max_workers: int = 16,
     tls: TlsConfig | None = None,
     interceptors: Sequence[grpc.ServerInterceptor] = (),
+    maximum_concurrent_rpcs: int | None = None,
 ) -> ServerHandle:
     """Start a gRPC server with health checking and reflection; ``port=0`` picks a free one.
 
     ``tls``: serve TLS only (a plaintext client cannot connect); with ``tls.client_ca`` every
     caller must present a certificate signed by that CA (mutual TLS), health checks included.
     ``interceptors`` run before every method (the orchestrator's API-key check).
+    ``maximum_concurrent_rpcs``: gRPC refuses calls beyond it with RESOURCE_EXHAUSTED at once
+    instead of queueing them for a worker thread.
     """
     server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=max_workers), options=CHANNEL_OPTIONS, interceptors=list(interceptors)
+        futures.ThreadPoolExecutor(max_workers=max_workers),
+        options=CHANNEL_OPTIONS,
+        interceptors=list(interceptors),
+        maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
     register(server)
     health_servicer = health.HealthServicer()
