@@ -55,6 +55,28 @@ def _add_server_flags(p: argparse.ArgumentParser, port: int) -> None:
     )
 
 
+def _add_observability_flags(p: argparse.ArgumentParser, *, base: bool = False) -> None:
+    if base:
+        p.add_argument(
+            "--metrics-port-base",
+            type=int,
+            default=0,
+            help="Prometheus /metrics ports: target P, drafters P+1.., orchestrator last (0 = off)",
+        )
+    else:
+        p.add_argument("--metrics-port", type=int, default=0, help="serve Prometheus text at /metrics here (0 = off)")
+    p.add_argument("--log-format", choices=("text", "json"), default="text", help="log lines as text or JSON objects")
+
+
+def _metrics_server(args: argparse.Namespace, registry: Any) -> Any:
+    from specd_metrics.server import start_metrics_server
+
+    server = start_metrics_server(registry, args.host, args.metrics_port)
+    if server is not None:
+        print(f"metrics on {server.url}", flush=True)
+    return server
+
+
 def _add_peer_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer-ca", default=None, help="TLS to target/draft: the CA that signed their certificates")
     p.add_argument("--peer-cert", default=None, help="mutual TLS to target/draft: this orchestrator's certificate")
@@ -100,6 +122,7 @@ def _target_config(args: argparse.Namespace) -> Any:
         max_sessions=args.max_sessions,
         max_tree_nodes=args.max_tree_nodes,
         max_context=args.max_context,
+        max_kv_bytes=args.max_kv_mb * 2**20,
         max_batch=args.max_batch,
         batch_window_ms=args.batch_window_ms,
         engine=args.engine,
@@ -148,32 +171,50 @@ def _add_phrase_store_flag(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_target(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry
+
+    from specd_metrics.services import TargetMetrics
     from target_service.server import serve_target
     from target_service.verifier import TargetVerifier
 
     tls = _server_tls(args)
-    handle = serve_target(TargetVerifier.from_config(_target_config(args)), host=args.host, port=args.port, tls=tls)
+    verifier = TargetVerifier.from_config(_target_config(args))
+    registry = CollectorRegistry()
+    metrics = TargetMetrics(registry, verifier)
+    handle = serve_target(verifier, host=args.host, port=args.port, tls=tls, metrics=metrics)
     print(f"target service on {args.host}:{handle.port}", flush=True)
+    metrics_server = _metrics_server(args, registry)
     handle.wait_for_signal()
+    if metrics_server is not None:
+        metrics_server.stop()
     return 0
 
 
 def cmd_draft(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry
+
     from draft_service.server import serve_draft
     from draft_service.service import DraftWorker
+    from specd_metrics.services import DraftMetrics
 
     tls = _server_tls(args)
     worker = DraftWorker.from_config(_draft_config(args))
-    handle = serve_draft(worker, host=args.host, port=args.port, tls=tls)
+    registry = CollectorRegistry()
+    handle = serve_draft(worker, host=args.host, port=args.port, tls=tls, metrics=DraftMetrics(registry, worker))
     print(f"draft service on {args.host}:{handle.port}", flush=True)
+    metrics_server = _metrics_server(args, registry)
     try:
         handle.wait_for_signal()
     finally:
+        if metrics_server is not None:
+            metrics_server.stop()
         worker.close()  # closes the phrase-store connections
     return 0
 
 
 def cmd_orchestrator(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry
+
     from orchestrator.auth import AuthConfig, AuthInterceptor
     from orchestrator.discovery import parse_draft_address
     from orchestrator.drafters import DrafterPool, ReplicaClient
@@ -183,6 +224,7 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
     from protos.security import peer_tls_from_flags
     from protos.serving import wait_healthy
     from spec_decode.models import load_tokenizer
+    from specd_metrics.services import OrchestratorMetrics
 
     tls = _server_tls(args)
     peer = peer_tls_from_flags(args.peer_ca, args.peer_cert, args.peer_key)
@@ -212,9 +254,14 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
     tokenizer, _ = load_tokenizer(args.target)
     config = OrchestratorConfig(args.max_new_tokens, args.max_prompt_tokens, args.max_concurrent_requests)
     orch = Orchestrator(GrpcTargetClient(args.target_address, tls=peer), draft, tokenizer, config)
-    handle = serve_orchestrator(orch, host=args.host, port=args.port, tls=tls, auth=auth)
+    registry = CollectorRegistry()
+    metrics = OrchestratorMetrics(registry)
+    handle = serve_orchestrator(orch, host=args.host, port=args.port, tls=tls, auth=auth, metrics=metrics)
     print(f"orchestrator on {args.host}:{handle.port} (methods: {', '.join(orch.methods)})", flush=True)
+    metrics_server = _metrics_server(args, registry)
     handle.wait_for_signal()
+    if metrics_server is not None:
+        metrics_server.stop()
     if draft is not None:
         draft.close()
     return 0
@@ -233,6 +280,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         str(args.max_tree_nodes),
         "--max-context",
         str(args.max_context),
+        "--max-kv-mb",
+        str(args.max_kv_mb),
         "--max-batch",
         str(args.max_batch),
         "--batch-window-ms",
@@ -253,6 +302,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         phrase_store=args.phrase_store,
         phrase_store_password_file=args.phrase_store_password_file,
         drafters=args.drafters,
+        metrics_port_base=args.metrics_port_base,
+        log_format=args.log_format,
         security=ProcessSecurity(
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
@@ -441,6 +492,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(p, draft=False)
     _add_limit_flags(p)
     _add_server_flags(p, 50052)
+    _add_observability_flags(p)
     p.set_defaults(fn=cmd_target)
 
     p = sub.add_parser("draft", help="run the draft service")
@@ -449,6 +501,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None)
     _add_phrase_store_flag(p)
     _add_server_flags(p, 50053)
+    _add_observability_flags(p)
     p.set_defaults(fn=cmd_draft)
 
     p = sub.add_parser("orchestrator", help="run the orchestrator (front door)")
@@ -468,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_server_flags(p, DEFAULT_PORT)
     _add_peer_flags(p)
     _add_auth_flags(p)
+    _add_observability_flags(p)
     p.set_defaults(fn=cmd_orchestrator)
 
     p = sub.add_parser("up", help="start target, draft and orchestrator as processes on loopback")
@@ -483,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_phrase_store_flag(p)
     _add_peer_flags(p)
     _add_auth_flags(p)
+    _add_observability_flags(p, base=True)
     p.set_defaults(fn=cmd_up)
 
     p = sub.add_parser("generate", help="generate a completion (in-process, or via --address)")
@@ -552,9 +607,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose or args.command in ("target", "draft", "orchestrator") else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    from specd_metrics.logs import configure_logging
+
+    configure_logging(
+        getattr(args, "log_format", "text"),
+        logging.INFO if args.verbose or args.command in ("target", "draft", "orchestrator") else logging.WARNING,
     )
     from orchestrator.auth import AuthConfigError
     from protos.security import TlsConfigError

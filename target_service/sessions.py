@@ -54,11 +54,21 @@ class SessionStore:
             ``prefix_len + 1 + N``.
     """
 
-    def __init__(self, max_sessions: int, max_context: int, clock: Callable[[], float] = time.monotonic) -> None:
-        if max_sessions < 1 or max_context < 1:
-            raise ValueError(f"max_sessions ({max_sessions}) and max_context ({max_context}) must be >= 1")
+    def __init__(
+        self,
+        max_sessions: int,
+        max_context: int,
+        clock: Callable[[], float] = time.monotonic,
+        max_kv_bytes: int = 0,
+    ) -> None:
+        if max_sessions < 1 or max_context < 1 or max_kv_bytes < 0:
+            raise ValueError(
+                f"max_sessions ({max_sessions}) and max_context ({max_context}) must be >= 1, "
+                f"max_kv_bytes ({max_kv_bytes}) >= 0"
+            )
         self.max_sessions = max_sessions
         self.max_context = max_context
+        self.max_kv_bytes = max_kv_bytes  # 0 = no budget
         self._clock = clock
         self._lock = threading.Lock()
         self._sessions: dict[str, Session] = {}
@@ -80,22 +90,34 @@ class SessionStore:
 
     # ---- table --------------------------------------------------------------------
 
-    def add(self, session: Session) -> int:
+    def add(self, session: Session, reserve_bytes: int = 0) -> int:
         """Insert ``session`` busy (the caller must :meth:`finish` it); returns sessions evicted.
 
+        ``reserve_bytes`` is the KV memory the new session will need at first; idle sessions
+        are evicted (least recently used first) to make room under ``max_kv_bytes``.
         Raises InvalidArgument for an existing id, ResourceExhausted when the store is
-        full and every session is busy.
+        full (sessions or KV memory) and no idle session can make room.
         """
         with self._lock:
             if session.session_id in self._sessions:
                 raise InvalidArgument(f"session {session.session_id!r} already exists")
+            if self.max_kv_bytes and reserve_bytes > self.max_kv_bytes:
+                raise ResourceExhausted(
+                    f"session {session.session_id!r} needs {reserve_bytes} bytes of KV memory; "
+                    f"the budget is {self.max_kv_bytes} bytes"
+                )
             evicted = 0
-            while len(self._sessions) >= self.max_sessions:
+            while len(self._sessions) >= self.max_sessions or self._over_budget(reserve_bytes):
                 idle = [s for s in self._sessions.values() if s.busy == 0]
                 if not idle:
+                    if len(self._sessions) >= self.max_sessions:
+                        raise ResourceExhausted(
+                            f"all {self.max_sessions} sessions are busy; none can be evicted for "
+                            f"{session.session_id!r} (retry later or release sessions)"
+                        )
                     raise ResourceExhausted(
-                        f"all {self.max_sessions} sessions are busy; none can be evicted for "
-                        f"{session.session_id!r} (retry later or release sessions)"
+                        f"KV memory budget of {self.max_kv_bytes} bytes is held by busy sessions; "
+                        f"{session.session_id!r} needs {reserve_bytes} more (retry later)"
                     )
                 victim = min(idle, key=lambda s: s.last_used)
                 self._drop(victim)
@@ -105,6 +127,29 @@ class SessionStore:
             session.last_used = self._clock()
             self._sessions[session.session_id] = session
             return evicted
+
+    def _over_budget(self, extra: int) -> bool:
+        """Caller holds the lock."""
+        if not self.max_kv_bytes:
+            return False
+        return sum(s.kv_bytes for s in self._sessions.values()) + extra > self.max_kv_bytes
+
+    def enforce_kv_budget(self) -> int:
+        """Evict idle sessions (LRU first) while the KV memory is over budget; returns how many.
+
+        Busy sessions are never evicted, so a burst of busy sessions may overshoot until they
+        finish; new sessions are refused meanwhile (:meth:`add`).
+        """
+        evicted = 0
+        with self._lock:
+            while self._over_budget(0):
+                idle = [s for s in self._sessions.values() if s.busy == 0]
+                if not idle:
+                    break
+                self._drop(min(idle, key=lambda s: s.last_used))
+                evicted += 1
+            self.evictions += evicted
+        return evicted
 
     def finish(self, session: Session) -> None:
         """End a call on ``session``: it becomes idle (if no other call holds it)."""

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -52,6 +53,7 @@ class TargetConfig:
     max_tree_nodes: int = 64
     max_context: int = 2048
     max_draft_top_k: int = 64
+    max_kv_bytes: int = 0  # KV memory budget over all sessions (0 = none); idle sessions evicted LRU first
     max_batch: int = 16  # verify calls of different sessions scored in one forward pass (1 = no batching)
     batch_window_ms: float = 2.0  # how long an idle server waits for more calls to join a batch
     engine: str = "auto"  # "native" (specd's Llama-family forward), "hf" (transformers), "auto"
@@ -64,6 +66,8 @@ class TargetConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.max_kv_bytes, int) or self.max_kv_bytes < 0:
+            raise InvalidArgument(f"max_kv_bytes must be a non-negative integer, got {self.max_kv_bytes!r}")
         if not isinstance(self.batch_window_ms, int | float) or not 0 <= self.batch_window_ms <= 1000:
             raise InvalidArgument(f"batch_window_ms must be within [0, 1000], got {self.batch_window_ms!r}")
         if self.engine not in ENGINE_KINDS:
@@ -95,7 +99,10 @@ class TargetVerifier:
         self.loaded = loaded
         self.engine = build_engine(loaded.model, config.engine, config.weight_format, config.max_context)
         self.config = dataclasses.replace(config, max_context=min(config.max_context, self.engine.max_positions))
-        self.sessions = SessionStore(self.config.max_sessions, self.config.max_context)
+        self.sessions = SessionStore(
+            self.config.max_sessions, self.config.max_context, max_kv_bytes=self.config.max_kv_bytes
+        )
+        self._kv_bytes_per_token = _kv_bytes_per_token(loaded.model, self.engine.dtype)
         self._model_thread = model_thread()
         self._batcher = VerifyBatcher(self._run_batch, self.config.max_batch, self.config.batch_window_ms / 1e3)
         self._stats_lock = threading.Lock()
@@ -162,13 +169,16 @@ class TargetVerifier:
             generator=make_generator(sampling.seed, self.engine.device),
         )
         with session.lock:  # held before it is visible: a racing verify waits for the prefill
-            evicted = self.sessions.add(session)
+            reserve = self._kv_bytes_per_token * len(tokens)  # what the prompt will hold
+            evicted = self.sessions.add(session, reserve)
             try:
                 start = time.perf_counter()
                 session.pending_token = self.engine.prefill(session.cache, tokens)
                 session.prefix_len = len(tokens) - 1
                 session.kv_bytes = self.engine.kv_bytes(session.cache)
                 compute_s = time.perf_counter() - start
+                if self.config.max_kv_bytes:
+                    evicted += self.sessions.enforce_kv_budget()
             except BaseException:
                 self.sessions.remove(session)
                 raise
@@ -217,14 +227,18 @@ class TargetVerifier:
                 self._passes += 1
                 self._verify_calls += len(ready)
                 self._batch_sizes[len(ready)] += 1
+            results: list[tuple[VerifyCall, VerifyResult]] = []
             for (call, session), logits in zip(ready, all_logits, strict=True):
                 try:
-                    result = self._accept_and_commit(session, call, logits, compute_s)
+                    results.append((call, self._accept_and_commit(session, call, logits, compute_s)))
                 except BaseException as exc:
                     self.engine.truncate(session.cache, session.prefix_len)
                     call.future.set_exception(exc)
-                else:
-                    call.future.set_result(result)
+        # The batch's sessions are idle again: now idle sessions may go if KV memory is over budget.
+        if self.config.max_kv_bytes:
+            self.sessions.enforce_kv_budget()
+        for call, result in results:
+            call.future.set_result(result)
 
     def _accept_and_commit(
         self, session: Session, call: VerifyCall, logits: torch.Tensor, compute_s: float
@@ -261,3 +275,12 @@ class TargetVerifier:
                 raise InvalidArgument(f"prompt token {i}: id {tok} is outside the vocabulary [0, {vocab})")
         self.sessions.check_prompt(len(tokens))
         return tokens
+
+
+def _kv_bytes_per_token(model: Any, dtype: torch.dtype) -> int:
+    """Bytes of keys and values one token occupies in every layer."""
+    text = model.config.get_text_config()
+    heads = int(text.num_attention_heads)
+    kv_heads = int(getattr(text, "num_key_value_heads", None) or heads)
+    head_dim = int(getattr(text, "head_dim", None) or text.hidden_size // heads)
+    return 2 * int(text.num_hidden_layers) * kv_heads * head_dim * torch.empty(0, dtype=dtype).element_size()

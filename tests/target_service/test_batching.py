@@ -9,9 +9,10 @@ import pytest
 import torch
 from target_helpers import MakeVerifier, inject_failure, kv_layers, random_tree
 
-from spec_decode.errors import InvalidArgument
+from spec_decode.errors import InvalidArgument, ResourceExhausted
 from spec_decode.types import DraftTree, SamplingParams, SparseProbs
 from target_service.batching import VerifyBatcher, VerifyCall
+from target_service.sessions import Session
 from target_service.verifier import TargetVerifier
 
 GREEDY = SamplingParams()
@@ -172,3 +173,22 @@ def test_batch_config_validation(make_verifier: MakeVerifier) -> None:
 
     with pytest.raises(InvalidArgument, match="batch_window_ms"):
         TargetConfig(batch_window_ms=-1).validate()
+
+
+def test_kv_memory_budget_evicts_idle_sessions_and_refuses_when_busy(make_verifier: MakeVerifier) -> None:
+    probe = make_verifier()
+    probe.prefill("p", [1, 2, 3], GREEDY)
+    one = probe.sessions.kv_bytes("p")  # one small session's KV memory (a whole capacity block)
+    verifier = make_verifier(max_kv_bytes=2 * one + one // 2)
+    verifier.prefill("a", [1, 2, 3], GREEDY)
+    verifier.prefill("b", [1, 2, 3], GREEDY)
+    verifier.verify("a", DraftTree.chain([4]))  # a is now the most recently used
+    result = verifier.prefill("c", [1, 2, 3], GREEDY)
+    assert result.evicted_sessions == 1 and "b" not in verifier.sessions and "a" in verifier.sessions
+    assert verifier.stats().kv_bytes <= 2 * one + one // 2
+    busy = (verifier.sessions.checkout("a"), verifier.sessions.checkout("c"))  # both busy: nothing can go
+    with busy[0], busy[1], pytest.raises(ResourceExhausted, match="KV memory budget"):
+        verifier.sessions.add(Session("d", None, GREEDY, torch.Generator()), reserve_bytes=one)
+    with pytest.raises(ResourceExhausted, match=r"needs \d+ bytes of KV memory; the budget is"):
+        verifier.prefill("huge", list(range(1, 400)), GREEDY)
+    assert "huge" not in verifier.sessions
