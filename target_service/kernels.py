@@ -7,6 +7,10 @@ machine kind (2 cores, AVX-512 VNNI, no bf16 units), one 49152x576 LM-head matmu
 
 * ``dense`` -- plain ``F.linear`` on the model's own weights (fp32, fp64, bf16 on CUDA).
   Used on GPUs, for float64 tests, and whenever nothing better applies.
+* ``q8`` -- exact int8 (:mod:`target_service.q8`): for checkpoints that were group-quantized
+  (GGUF Q4_0/Q4_1/Q8_0, like the default SmolLM2), the 1-byte codes rebuild every fp32 weight bit
+  for bit, so the model is unchanged and a decode step reads a quarter of the bytes. The default
+  on CPU; weights that are not such codes stay ``packed``.
 * ``packed`` -- fp32 weights reordered once into MKL's packed GEMM layout
   (``torch.ops.mkl._mkl_reorder_linear_weight``, what inductor's freezing pass emits). The
   reorder happens at load time instead of inside every call, which is what made 2-8 row
@@ -83,7 +87,7 @@ class PackedLinear:
 
 
 def resolve_format(requested: str | None, device: torch.device, dtype: torch.dtype) -> WeightFormat:
-    """Pick the weight format: ``auto`` means ``packed`` for fp32 on CPU, ``dense`` otherwise.
+    """Pick the weight format: ``auto`` means ``q8`` (else ``packed``) for fp32 on CPU, ``dense`` otherwise.
 
     Raises InvalidArgument for a format the device/dtype cannot run.
     """
@@ -91,8 +95,12 @@ def resolve_format(requested: str | None, device: torch.device, dtype: torch.dty
     if name not in WEIGHT_FORMATS:
         raise InvalidArgument(f"unknown weight format {name!r}; use one of {', '.join(WEIGHT_FORMATS)}")
     cpu_fp32 = device.type == "cpu" and dtype == torch.float32
-    if name == "auto":
-        return "packed" if cpu_fp32 and _mkl_packing_available() else "dense"
+    if name == "auto":  # q8 where the kernel builds (it keeps fp32 for weights it cannot reproduce)
+        if not (cpu_fp32 and _mkl_packing_available()):
+            return "dense"
+        from target_service.q8 import library_error
+
+        return "q8" if library_error() is None else "packed"
     if name == "packed" and not (cpu_fp32 and _mkl_packing_available()):
         raise InvalidArgument(f"weight format 'packed' needs float32 on a CPU with MKL (got {dtype} on {device})")
     if name == "q8":

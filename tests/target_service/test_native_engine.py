@@ -22,7 +22,7 @@ def target32(tiny_target: Path) -> LoadedModel:
     return load_model(str(tiny_target), device="cpu", dtype="float32")
 
 
-@pytest.mark.parametrize("fmt", ["dense", "packed"])
+@pytest.mark.parametrize("fmt", ["dense", "packed", "q8"])
 def test_fp32_formats_match_transformers(target32: LoadedModel, fmt: str) -> None:
     """fp32 logits within 1e-4 of transformers' (another summation order), same argmax."""
     engine = NativeEngine(target32.model, fmt)
@@ -114,7 +114,7 @@ def test_engine_choice(target64: LoadedModel, target32: LoadedModel) -> None:
 
     assert isinstance(build_engine(target64.model, "auto"), NativeEngine)
     assert isinstance(build_engine(target64.model, "hf"), TreeEngine)
-    assert build_engine(target32.model, "auto").weight_format == "packed"  # type: ignore[union-attr]
+    assert build_engine(target32.model, "auto").weight_format == "q8"  # type: ignore[union-attr]
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=64)).eval()
     assert isinstance(build_engine(gpt2, "auto"), TreeEngine)  # not Llama-family: transformers runs it
     with pytest.raises(InvalidArgument, match="native engine cannot run this model: model_type 'gpt2'"):
@@ -128,7 +128,7 @@ def test_engine_choice(target64: LoadedModel, target32: LoadedModel) -> None:
 def test_weight_format_validation() -> None:
     cpu = torch.device("cpu")
     assert resolve_format(None, cpu, torch.float64) == "dense"
-    assert resolve_format("auto", cpu, torch.float32) == "packed"
+    assert resolve_format("auto", cpu, torch.float32) == "q8"
     with pytest.raises(InvalidArgument, match="'packed' needs float32"):
         resolve_format("packed", cpu, torch.float64)
     with pytest.raises(InvalidArgument, match="unknown weight format 'int4'"):
