@@ -31,6 +31,9 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-tree-nodes", type=int, default=64, help="largest draft tree verified in one pass")
     p.add_argument("--max-context", type=int, default=2048, help="tokens per session (prompt + output)")
     p.add_argument(
+        "--max-kv-mb", type=int, default=0, help="KV memory budget over all sessions in MiB (0 = none; LRU eviction)"
+    )
+    p.add_argument(
         "--max-batch", type=int, default=16, help="verify calls of different sessions per forward pass (1 = off)"
     )
     p.add_argument("--batch-window-ms", type=float, default=2.0, help="how long an idle target waits to fill a batch")
