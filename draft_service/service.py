@@ -26,7 +26,7 @@ from draft_service.lookahead import DEFAULT_WINDOW, MAX_WINDOW
 from draft_service.model_drafter import DEFAULT_DRAFT_TOP_K, MAX_DRAFT_TOP_K, ModelDrafter
 from draft_service.ouroboros import OuroborosDrafter
 from draft_service.prompt_lookup import PromptLookupDrafter
-from phrase_store import PhraseStore, PhraseStoreConfig, open_store, store_kind
+from phrase_store import PhraseStore, PhraseStoreConfig, PhraseStoreStats, open_store, store_kind
 from spec_decode.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from spec_decode.model_thread import model_thread
 from spec_decode.models import LoadedModel, load_model, pick_device, pick_dtype
@@ -270,6 +270,13 @@ class DraftWorker:
             return False
         _free(session)
         return True
+
+    def phrase_store_stats(self) -> dict[str, PhraseStoreStats]:
+        """Counters of each open phrase store by namespace (read by the metrics collector;
+        a Redis store asks the server for its sizes, outside the worker's lock)."""
+        with self._lock:
+            stores = dict(self._stores)
+        return {namespace: store.stats() for namespace, store in stores.items()}
 
     def close(self) -> None:
         """Close the phrase stores (the pool itself lives on in Redis). Idempotent."""

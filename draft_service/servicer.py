@@ -1,8 +1,14 @@
-"""Thin gRPC servicer: proto -> dataclass -> DraftAPI call -> proto."""
+"""Thin gRPC servicer: proto -> dataclass -> DraftAPI call -> proto.
+
+Each call runs inside :func:`specd_metrics.logs.session_context`; with ``metrics`` it is counted
+by status (Propose also timed, with the nodes it proposed).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import grpc
 
@@ -10,6 +16,8 @@ from protos import convert, draft_pb2, draft_pb2_grpc
 from protos.serving import session_id_arg, unary_errors
 from spec_decode.api import DraftAPI
 from spec_decode.errors import InvalidArgument
+from specd_metrics.logs import session_context
+from specd_metrics.services import DraftMetrics
 
 SERVICE_NAME = draft_pb2.DESCRIPTOR.services_by_name["DraftService"].full_name
 
@@ -20,8 +28,9 @@ def _check_counts(num_draft: int, num_accepted: int) -> None:
 
 
 class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
-    def __init__(self, draft: DraftAPI) -> None:
+    def __init__(self, draft: DraftAPI, metrics: DraftMetrics | None = None) -> None:
         self._draft = draft
+        self._metrics = metrics
 
     @unary_errors
     def Info(self, request: draft_pb2.DraftInfoRequest, context: grpc.ServicerContext) -> draft_pb2.DraftInfo:
@@ -29,6 +38,19 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
 
     @unary_errors
     def Propose(self, request: draft_pb2.ProposeRequest, context: grpc.ServicerContext) -> draft_pb2.ProposeResponse:
+        start = time.perf_counter()
+        with session_context(request.session_id):
+            try:
+                response = self._propose(request)
+            except Exception as err:
+                if self._metrics is not None:
+                    self._metrics.observe_propose(request.drafter, start, 0, err)
+                raise
+        if self._metrics is not None:
+            self._metrics.observe_propose(request.drafter, start, len(response.tree.tokens), None)
+        return response
+
+    def _propose(self, request: draft_pb2.ProposeRequest) -> draft_pb2.ProposeResponse:
         session_id = session_id_arg(request.session_id)
         if request.offset < 0:
             raise InvalidArgument(f"offset must be >= 0, got {request.offset}")
@@ -59,21 +81,35 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
 
     @unary_errors
     def Observe(self, request: draft_pb2.ObserveRequest, context: grpc.ServicerContext) -> draft_pb2.ObserveResponse:
-        _check_counts(request.num_draft, request.num_accepted)
-        nxt = self._draft.observe(
-            session_id_arg(request.session_id), request.num_draft, request.num_accepted, list(request.target_tokens)
-        )
+        with session_context(request.session_id), self._counted("observe"):
+            _check_counts(request.num_draft, request.num_accepted)
+            nxt = self._draft.observe(
+                session_id_arg(request.session_id), request.num_draft, request.num_accepted, list(request.target_tokens)
+            )
         return draft_pb2.ObserveResponse(next_num_tokens=nxt)
 
     @unary_errors
     def Release(
         self, request: draft_pb2.DraftReleaseRequest, context: grpc.ServicerContext
     ) -> draft_pb2.DraftReleaseResponse:
-        return draft_pb2.DraftReleaseResponse(released=self._draft.release(session_id_arg(request.session_id)))
+        with session_context(request.session_id), self._counted("release"):
+            released = self._draft.release(session_id_arg(request.session_id))
+        return draft_pb2.DraftReleaseResponse(released=released)
+
+    @contextmanager
+    def _counted(self, call: str) -> Iterator[None]:
+        try:
+            yield
+        except Exception as err:
+            if self._metrics is not None:
+                self._metrics.observe(call, err)
+            raise
+        if self._metrics is not None:
+            self._metrics.observe(call, None)
 
 
-def register(draft: DraftAPI) -> Callable[[grpc.Server], None]:
+def register(draft: DraftAPI, metrics: DraftMetrics | None = None) -> Callable[[grpc.Server], None]:
     def _register(server: grpc.Server) -> None:
-        draft_pb2_grpc.add_DraftServiceServicer_to_server(DraftServicer(draft), server)
+        draft_pb2_grpc.add_DraftServiceServicer_to_server(DraftServicer(draft, metrics), server)
 
     return _register

@@ -26,6 +26,7 @@ from spec_decode.api import TargetAPI
 from spec_decode.errors import Cancelled, DeadlineExceeded, FailedPrecondition, NotFound, Unavailable
 from spec_decode.stats import LoopStats
 from spec_decode.types import EMPTY_TREE, DraftTree, GenerationStats, TargetLimits, VerifyResult
+from specd_metrics.logs import enter_session, exit_session
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ class DecodeLoop:
     def run(self) -> Iterator[list[int]]:
         """Yields the tokens each target step adds, until EOS or ``max_new_tokens``."""
         self._start = time.perf_counter()
+        logged = enter_session(self.session_id)  # this request's log lines carry its session id
         try:
             self._prefill()
             while self.finish_reason == "length" and len(self.tokens) < self._params.max_new_tokens:
@@ -84,6 +86,7 @@ class DecodeLoop:
         finally:
             self._wall = time.perf_counter() - self._start
             self._release()
+            exit_session(logged)
 
     # ---------------------------------------------------------------- phases
     def _prefill(self) -> None:

@@ -1,4 +1,9 @@
-"""Thin gRPC servicer of the orchestrator: proto -> GenerateParams -> Orchestrator -> proto."""
+"""Thin gRPC servicer of the orchestrator: proto -> GenerateParams -> Orchestrator -> proto.
+
+Every request is followed by a :class:`~specd_metrics.services.RequestTracker` (time to first
+token, inter-token gaps, outcome, the final stats; one access-log line), counted when the
+servicer has ``metrics``.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,7 @@ from orchestrator.request import ChatMessage, GenerateParams, OuroborosParams
 from orchestrator.service import Orchestrator, StreamChunk
 from protos import convert, orchestrator_pb2, orchestrator_pb2_grpc
 from protos.serving import stream_errors, unary_errors
+from specd_metrics.services import OrchestratorMetrics, RequestTracker
 
 SERVICE_NAME = orchestrator_pb2.DESCRIPTOR.services_by_name["Orchestrator"].full_name
 
@@ -50,14 +56,22 @@ def _chunk_to_pb(chunk: StreamChunk) -> orchestrator_pb2.GenerateChunk:
 
 
 class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
-    def __init__(self, orchestrator: Orchestrator) -> None:
+    def __init__(self, orchestrator: Orchestrator, metrics: OrchestratorMetrics | None = None) -> None:
         self._orch = orchestrator
+        self._metrics = metrics
 
     @unary_errors
     def Generate(
         self, request: orchestrator_pb2.GenerateRequest, context: grpc.ServicerContext
     ) -> orchestrator_pb2.GenerateResponse:
-        result = self._orch.generate(params_from_pb(request), context.is_active)
+        tracker = RequestTracker(self._metrics, request.method)
+        try:
+            result = self._orch.generate(params_from_pb(request), context.is_active)
+        except BaseException as err:
+            tracker.done(err)
+            raise
+        tracker.chunk(len(result.token_ids), result.session_id, result.stats)
+        tracker.done()
         return orchestrator_pb2.GenerateResponse(
             text=result.text,
             token_ids=result.token_ids,
@@ -70,14 +84,22 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
     def GenerateStream(
         self, request: orchestrator_pb2.GenerateRequest, context: grpc.ServicerContext
     ) -> Iterator[orchestrator_pb2.GenerateChunk]:
+        tracker = RequestTracker(self._metrics, request.method)
         chunks = self._orch.stream(params_from_pb(request))
+        ended: BaseException | None = None
         try:
             for chunk in chunks:
                 if not context.is_active():  # client cancelled or deadline passed
+                    ended = GeneratorExit()
                     return
+                tracker.chunk(len(chunk.token_ids), chunk.session_id, chunk.stats)
                 yield _chunk_to_pb(chunk)
+        except BaseException as err:
+            ended = err
+            raise
         finally:
             chunks.close()  # releases the target and draft sessions at once
+            tracker.done(ended)
 
     @unary_errors
     def Info(
@@ -92,8 +114,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         )
 
 
-def register(orchestrator: Orchestrator) -> Callable[[grpc.Server], None]:
+def register(orchestrator: Orchestrator, metrics: OrchestratorMetrics | None = None) -> Callable[[grpc.Server], None]:
     def _register(server: grpc.Server) -> None:
-        orchestrator_pb2_grpc.add_OrchestratorServicer_to_server(OrchestratorServicer(orchestrator), server)
+        orchestrator_pb2_grpc.add_OrchestratorServicer_to_server(OrchestratorServicer(orchestrator, metrics), server)
 
     return _register

@@ -480,6 +480,12 @@ def cmd_bench_verify(args: argparse.Namespace) -> int:
     return run_bench_verify(args)
 
 
+def cmd_bench_serve(args: argparse.Namespace) -> int:
+    from specd_cli.bench_serve import run_bench_serve
+
+    return run_bench_serve(args)
+
+
 def cmd_make_tiny_pair(args: argparse.Namespace) -> int:
     from specd_cli.tiny import run
 
@@ -605,6 +611,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_verify_args(p)
     p.set_defaults(fn=cmd_bench_verify)
+
+    p = sub.add_parser("bench-serve", help="concurrent streaming clients against the local stack: tokens/s, TTFT, ITL")
+    from specd_cli.bench_serve import add_bench_serve_args
+
+    add_bench_serve_args(p)
+    p.set_defaults(fn=cmd_bench_serve)
     return parser
 
 

@@ -196,11 +196,15 @@ def start_process_stack(
     phrase_store_password_file: str | None = None,
     extra_orchestrator_args: list[str] | None = None,
     drafters: int = 1,
+    metrics_port_base: int = 0,
+    log_format: str = "text",
 ) -> ProcessStack:
     """Start the three services as separate processes on loopback and wait until all serve.
 
     ``drafters``: draft-service replicas, on ports ``draft_port``, ``draft_port + 1``, ...; the
     orchestrator spreads sessions over them (``--draft-address h:p1,h:p2,...``).
+    ``metrics_port_base`` P > 0: Prometheus ``/metrics`` of the target on P, of the drafters on
+    P+1.., of the orchestrator on P+drafters+1 (:func:`metrics_ports`). ``log_format``: text | json.
     """
     if drafters < 1:
         raise ValueError(f"drafters must be >= 1, got {drafters}")
@@ -211,6 +215,8 @@ def start_process_stack(
     log_dir.mkdir(parents=True, exist_ok=True)
     exe = [sys.executable, "-m", "specd_cli.main"]
     dev = ["--device", device] if device else []
+    ports = metrics_ports(metrics_port_base, drafters)
+    obs = ["--log-format", log_format]
     cmds = {
         "target": [
             *exe,
@@ -224,10 +230,13 @@ def start_process_stack(
             *dev,
             *(extra_target_args or []),
             *security.backend_args(),
+            *obs,
+            *_metrics_flag(ports, "target"),
         ],
     }
     for i, replica_port in enumerate(draft_ports):
-        cmds["draft" if i == 0 else f"draft-{i + 1}"] = [
+        name = "draft" if i == 0 else f"draft-{i + 1}"
+        cmds[name] = [
             *exe,
             "draft",
             "--host",
@@ -239,6 +248,8 @@ def start_process_stack(
             *(["--phrase-store", phrase_store] if phrase_store else []),
             *_flag("--phrase-store-password-file", phrase_store_password_file),
             *security.backend_args(),
+            *obs,
+            *_metrics_flag(ports, name),
         ]
     procs: dict[str, subprocess.Popen[bytes]] = {}
     stack = ProcessStack(procs, f"{host}:{port}", log_dir)
@@ -264,6 +275,8 @@ def start_process_stack(
             ",".join(f"{host}:{p}" for p in draft_ports),
             *security.orchestrator_args(),
             *(extra_orchestrator_args or []),
+            *obs,
+            *_metrics_flag(ports, "orchestrator"),
         ]
         procs["orchestrator"] = _spawn("orchestrator", orch_cmd, log_dir)
         _wait_serving(procs["orchestrator"], "orchestrator", f"{host}:{port}", timeout, health_tls)
@@ -274,6 +287,21 @@ def start_process_stack(
             log.error("%s log tail:\n%s", name, tail)
         raise
     return stack
+
+
+def metrics_ports(base: int, drafters: int = 1) -> dict[str, int]:
+    """The ``/metrics`` port of each process of a stack: target ``base``, drafters ``base + 1``..,
+    orchestrator last; empty when ``base`` is 0 (metrics off)."""
+    if base == 0:
+        return {}
+    names = ["target", *("draft" if i == 0 else f"draft-{i + 1}" for i in range(drafters)), "orchestrator"]
+    if not 0 < base <= 65535 - len(names):
+        raise ValueError(f"metrics port base must be in [1, {65535 - len(names)}] (or 0 = off), got {base}")
+    return {name: base + i for i, name in enumerate(names)}
+
+
+def _metrics_flag(ports: dict[str, int], name: str) -> list[str]:
+    return ["--metrics-port", str(ports[name])] if name in ports else []
 
 
 def _wait_serving(

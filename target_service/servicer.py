@@ -1,21 +1,43 @@
-"""Thin gRPC servicer: proto -> dataclass -> TargetAPI call -> proto."""
+"""Thin gRPC servicer: proto -> dataclass -> TargetAPI call -> proto.
+
+Each call runs inside :func:`specd_metrics.logs.session_context` (log lines carry the session id)
+and, with ``metrics``, is counted by status and timed.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import grpc
 
 from protos import convert, target_pb2, target_pb2_grpc
 from protos.serving import session_id_arg, unary_errors
 from spec_decode.api import TargetAPI
+from specd_metrics.logs import session_context
+from specd_metrics.services import TargetMetrics
 
 SERVICE_NAME = target_pb2.DESCRIPTOR.services_by_name["TargetService"].full_name
 
 
 class TargetServicer(target_pb2_grpc.TargetServiceServicer):
-    def __init__(self, target: TargetAPI) -> None:
+    def __init__(self, target: TargetAPI, metrics: TargetMetrics | None = None) -> None:
         self._target = target
+        self._metrics = metrics
+
+    @contextmanager
+    def _call(self, name: str, session_id: str) -> Iterator[None]:
+        start = time.perf_counter()
+        with session_context(session_id):
+            try:
+                yield
+            except Exception as err:
+                if self._metrics is not None:
+                    self._metrics.observe(name, start, err)
+                raise
+        if self._metrics is not None:
+            self._metrics.observe(name, start, None)
 
     @unary_errors
     def Info(self, request: target_pb2.TargetInfoRequest, context: grpc.ServicerContext) -> target_pb2.TargetInfo:
@@ -23,8 +45,9 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
 
     @unary_errors
     def Prefill(self, request: target_pb2.PrefillRequest, context: grpc.ServicerContext) -> target_pb2.PrefillResponse:
-        sampling = convert.sampling_from_pb(request.sampling).validate()
-        result = self._target.prefill(session_id_arg(request.session_id), list(request.prompt_tokens), sampling)
+        with self._call("prefill", request.session_id):
+            sampling = convert.sampling_from_pb(request.sampling).validate()
+            result = self._target.prefill(session_id_arg(request.session_id), list(request.prompt_tokens), sampling)
         return target_pb2.PrefillResponse(
             context_len=result.context_len,
             compute_ms=result.compute_s * 1e3,
@@ -33,20 +56,24 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
 
     @unary_errors
     def Verify(self, request: target_pb2.VerifyRequest, context: grpc.ServicerContext) -> target_pb2.VerifyResponse:
-        result = self._target.verify(
-            session_id_arg(request.session_id), convert.tree_from_pb(request.tree), request.return_target_tokens
-        )
+        with self._call("verify", request.session_id):
+            tree = convert.tree_from_pb(request.tree)
+            result = self._target.verify(session_id_arg(request.session_id), tree, request.return_target_tokens)
+            if self._metrics is not None:
+                self._metrics.verify_nodes.inc(tree.size)
         return convert.verify_to_pb(result)
 
     @unary_errors
     def Release(self, request: target_pb2.ReleaseRequest, context: grpc.ServicerContext) -> target_pb2.ReleaseResponse:
-        return target_pb2.ReleaseResponse(released=self._target.release(session_id_arg(request.session_id)))
+        with self._call("release", request.session_id):
+            released = self._target.release(session_id_arg(request.session_id))
+        return target_pb2.ReleaseResponse(released=released)
 
 
-def register(target: TargetAPI) -> Callable[[grpc.Server], None]:
+def register(target: TargetAPI, metrics: TargetMetrics | None = None) -> Callable[[grpc.Server], None]:
     """A ``register`` callback for :func:`protos.serving.start_server`."""
 
     def _register(server: grpc.Server) -> None:
-        target_pb2_grpc.add_TargetServiceServicer_to_server(TargetServicer(target), server)
+        target_pb2_grpc.add_TargetServiceServicer_to_server(TargetServicer(target, metrics), server)
 
     return _register

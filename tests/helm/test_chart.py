@@ -99,9 +99,6 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "disabled": DISABLED,
 }
 COMPONENT_COMMAND = {"target": "target", "draft": "draft", "orchestrator": "orchestrator"}
-# Contract flags the chart passes whose implementation lands with another task (the metrics
-# server). The CLI check below tolerates them only while the parser does not know them yet.
-PENDING_CONTRACT_FLAGS = {"--metrics-port"}
 
 
 def name(component: str) -> str:
@@ -115,16 +112,7 @@ def args_of(rendered: Rendered, component: str) -> list[str]:
 def parse_with_cli(command: str, args: list[str]) -> argparse.Namespace:
     """Parse rendered args with the real `specd COMMAND` parser (argparse exits on a bad flag)."""
     parser = build_parser()
-    sub_actions = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    known = sub_actions[0].choices[command]._option_string_actions
-    kept: list[str] = []
-    it = iter(args)
-    for arg in it:
-        if arg in PENDING_CONTRACT_FLAGS and arg not in known:
-            next(it)  # its value
-            continue
-        kept.append(arg)
-    return parser.parse_args([command, *kept])
+    return parser.parse_args([command, *args])
 
 
 # --- every value set: lint, validate, common properties ------------------------------------
