@@ -223,12 +223,7 @@ class LookaheadDecoder:
 
     def _advance_window(self, outs: list[int]) -> list[Phrase]:
         """Shift the window by one step; the n-grams it completes (none while it fills)."""
-        levels = self._levels
-        if len(levels) < self.level - 1:  # filling: every level moves one column left
-            self._levels = [lvl[1:] for lvl in levels] + [outs[1:]]
-            return []
-        grams = [(*column, out) for *column, out in zip(*levels, outs, strict=True)]
-        self._levels = [*levels[1:], outs]
+        self._levels, grams = advance_levels(self._levels, outs, self.level)
         return grams
 
     # -- the model --
@@ -319,6 +314,66 @@ class LookaheadDecoder:
         if self._cache is None:
             self._cache = DynamicCache()  # full-attention layers: custom masks need every position
         return self._cache
+
+
+def advance_levels(levels: list[list[int]], outs: list[int], level: int) -> tuple[list[list[int]], list[Phrase]]:
+    """One Jacobi step of a window: the new levels and the ``level``-grams it completes.
+
+    ``outs`` are the model's argmax at the top level's rows. While the window fills (fewer than
+    ``level - 1`` levels) every level drops its first column and ``outs[1:]`` becomes a new level;
+    once full, column ``i`` yields ``(L_0[i], ..., L_top[i], outs[i])`` and the levels shift up.
+    """
+    if len(levels) < level - 1:
+        return [lvl[1:] for lvl in levels] + [outs[1:]], []
+    grams = [(*column, out) for *column, out in zip(*levels, outs, strict=True)]
+    return [*levels[1:], outs], grams
+
+
+class JacobiWindow:
+    """A lookahead window without a model of its own: it rides in another model's tree pass.
+
+    Used by the model-free Ouroboros drafter: the window's rows join the draft tree the *target*
+    verifies, and the target's argmax at the top level's rows (returned with the verify result as
+    ``target_tokens``) advances it. The window is a tree: level 0 is a chain from the pending token
+    and column ``i`` of level ``j`` hangs below column ``i`` of level ``j - 1``, which gives each
+    row exactly the ancestors and depth (``1 + i + j``) of the lookahead mask (see the module
+    docstring). Any branch of it the target agrees with is accepted like any other draft.
+    """
+
+    def __init__(self, window: int = DEFAULT_WINDOW, level: int = DEFAULT_LEVEL) -> None:
+        if not 1 <= window <= MAX_WINDOW:
+            raise ValueError(f"lookahead window must be in [1, {MAX_WINDOW}], got {window}")
+        if level < 2:
+            raise ValueError(f"lookahead level N must be >= 2, got {level}")
+        self.window, self.level = window, level
+        self.levels: list[list[int]] = []
+        self.steps = 0  # window steps taken (for tests and telemetry)
+
+    def configure(self, window: int, level: int) -> None:
+        """Change the shape; a change restarts the window."""
+        if (window, level) != (self.window, self.level):
+            self.window, self.level, self.levels = window, level, []
+
+    def seed(self, context: Sequence[int]) -> None:
+        if not self.levels and context:
+            self.levels = [_seed_level(context, self.window + self.level - 2)]
+
+    @property
+    def depth(self) -> int:
+        """Deepest row of the window's tree below the pending token."""
+        if not self.levels:
+            return 0
+        return len(self.levels[0]) + len(self.levels) - 1
+
+    @property
+    def num_nodes(self) -> int:
+        return sum(len(lvl) for lvl in self.levels)
+
+    def advance(self, outs: list[int]) -> list[Phrase]:
+        """Take the target's argmax at the top level's rows; returns the completed n-grams."""
+        self.levels, grams = advance_levels(self.levels, outs, self.level)
+        self.steps += 1
+        return grams
 
 
 def _seed_level(context: Sequence[int], width: int) -> list[int]:

@@ -18,6 +18,12 @@ See docs/PAPERS.md §1. Per propose:
    continuing phrases, then the root phrases, each in pool order (newest first), within
    ``max_nodes`` nodes and ``max_tokens`` depth.
 
+5. **Lookahead without a draft LM** (part 1 for the model-free stack): the Jacobi window of
+   :class:`draft_service.lookahead.JacobiWindow` joins the tree (``phrase_length`` levels, as many
+   columns as the depth limit leaves), so it rides in the target's own verify pass, as in
+   Lookahead Decoding; the target's argmax at its top rows advances it and its full columns
+   become n-grams for the pool. It is added only when the whole window fits the node budget.
+
 :meth:`OuroborosDrafter.observe` then learns **corrected phrases** (part 3,
 :func:`corrected_phrases`) from the target's argmax over the tree it verified. Model-free trees
 carry no draft probabilities; a sampled chain carries its q per node and every phrase node an
@@ -30,7 +36,7 @@ from collections.abc import Sequence
 
 import torch
 
-from draft_service.lookahead import DEFAULT_WINDOW, LocalPool, LookaheadDecoder, Phrase
+from draft_service.lookahead import DEFAULT_WINDOW, JacobiWindow, LocalPool, LookaheadDecoder, Phrase
 from draft_service.model_drafter import ModelDrafter
 from draft_service.prompt_lookup import PromptLookupDrafter
 from phrase_store import PhraseStore, phrases_from_tokens
@@ -126,7 +132,11 @@ class OuroborosDrafter:
         self.model = model
         self.lookup = PromptLookupDrafter() if model is None else None
         self.lookahead = LookaheadDecoder(model.model, model.device, window=window) if model is not None else None
+        # Without a draft LM, part 1's lookahead window rides in the target's verify pass.
+        self.window = JacobiWindow(window) if model is None else None
+        self._window_rows: list[int] = []  # tree nodes of the last tree's top window level
         self.local = LocalPool(per_key=window)  # the lookahead's guesses, no round trip
+        self.window_width = window  # W of the target-side window (model-free drafting)
         self.phrase_top_k = DEFAULT_PHRASE_TOP_K
         self.phrase_length = DEFAULT_PHRASE_LENGTH
         self.use_lookahead = self.use_extension = self.use_verification = self.use_history = True
@@ -201,6 +211,7 @@ class OuroborosDrafter:
             builder.add(attach_node, cont)
         for cont in root_phrases:
             builder.add(-1, cont)
+        self._window_rows = self._add_window(builder, context, max_tokens, max_nodes)
         self.last_tree = builder.tree()
         return self.last_tree
 
@@ -216,8 +227,39 @@ class OuroborosDrafter:
             )
         if self.use_verification:
             self._learn(corrected_phrases(self.last_tree, target_tokens, self.phrase_length + 1))
+        if self.window is not None and self._window_rows:
+            self._learn(self.window.advance([int(target_tokens[node + 1]) for node in self._window_rows]))
+            self._window_rows = []
 
     # -- helpers --
+
+    def _add_window(self, builder: _TreeBuilder, context: Sequence[int], max_tokens: int, max_nodes: int) -> list[int]:
+        """Append the Jacobi window to the tree when it fits; the nodes of its top level's rows.
+
+        The window is shaped to the request: ``phrase_length`` levels (so it yields the pool's
+        n-grams) and as many columns as the depth limit leaves (at most the configured width).
+        Nothing is added (and the window waits) when the node budget cannot take all of it.
+        """
+        window = self.window
+        if window is None or not self.use_lookahead:
+            return []
+        width = min(self.window_width, max_tokens - self.phrase_length)
+        if width < 1:
+            return []
+        window.configure(width, self.phrase_length + 1)
+        window.seed(context)
+        if window.depth > max_tokens or len(builder.tokens) + window.num_nodes > max_nodes:
+            return []
+        levels = window.levels
+        level0 = builder.add(-1, levels[0])
+        top = list(level0)
+        for i, node in enumerate(level0):
+            column = builder.add(node, [lvl[i] for lvl in levels[1:]])
+            if column:
+                top[i] = column[-1]
+        if len(level0) != len(levels[0]) or any(builder.depths[n] != i + len(levels) for i, n in enumerate(top)):
+            return []  # cut short by the budgets: the partial window is only drafts this time
+        return top
 
     def _history_phrases(self, context: Sequence[int]) -> list[Phrase]:
         """N-grams of the context not harvested yet (all of them for a new context)."""

@@ -51,7 +51,8 @@ class DraftConfig:
     ``phrase_store_url``: the Ouroboros phrase pool (None / ``memory://``: embedded in this
     process; ``redis://HOST:PORT/DB``: shared by replicas); ``phrase_max_per_key``,
     ``phrase_max_keys`` and ``phrase_ttl_s`` bound it (see phrase_store/README.md).
-    ``lookahead_window``: W, guess positions per level of the draft LM's lookahead decoding.
+    ``lookahead_window``: W, guess positions per level of the lookahead window: the draft LM's
+    lookahead decoding, or, without a draft LM, the window that rides in the target's verify pass.
     """
 
     draft_model: str | None = None

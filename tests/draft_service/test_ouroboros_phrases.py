@@ -155,7 +155,8 @@ def test_history_lets_another_session_draft_what_it_never_saw(kind: str, request
     first.release("a")  # the pool outlives the request
     b = second.propose("b", "ouroboros", 0, [5, 6, 50], 32, options, GREEDY).tree
     assert (60, 70, 80, 90) in branches(b)
-    other = second.propose("c", "ouroboros", 0, [5, 6, 50], 32, DraftOptions(phrase_namespace=new_namespace()), GREEDY)
+    fresh = DraftOptions(phrase_namespace=new_namespace(), no_lookahead=True)  # no window rows either
+    other = second.propose("c", "ouroboros", 0, [5, 6, 50], 32, fresh, GREEDY)
     assert other.tree.size == 0  # another namespace shares nothing
     for worker in {first, second}:
         worker.close()
@@ -186,7 +187,7 @@ def seeded(store: PhraseStore) -> None:
 
 def test_tree_is_chain_then_continuing_phrases_then_root_phrases(store: PhraseStore) -> None:
     seeded(store)
-    d = drafter(store, phrase_length=2, no_history_phrases=True)
+    d = drafter(store, phrase_length=2, no_history_phrases=True, no_lookahead=True)
     tree = d.propose(CONTEXT, 6, 32, GREEDY, None)
     # chain 3..8 (cut = 6 - 2 = 4: phrases of 6 branch off node 3), then (32, 33), (30, 31);
     # root phrases of 2: (3, 50) shares node 0, (40, 41) is new.
@@ -195,7 +196,7 @@ def test_tree_is_chain_then_continuing_phrases_then_root_phrases(store: PhraseSt
     assert tree.draft_probs == ()  # model-free: point masses
     assert d.propose(CONTEXT, 6, 8, GREEDY, None).tokens == (3, 4, 5, 6, 7, 8, 32, 33)  # chain first
     assert d.propose(CONTEXT, 6, 32, GREEDY, None) == tree  # reading the pool changes nothing
-    top1 = drafter(store, phrase_length=2, phrase_top_k=1, no_history_phrases=True)
+    top1 = drafter(store, phrase_length=2, phrase_top_k=1, no_history_phrases=True, no_lookahead=True)
     assert branches(top1.propose(CONTEXT, 6, 32, GREEDY, None)) == {(3, 4, 5, 6, 7, 8), (3, 4, 5, 6, 32, 33), (3, 50)}
 
 
@@ -211,6 +212,50 @@ def test_tree_respects_max_nodes_and_max_tokens(store: PhraseStore) -> None:
             chain = tuple(full.tokens[: min(max_tokens, max_nodes)])
             assert tree.tokens[: len(chain)] == chain  # the base chain always comes first
             assert all(parent < i for i, parent in enumerate(tree.parents))
+
+
+def test_model_free_lookahead_window_rides_in_the_tree(store: PhraseStore) -> None:
+    """Part 1 without a draft LM: the Jacobi window joins the tree; the target's argmax at its top
+    rows advances it, and full columns become n-grams in the pool."""
+    d = drafter(store, phrase_length=2, no_history_phrases=True, no_verification_phrases=True)
+    tree = d.propose(CONTEXT, 6, 64, GREEDY, None)
+    # width = min(W=8, max_tokens 6 - phrase_length 2) = 4; N = 3 (2 levels); level 0 starts
+    # W + N - 2 = 5 wide, seeded with the context's last 5 tokens, as a chain from the root.
+    window_nodes = d._window_rows
+    assert len(window_nodes) == 5 and d.window is not None and d.window.levels == [[7, 8, 9, 1, 2]]
+    assert [tree.tokens[n] for n in window_nodes] == [7, 8, 9, 1, 2]
+    assert [tree.parents[n] for n in window_nodes[1:]] == window_nodes[:-1]
+    validate_tree(tree, vocab_size=VOCAB, max_nodes=64, max_top_k=16)
+    rows = [0] * (1 + tree.size)
+    for i, node in enumerate(window_nodes):  # the "target" says: after 7 comes 100, after 8 comes 101, ...
+        rows[node + 1] = 100 + i
+    d.observe(tree.size, 0, rows)
+    assert d.window.levels == [[8, 9, 1, 2], [101, 102, 103, 104]]  # filling: one column shifts out
+    assert store.stats().added == 0  # no full column yet
+    tree = d.propose(CONTEXT, 6, 64, GREEDY, None)
+    top = d._window_rows  # level 1's rows, each below its level-0 column
+    assert [tree.tokens[n] for n in top] == [101, 102, 103, 104]
+    assert all(depth(_subtree(tree, n)) == i + 2 for i, n in enumerate(top))
+    rows = [0] * (1 + tree.size)
+    for i, node in enumerate(top):
+        rows[node + 1] = 200 + i
+    d.observe(tree.size, 0, rows)
+    d.propose(CONTEXT, 6, 64, GREEDY, None)  # flushes what the window learnt
+    assert d.window.levels == [[101, 102, 103, 104], [200, 201, 202, 203]]
+    got = store.get([8, 9, 1, 2], 4)
+    assert got[8] == [(101, 200)] and got[2] == [(104, 203)]  # n-grams (L0, L1, out) per column
+    # Off with part 1, and never when the budget cannot hold the whole window.
+    off = drafter(store, phrase_length=2, no_lookahead=True)
+    off.propose(CONTEXT, 6, 64, GREEDY, None)
+    assert off._window_rows == []
+    tight = drafter(store, phrase_length=2)
+    tight.propose(CONTEXT, 6, 8, GREEDY, None)
+    assert tight._window_rows == []
+
+
+def _subtree(tree: DraftTree, node: int) -> DraftTree:
+    """The path from the root to ``node`` as a chain (for its depth)."""
+    return DraftTree.chain([tree.tokens[i] for i in path_to(node, tree.parents)])
 
 
 def test_empty_requests_give_empty_trees(store: PhraseStore) -> None:
@@ -234,12 +279,12 @@ def test_each_switch_turns_its_part_off(store: PhraseStore) -> None:
     # extension: the pool is not even asked; the tree is the prompt lookup chain
     seeded(store)
     before = store.stats()
-    plain = drafter(store, phrase_length=2, no_phrase_extension=True, no_history_phrases=True)
+    plain = drafter(store, phrase_length=2, no_phrase_extension=True, no_history_phrases=True, no_lookahead=True)
     assert plain.propose(CONTEXT, 6, 32, GREEDY, None) == DraftTree.chain([3, 4, 5, 6, 7, 8])
     after = store.stats()
     assert (after.hits, after.misses) == (before.hits, before.misses)
     # verification: target tokens are checked but teach nothing
-    quiet = drafter(store, phrase_length=2, no_verification_phrases=True, no_history_phrases=True)
+    quiet = drafter(store, phrase_length=2, no_verification_phrases=True, no_history_phrases=True, no_lookahead=True)
     quiet.last_tree = TREE
     quiet.observe(6, 2, ROWS)
     quiet.propose(CONTEXT, 6, 32, GREEDY, None)
