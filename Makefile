@@ -7,7 +7,7 @@ STAMP := $(VENV)/.specd-installed
 PROTOS := $(wildcard protos/*.proto)
 PACKAGES := protos spec_decode target_service draft_service orchestrator phrase_store specd_client specd_cli specd_metrics
 
-.PHONY: run test lint proto install bench clean
+.PHONY: run test soak lint proto install bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,7 +37,11 @@ run: $(STAMP)
 	$(BIN)/specd demo
 
 test: $(STAMP) $(HELM)
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra -m "not soak"
+
+# Minutes of concurrent streaming against a process stack (SPECD_SOAK_SECONDS, default 180).
+soak: $(STAMP)
+	$(BIN)/python -m pytest -q -ra -s -m soak tests/soak
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
