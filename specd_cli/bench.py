@@ -13,6 +13,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,14 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--phrase-store", default=None, help="Ouroboros pool URL for the stack (default: embedded)")
     p.add_argument("--passes", type=int, default=1, help="run the prompt set N times (cold vs warm phrase pool)")
     p.add_argument("--out", type=Path, default=Path("bench-results"))
+    p.add_argument(
+        "--warmup-prompts",
+        type=Path,
+        default=None,
+        help="before measuring, run every specd method over this other prompt set (not recorded): warms "
+        "the Ouroboros pool on text the measured prompts never saw (e.g. ../shared/train/*.jsonl)",
+    )
+    p.add_argument("--warmup-count", type=int, default=20, help="prompts taken from --warmup-prompts")
     p.add_argument("--engine", default="auto", help="specd target engine: auto | native | hf")
     p.add_argument("--weight-format", default=None, help="native engine weights: auto | dense | packed | q8")
 
@@ -243,6 +252,8 @@ def run_bench(args: argparse.Namespace) -> int:
                 hf.run(method, warm, 8, args.hf_pld_tokens)
             else:
                 run_specd(transport, method, warm)
+        if args.warmup_prompts is not None:
+            _pool_warmup(args, hf, [(m, t) for m, t in jobs if m not in HF_METHODS], run_specd)
         bar = tqdm(total=len(prompts) * len(jobs) * args.passes, desc="bench", unit="run", file=sys.stderr)
         for pass_no, row in ((p, r) for p in range(1, args.passes + 1) for r in prompts):
             prompt = hf.prompt_ids(row["turns"][0])
@@ -290,6 +301,26 @@ def run_bench(args: argparse.Namespace) -> int:
     write_outputs(args, runs, summary)
     print((args.out / "results.md").read_text())
     return 0
+
+
+def _pool_warmup(
+    args: argparse.Namespace,
+    hf: Any,
+    jobs: list[tuple[str, str]],
+    run_specd: Callable[[str, str, list[int]], tuple[list[int], Any]],
+) -> None:
+    """Run the specd methods over ``--warmup-count`` prompts of another set, unrecorded."""
+    rows: list[dict[str, Any]] = []
+    with args.warmup_prompts.open() as fh:
+        for line in fh:
+            if line.strip() and len(rows) < args.warmup_count:
+                rows.append(json.loads(line))
+    from tqdm import tqdm
+
+    for row in tqdm(rows, desc="pool warm-up", unit="prompt", file=sys.stderr):
+        prompt = hf.prompt_ids(row["turns"][0])
+        for method, transport in jobs:
+            run_specd(transport, method, prompt)
 
 
 def _base(method: str) -> str:

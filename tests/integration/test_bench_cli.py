@@ -1,0 +1,52 @@
+"""``specd bench`` and ``specd bench-verify`` as a user runs them, on the tiny target (shape, not speed)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def _specd(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "specd_cli.main", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def test_bench_with_pool_warmup_on_another_prompt_set(tiny_target, tmp_path):
+    prompts, other = tmp_path / "prompts.jsonl", tmp_path / "other.jsonl"
+    rows = [
+        {"question_id": 1, "category": "writing", "turns": ["Write a line about the sea."]},
+        {"question_id": 2, "category": "math", "turns": ["What is 2 + 2?"]},
+    ]
+    prompts.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    other.write_text(json.dumps({"question_id": "w", "category": "x", "turns": ["Tell me about rivers."]}) + "\n")
+    out = tmp_path / "bench"
+    done = _specd(
+        "bench", "--target", str(tiny_target), "--device", "cpu", "--prompts", str(prompts),
+        "--per-category", "1", "--max-new-tokens", "10", "--transport", "inproc",
+        "--methods", "hf-generate,vanilla,pld,ouroboros,ouroboros-without-lookahead",
+        "--warmup-prompts", str(other), "--warmup-count", "1", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    assert "pool warm-up" in done.stderr
+    result = json.loads((out / "results.json").read_text())
+    runs = result["runs"]
+    assert {r["method"] for r in runs} == {"hf-generate", "vanilla", "pld", "ouroboros", "ouroboros-without-lookahead"}
+    assert len(runs) == 2 * 5 and all(r["identical_to_reference"] for r in runs)  # greedy = hf-generate
+    assert (out / "results.md").exists() and (out / "speedup.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_verify_json(tiny_target):
+    done = _specd(
+        "bench-verify", "--target", str(tiny_target), "--device", "cpu", "--tokens", "1,4",
+        "--context", "20", "--repeats", "2", "--warmup", "1", "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert set(result) == {"specd", "transformers"}
+    for timings in result.values():
+        assert set(timings) == {"1", "4"} and all(ms > 0 for ms in timings.values())
+    meta = json.loads(done.stderr.strip().splitlines()[-1])["meta"]
+    assert meta["engine"] == "native" and meta["context"] == 20
+    bad = _specd("bench-verify", "--target", str(tiny_target), "--tokens", "0,x")
+    assert bad.returncode != 0 and "--tokens" in bad.stderr
