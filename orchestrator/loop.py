@@ -15,6 +15,7 @@ target-only. Neither changes the output: the target alone decides every token.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Iterator
@@ -23,12 +24,21 @@ from orchestrator.drafters import DrafterRouter, Replica
 from orchestrator.methods import Method
 from orchestrator.request import GenerateParams
 from spec_decode.api import TargetAPI
-from spec_decode.errors import Cancelled, DeadlineExceeded, FailedPrecondition, NotFound, Unavailable
+from spec_decode.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from spec_decode.stats import LoopStats
 from spec_decode.types import EMPTY_TREE, DraftTree, GenerationStats, TargetLimits, VerifyResult
 from specd_metrics.logs import enter_session, exit_session
 
 log = logging.getLogger(__name__)
+
+TARGET_REBUILDS_PER_STEP = 3  # re-prefills of an evicted target session before the request gives up
 
 
 class DecodeLoop:
@@ -63,6 +73,7 @@ class DecodeLoop:
         self.tokens: list[int] = []  # generated so far
         self.stats = LoopStats()
         self.draft_timeouts = 0  # Propose calls that ran past the drafter deadline
+        self.target_rebuilds = 0  # target sessions rebuilt after the target evicted them
         self.finish_reason = "length"
         self._sent_to_draft = 0  # context tokens the drafter already holds
         self._start = 0.0
@@ -182,10 +193,35 @@ class DecodeLoop:
 
     def _verify(self, tree: DraftTree) -> VerifyResult:
         start = time.perf_counter()
-        result = self._target.verify(self.session_id, tree, self._want_target_tokens and tree.size > 0)
+        for attempt in range(TARGET_REBUILDS_PER_STEP + 1):
+            try:
+                result = self._target.verify(self.session_id, tree, self._want_target_tokens and tree.size > 0)
+                break
+            except NotFound as err:
+                if attempt == TARGET_REBUILDS_PER_STEP:
+                    raise ResourceExhausted(
+                        f"the target evicted this request's session {attempt + 1} times in one step: it holds "
+                        "more sessions than its --max-sessions / KV budget allow; retry later"
+                    ) from err
+                self._rebuild_target_session(err)
         self.stats.phases.verify_s += result.compute_s
         self.stats.add_network(time.perf_counter() - start, result.compute_s)
         return result
+
+    def _rebuild_target_session(self, err: NotFound) -> None:
+        """Prefill the whole context again after the target evicted the (idle) session under load.
+
+        The tokens so far are the target's own, so a greedy request goes on exactly as before; a
+        seeded sampled request continues from a seed derived from its length (still the target's
+        distribution, but not the tokens an uninterrupted run would have drawn).
+        """
+        self.target_rebuilds += 1
+        log.warning("session %s: the target lost it (%s); prefilling the context again", self.session_id, err)
+        sampling = self._params.sampling
+        if sampling.seed is not None:
+            sampling = dataclasses.replace(sampling, seed=(sampling.seed + len(self.tokens)) % 2**63)
+        with self.stats.time("prefill"):
+            self._target.prefill(self.session_id, self._prompt + self.tokens, sampling)
 
     def _accept(self, tree: DraftTree, result: VerifyResult) -> list[int]:
         """The tokens this step emits: accepted + recovered/bonus, cut at EOS and the budget."""

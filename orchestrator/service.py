@@ -55,7 +55,7 @@ class Admission:
         if not self._sem.acquire(blocking=False):
             raise ResourceExhausted(
                 f"the orchestrator is serving its cap of {self.limit} requests at once "
-                "(--max-concurrent-requests); retry shortly"
+                "(--max-concurrent-requests, at most the target's --max-sessions); retry shortly"
             )
         try:
             yield
@@ -102,8 +102,14 @@ class Orchestrator:
         self._target = target
         self._draft = as_router(draft)
         self._tokenizer = tokenizer
-        self._admission = Admission(self.config.max_concurrent_requests)
         self.target_info: TargetInfo = target.info()
+        # More requests than the target has sessions would only make it evict the idle sessions
+        # of requests in flight (each then rebuilt by a re-prefill): refuse them up front instead.
+        cap, sessions = self.config.max_concurrent_requests, self.target_info.limits.max_sessions
+        if sessions > 0 and (cap == 0 or cap > sessions):
+            log.info("serving at most %d requests at once: the target holds %d sessions", sessions, sessions)
+            cap = sessions
+        self._admission = Admission(cap)
         self.draft_info: DraftInfo | None = self._draft.info() if self._draft is not None else None
         tok_fp = vocab_fingerprint(tokenizer)
         if tok_fp != self.target_info.vocab.fingerprint:
