@@ -23,6 +23,7 @@ See docs/PAPERS.md §1. Per propose:
    columns as the depth limit leaves), so it rides in the target's own verify pass, as in
    Lookahead Decoding; the target's argmax at its top rows advances it and its full columns
    become n-grams for the pool. It is added only when the whole window fits the node budget.
+   The draft service turns it on with ``DraftConfig.verify_lookahead`` (``--verify-lookahead``).
 
 :meth:`OuroborosDrafter.observe` then learns **corrected phrases** (part 3,
 :func:`corrected_phrases`) from the target's argmax over the tree it verified. Model-free trees
@@ -127,13 +128,19 @@ class _TreeBuilder:
 class OuroborosDrafter:
     """Prompt lookup or a draft LM (``model``), lengthened and taught by a phrase ``store``."""
 
-    def __init__(self, store: PhraseStore, model: ModelDrafter | None = None, window: int = DEFAULT_WINDOW) -> None:
+    def __init__(
+        self,
+        store: PhraseStore,
+        model: ModelDrafter | None = None,
+        window: int = DEFAULT_WINDOW,
+        verify_lookahead: bool = True,
+    ) -> None:
         self.store = store
         self.model = model
         self.lookup = PromptLookupDrafter() if model is None else None
         self.lookahead = LookaheadDecoder(model.model, model.device, window=window) if model is not None else None
         # Without a draft LM, part 1's lookahead window rides in the target's verify pass.
-        self.window = JacobiWindow(window) if model is None else None
+        self.window = JacobiWindow(window) if model is None and verify_lookahead else None
         self._window_rows: list[int] = []  # tree nodes of the last tree's top window level
         self.local = LocalPool(per_key=window)  # the lookahead's guesses, no round trip
         self.window_width = window  # W of the target-side window (model-free drafting)

@@ -52,7 +52,9 @@ class DraftConfig:
     process; ``redis://HOST:PORT/DB``: shared by replicas); ``phrase_max_per_key``,
     ``phrase_max_keys`` and ``phrase_ttl_s`` bound it (see phrase_store/README.md).
     ``lookahead_window``: W, guess positions per level of the lookahead window: the draft LM's
-    lookahead decoding, or, without a draft LM, the window that rides in the target's verify pass.
+    lookahead decoding, or, without a draft LM, the window that rides in the target's verify pass
+    when ``verify_lookahead`` is on (off by default: on the CPU stack it costs more target time
+    than it saves, see docs/BENCHMARKS.md).
     """
 
     draft_model: str | None = None
@@ -67,6 +69,7 @@ class DraftConfig:
     phrase_max_keys: int = 65_536
     phrase_ttl_s: float = 86_400.0
     lookahead_window: int = DEFAULT_WINDOW
+    verify_lookahead: bool = False  # model-free Ouroboros: let the Jacobi window ride in the target's pass
 
     @property
     def phrase_store(self) -> PhraseStoreConfig:
@@ -377,7 +380,9 @@ class DraftWorker:
             model = None
             if self.model is not None:
                 model = ModelDrafter(self.model.model, self.device, self.config.default_draft_top_k)
-            return OuroborosDrafter(store, model, window=self.config.lookahead_window)
+            return OuroborosDrafter(
+                store, model, window=self.config.lookahead_window, verify_lookahead=self.config.verify_lookahead
+            )
         return PromptLookupDrafter()
 
     def _store_for(self, namespace: str) -> PhraseStore:

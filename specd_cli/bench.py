@@ -62,6 +62,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         "the Ouroboros pool on text the measured prompts never saw (e.g. ../shared/train/*.jsonl)",
     )
     p.add_argument("--warmup-count", type=int, default=20, help="prompts taken from --warmup-prompts")
+    p.add_argument(
+        "--verify-lookahead", action="store_true", help="model-free Ouroboros: the Jacobi window rides in verify"
+    )
     p.add_argument("--engine", default="auto", help="specd target engine: auto | native | hf")
     p.add_argument("--weight-format", default=None, help="native engine weights: auto | dense | packed | q8")
 
@@ -203,6 +206,7 @@ def run_bench(args: argparse.Namespace) -> int:
             draft_port=free_port(),
             device=args.device,
             extra_target_args=_engine_args(args),
+            extra_draft_args=["--verify-lookahead"] if args.verify_lookahead else [],
         )
         clients["grpc"] = SpecdClient(stack.address, timeout=1800)
     if "inproc" in transports and any(_base(m) in SPECD_METHODS for m in methods):
@@ -215,7 +219,10 @@ def run_bench(args: argparse.Namespace) -> int:
                     model=args.target, device=args.device, engine=args.engine, weight_format=args.weight_format
                 ),
                 DraftConfig(
-                    draft_model=args.draft_model, device=args.device or "auto", phrase_store_url=args.phrase_store
+                    draft_model=args.draft_model,
+                    device=args.device or "auto",
+                    phrase_store_url=args.phrase_store,
+                    verify_lookahead=args.verify_lookahead,
                 ),
             )
         )

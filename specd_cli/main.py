@@ -141,6 +141,7 @@ def _draft_config(args: argparse.Namespace) -> Any:
         device=args.device or "auto",
         dtype=args.dtype,
         phrase_store_url=_phrase_store_url(args),
+        verify_lookahead=getattr(args, "verify_lookahead", False),
     ).validate()
 
 
@@ -170,6 +171,12 @@ def _add_phrase_store_flag(p: argparse.ArgumentParser) -> None:
         "--phrase-store-password-file",
         default=None,
         help="file holding the Redis password (overrides a password in the URL)",
+    )
+    p.add_argument(
+        "--verify-lookahead",
+        action="store_true",
+        help="Ouroboros without a draft LM: add the Jacobi lookahead window to every draft tree, so it rides "
+        "in the target's verify pass and feeds the pool (off by default: it costs more than it saves on CPU)",
     )
 
 
@@ -305,6 +312,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         phrase_store=args.phrase_store,
         phrase_store_password_file=args.phrase_store_password_file,
         drafters=args.drafters,
+        extra_draft_args=["--verify-lookahead"] if args.verify_lookahead else [],
         metrics_port_base=args.metrics_port_base,
         log_format=args.log_format,
         security=ProcessSecurity(

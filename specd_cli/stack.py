@@ -198,6 +198,7 @@ def start_process_stack(
     drafters: int = 1,
     metrics_port_base: int = 0,
     log_format: str = "text",
+    extra_draft_args: list[str] | None = None,
 ) -> ProcessStack:
     """Start the three services as separate processes on loopback and wait until all serve.
 
@@ -247,6 +248,7 @@ def start_process_stack(
             *(["--draft-model", draft_model] if draft_model else []),
             *(["--phrase-store", phrase_store] if phrase_store else []),
             *_flag("--phrase-store-password-file", phrase_store_password_file),
+            *(extra_draft_args or []),
             *security.backend_args(),
             *obs,
             *_metrics_flag(ports, name),

@@ -146,3 +146,38 @@ def test_ouroboros_pool_outlives_the_request(tiny_target):
     assert second.token_ids == first.token_ids
     assert second.stats.accepted_tokens > first.stats.accepted_tokens
     assert second.stats.tau > 2.0
+
+
+@pytest.mark.parametrize(
+    "sampling", [SamplingParams(), SamplingParams(temperature=0.9, seed=3)], ids=["greedy", "sampled"]
+)
+def test_ouroboros_lookahead_in_the_verify_pass(tiny_target, sampling):
+    """Model-free Ouroboros with the Jacobi window riding in the target's pass: greedy output is
+    the target's own, sampled output completes, and the window really advances."""
+    import dataclasses
+
+    from draft_service.service import DraftWorker
+    from orchestrator.service import Orchestrator
+    from spec_decode.models import load_tokenizer
+    from target_service.verifier import TargetVerifier
+
+    config = stack_config(tiny_target, None)
+    worker = DraftWorker.from_config(dataclasses.replace(config.draft, verify_lookahead=True))
+    tokenizer, _ = load_tokenizer(config.target.model)
+    orch = Orchestrator(TargetVerifier.from_config(config.target), worker, tokenizer, config.orchestrator)
+    steps = []
+    for prompt in _random_prompts(4, seed=31):
+        params = GenerateParams(
+            prompt_token_ids=tuple(prompt), method="ouroboros", max_new_tokens=48, sampling=sampling
+        )
+        tokens: list[int] = []
+        for chunk in orch.stream(params):
+            tokens.extend(chunk.token_ids)
+            for session in list(worker._sessions.values()):  # the live request's drafter
+                window = getattr(session.drafters.get("ouroboros"), "window", None)
+                if window is not None:
+                    steps.append(window.steps)
+        if sampling.greedy:
+            assert tokens == greedy_reference(tiny_target, prompt, 48, torch.float64)
+        assert len(tokens) == 48
+    assert max(steps) > 3  # the target's argmax advanced the window step after step
