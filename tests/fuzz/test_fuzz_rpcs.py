@@ -37,6 +37,9 @@ from protos import (
 )
 from specd_cli.stack import ThreadStack, start_thread_stack
 
+# huge generated fields make hypothesis warn that their repr is large; that is the point here
+pytestmark = pytest.mark.filterwarnings("ignore:Generating overly large repr")
+
 ALLOWED = {
     grpc.StatusCode.OK,
     grpc.StatusCode.INVALID_ARGUMENT,
