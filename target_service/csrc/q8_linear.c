@@ -61,8 +61,8 @@ static void dequant_row(const int8_t *q, const float *d, const float *m, int64_t
  * Register blocking: R rows of x against COLS dequantized weight rows at a time, one 16-lane
  * accumulator per (row, column), k advancing 16 at a time. Each output's order of summation is
  * the same for every R and every column block: lane j accumulates x[k+j]*w[k+j] for k = 0, 16,
- * ..., then the 16 lanes are reduced by one fixed shuffle tree (_mm512_reduce_add_ps; the
- * portable build adds them left to right).
+ * ..., then the 16 lanes are reduced by one fixed tree (reduce8; the portable build adds them
+ * left to right).
  */
 #define COLS 8
 
@@ -73,6 +73,18 @@ static inline float lane_sum(const float *lanes) {
 }
 
 #ifdef __AVX512F__
+/* The lane sums of eight accumulators at once, one fixed tree for each: lanes j and j + 8
+ * first, then neighbouring pairs, then pairs of pairs, then the two 128-bit halves. */
+static inline __m256 reduce8(const __m512 *a) {
+    __m256 s[8];
+    for (int c = 0; c < 8; c++)
+        s[c] = _mm256_add_ps(_mm512_castps512_ps256(a[c]), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a[c]), 1)));
+    const __m256 t0 = _mm256_hadd_ps(s[0], s[1]), t1 = _mm256_hadd_ps(s[2], s[3]);
+    const __m256 t2 = _mm256_hadd_ps(s[4], s[5]), t3 = _mm256_hadd_ps(s[6], s[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
 #define DEFINE_BLOCK(R)                                                                              \
     static void block_##R(const float *x, int64_t K, const float *w, int64_t cols, float *out,       \
                           int64_t ldo) {                                                             \
@@ -87,8 +99,11 @@ static inline float lane_sum(const float *lanes) {
                 for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);       \
             }                                                                                        \
         }                                                                                            \
-        for (int r = 0; r < R; r++)                                                                  \
-            for (int c = 0; c < cols; c++) out[r * ldo + c] = _mm512_reduce_add_ps(acc[r][c]);       \
+        for (int r = 0; r < R; r++) {                                                                \
+            float sums[COLS];                                                                        \
+            _mm256_storeu_ps(sums, reduce8(acc[r]));                                                 \
+            for (int c = 0; c < cols; c++) out[r * ldo + c] = sums[c];                               \
+        }                                                                                            \
     }
 #else
 #define DEFINE_BLOCK(R)                                                                              \
