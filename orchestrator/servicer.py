@@ -7,7 +7,7 @@ servicer has ``metrics``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import grpc
 
@@ -85,9 +85,10 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
         self, request: orchestrator_pb2.GenerateRequest, context: grpc.ServicerContext
     ) -> Iterator[orchestrator_pb2.GenerateChunk]:
         tracker = RequestTracker(self._metrics, request.method)
-        chunks = self._orch.stream(params_from_pb(request))
+        chunks: Generator[StreamChunk, None, None] | None = None
         ended: BaseException | None = None
         try:
+            chunks = self._orch.stream(params_from_pb(request))
             for chunk in chunks:
                 if not context.is_active():  # client cancelled or deadline passed
                     ended = GeneratorExit()
@@ -98,7 +99,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
             ended = err
             raise
         finally:
-            chunks.close()  # releases the target and draft sessions at once
+            if chunks is not None:
+                chunks.close()  # releases the target and draft sessions at once
             tracker.done(ended)
 
     @unary_errors

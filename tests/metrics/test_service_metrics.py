@@ -4,10 +4,11 @@ models), and the JSON logs they write (``specd up --metrics-port-base P --log-fo
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
-from metrics.scrape import free_port_run, scrape, total
+from metrics.scrape import Samples, free_port_run, scrape, total
 from specd_cli.demo import free_port
 from specd_cli.stack import metrics_ports, start_process_stack
 from specd_client import InvalidArgumentError, SpecdClient
@@ -51,9 +52,26 @@ def observed(tiny_target, tiny_draft, tmp_path_factory):
             with pytest.raises(InvalidArgumentError):
                 client.generate("hi", temperature=-2.0)
         scraped = {name: scrape(url) for name, url in urls.items()}
+        cancelled = _cancel_one(stack.address, urls)
     finally:
         stack.stop()
-    yield {"live": live, "after": scraped, "results": results, "log_dir": log_dir}
+    yield {"live": live, "after": scraped, "results": results, "log_dir": log_dir, "cancelled": cancelled}
+
+
+def _cancel_one(address: str, urls: dict[str, str]) -> dict[str, Samples]:
+    """Stream a long request, drop it after the first chunk; scrape once the server has noticed."""
+    with SpecdClient(address, timeout=60) as client:
+        events = client.stream(PROMPTS[0], method="pld", max_new_tokens=150, ignore_eos=True)
+        next(events)
+        events.close()  # cancels the call
+    deadline = time.monotonic() + 15
+    while True:
+        orch = scrape(urls["orchestrator"])
+        target = scrape(urls["target"])
+        done = any(n == "specd:requests_total" and lab["status"] == "CANCELLED" for n, lab, _ in orch)
+        if (done and total(target, "specd:target_sessions") == 0) or time.monotonic() > deadline:
+            return {"orchestrator": orch, "target": target}
+        time.sleep(0.1)
 
 
 def test_orchestrator_counts_requests_tokens_and_phases(observed):
@@ -130,3 +148,12 @@ def test_json_logs_parse_and_carry_the_session(observed):
         assert session_id in done
         assert done[session_id].startswith("request OK")
     assert any(m.startswith("request INVALID_ARGUMENT") for m in (e["message"] for e in entries))
+
+
+def test_a_cancelled_stream_is_counted_and_frees_its_session(observed):
+    orch, target = observed["cancelled"]["orchestrator"], observed["cancelled"]["target"]
+    assert total(orch, "specd:requests_total", status="CANCELLED") == 1
+    assert total(orch, "specd:requests_total", status="OK") == 4
+    assert total(orch, "specd:requests_running") == 0
+    assert total(target, "specd:target_sessions") == 0
+    assert total(target, "specd:target_kv_cache_bytes") == 0
