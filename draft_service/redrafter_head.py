@@ -1,0 +1,171 @@
+"""ReDrafter's recurrent draft head and its beam search (Zhang et al. 2024; docs/PAPERS.md §3).
+
+The head drafts from the target's own last hidden state ``h`` (it has no transformer of its
+own). Step ``j`` keeps a recurrent state::
+
+    s_j = SiLU(W e(g_{j-1}) + U s_{j-1})        e: the target's embedding table (frozen)
+    x   = [h ; s_j]                              then residual blocks x + SiLU(Linear(x))
+    logits_j = LM_head(P x)                      the target's LM head (frozen), P: 2E -> E
+
+so only ``W``, ``U``, the blocks and ``P`` are trained. ``s_0 = 0`` and ``g_0`` is the last
+accepted token (the target's pending token). Optionally the LM head is restricted to a
+frequent-token sub-vocabulary (``vocab_ids``), which makes each step cheaper and can only
+lose drafts whose token is outside it.
+
+:func:`beam_search` runs the head for ``length`` steps keeping ``width`` beams (top-k warped
+log-probabilities, summed along the beam); :func:`pack_beams` merges the beams' shared
+prefixes into one draft tree (ReDrafter's dynamic tree attention: fewer nodes, same beams).
+The tree's nodes are point masses (beam search is deterministic), which the target's
+acceptance handles exactly for greedy and sampled requests alike (docs/ALGORITHMS.md §4.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from spec_decode.tree import merge_paths
+from spec_decode.types import DraftTree
+
+DEFAULT_WIDTH = 10  # the reference code's beam shape (10, 4)
+DEFAULT_LENGTH = 4
+DEFAULT_TOP_K = 50
+
+
+@dataclass(frozen=True)
+class HeadConfig:
+    hidden: int  # E: the target's hidden size (= its embedding width)
+    vocab: int  # V: the target's vocabulary
+    blocks: int = 2  # residual blocks on [h ; s]
+    vocab_ids: tuple[int, ...] = ()  # optional sub-vocabulary of the LM head (empty = all V)
+
+    def validate(self) -> HeadConfig:
+        if self.hidden < 1 or self.vocab < 1 or self.blocks < 0:
+            raise ValueError(f"bad head config {self}")
+        if self.vocab_ids and not all(0 <= t < self.vocab for t in self.vocab_ids):
+            raise ValueError("vocab_ids must be token ids of the target's vocabulary")
+        return self
+
+
+class ReDrafterHead(nn.Module):
+    """The trainable head; the target's embedding and LM head are frozen buffers."""
+
+    def __init__(self, config: HeadConfig, embedding: torch.Tensor, lm_head: torch.Tensor) -> None:
+        super().__init__()
+        config.validate()
+        e = config.hidden
+        if embedding.shape != (config.vocab, e) or lm_head.shape != (config.vocab, e):
+            raise ValueError(
+                f"embedding {tuple(embedding.shape)} and lm_head {tuple(lm_head.shape)} must both be "
+                f"({config.vocab}, {e})"
+            )
+        self.config = config
+        head = lm_head.detach()
+        if config.vocab_ids:
+            head = head[list(config.vocab_ids)]  # [V', E]
+        self.embedding: torch.Tensor
+        self.lm_head: torch.Tensor
+        self.vocab_ids: torch.Tensor
+        self.register_buffer("embedding", embedding.detach(), persistent=False)  # [V, E]
+        self.register_buffer("lm_head", head, persistent=False)  # [V or V', E]
+        self.register_buffer("vocab_ids", torch.tensor(config.vocab_ids, dtype=torch.long), persistent=False)
+        self.w = nn.Linear(e, e)  # W e(g)
+        self.u = nn.Linear(e, e, bias=False)  # U s
+        blocks = [nn.Linear(2 * e, 2 * e) for _ in range(config.blocks)]
+        for block in blocks:  # start as the identity map on [h ; s]
+            nn.init.zeros_(block.weight)
+            nn.init.zeros_(block.bias)
+        self.blocks = nn.ModuleList(blocks)
+        self.proj = nn.Linear(2 * e, e)  # P: into the LM head's input space
+
+    def initial_state(self, batch: int) -> torch.Tensor:
+        return torch.zeros(batch, self.config.hidden, dtype=self.w.weight.dtype, device=self.w.weight.device)
+
+    def step(
+        self,
+        hidden: torch.Tensor,  # [B, E] the target's last hidden state per beam
+        state: torch.Tensor,  # [B, E] s_{j-1}
+        token: torch.Tensor,  # [B] g_{j-1}
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One draft step: (logits over the head's vocabulary ``[B, V or V']``, s_j ``[B, E]``)."""
+        state = F.silu(self.w(self.embedding[token]) + self.u(state))  # [B, E]
+        x = torch.cat([hidden, state], dim=-1)  # [B, 2E]
+        for block in self.blocks:
+            x = x + F.silu(block(x))  # [B, 2E]
+        logits = self.proj(x) @ self.lm_head.T  # [B, V']
+        return logits, state
+
+    def to_token_ids(self, index: torch.Tensor) -> torch.Tensor:
+        """Map indices of the head's vocabulary to the target's token ids."""
+        return self.vocab_ids[index] if self.config.vocab_ids else index
+
+    def forward(self, hidden: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits for training: ``hidden [B, E]``, ``tokens [B, L+1]`` (g_0..g_L).
+
+        Returns ``[B, L, V']``: step ``j`` predicts ``tokens[:, j + 1]`` from ``tokens[:, j]``.
+        """
+        state = self.initial_state(hidden.shape[0])
+        out = []
+        for j in range(tokens.shape[1] - 1):
+            logits, state = self.step(hidden, state, tokens[:, j])
+            out.append(logits)
+        return torch.stack(out, dim=1)
+
+
+@dataclass(frozen=True)
+class Beams:
+    tokens: tuple[tuple[int, ...], ...]  # width beams of length tokens, best first
+    scores: tuple[float, ...]  # summed warped log-probabilities
+
+
+@torch.inference_mode()
+def beam_search(
+    head: ReDrafterHead,
+    hidden: torch.Tensor,  # [E] the target's hidden state after the last accepted token
+    last_token: int,
+    width: int = DEFAULT_WIDTH,
+    length: int = DEFAULT_LENGTH,
+    top_k: int = DEFAULT_TOP_K,
+) -> Beams:
+    """The ``width`` best beams of ``length`` tokens under the head (top-k warped log-probs)."""
+    if width < 1 or length < 1 or top_k < 1:
+        raise ValueError(f"beam shape ({width}, {length}) and top_k {top_k} must be positive")
+    dev = head.w.weight.device
+    h = hidden.to(dev, head.w.weight.dtype)[None]  # [1, E]
+    state = head.initial_state(1)  # [1, E]
+    prev = torch.tensor([last_token], device=dev)  # [1]
+    seqs = torch.zeros(1, 0, dtype=torch.long, device=dev)  # [B, j]
+    scores = torch.zeros(1, device=dev)  # [B]
+    for _ in range(length):
+        logits, state = head.step(h.expand(seqs.shape[0], -1), state, prev)  # [B, V'], [B, E]
+        k = min(top_k, logits.shape[-1])
+        top_logits, top_index = logits.topk(k, dim=-1)  # [B, k]
+        logp = torch.log_softmax(top_logits.float(), dim=-1)  # top-k warping: renormalised over the k
+        total = (scores[:, None] + logp).reshape(-1)  # [B k]
+        keep = total.topk(min(width, total.shape[0])).indices  # [B'] best first
+        beam, slot = keep // k, keep % k
+        token = head.to_token_ids(top_index[beam, slot])  # [B']
+        seqs = torch.cat([seqs[beam], token[:, None]], dim=1)  # [B', j+1]
+        scores, state, prev = total[keep], state[beam], token
+    return Beams(tuple(tuple(int(t) for t in row) for row in seqs.tolist()), tuple(float(s) for s in scores))
+
+
+def pack_beams(beams: Beams, max_nodes: int) -> DraftTree:
+    """Merge the beams' shared prefixes into one tree (best beams first, within ``max_nodes``)."""
+    paths: list[list[int]] = []
+    nodes: set[tuple[int, ...]] = set()
+    for beam in beams.tokens:
+        prefixes = [beam[: i + 1] for i in range(len(beam))]
+        new = [p for p in prefixes if p not in nodes]
+        if len(nodes) + len(new) > max_nodes:
+            room = max_nodes - len(nodes)
+            if room <= 0:
+                break
+            keep = len(beam) - len(new) + room  # the beam cut where the budget ends
+            beam, new = beam[:keep], new[:room]
+        nodes.update(new)
+        paths.append(list(beam))
+    return merge_paths(paths)
