@@ -46,6 +46,64 @@ def session_id_arg(value: str) -> str:
     return value
 
 
+@dataclass(frozen=True)
+class _Malformed:
+    """What a request's bytes became when they did not parse as its message type."""
+
+    reason: str
+
+
+class MalformedRequests(grpc.ServerInterceptor):
+    """Bytes that do not parse as the method's request message get INVALID_ARGUMENT.
+
+    (gRPC itself answers INTERNAL "Exception deserializing request!".) The deserializer of every
+    unary-request method is wrapped to return a marker instead of raising, and the method to
+    refuse the marker with a message naming the method.
+    """
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.request_deserializer is None:
+            return handler
+        method = handler_call_details.method
+        parse = handler.request_deserializer
+
+        def safe_parse(raw: bytes) -> Any:
+            try:
+                return parse(raw)
+            except Exception as err:  # DecodeError, or anything else a parser raises
+                return _Malformed(f"{type(err).__name__}: {err}")
+
+        def refuse(request: _Malformed, context: grpc.ServicerContext) -> None:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"{method}: the request is not a valid message ({request.reason})"
+            )
+
+        if handler.unary_unary is not None:
+            inner = handler.unary_unary
+
+            def unary(request: Any, context: grpc.ServicerContext) -> Any:
+                if isinstance(request, _Malformed):
+                    refuse(request, context)
+                return inner(request, context)
+
+            return handler._replace(request_deserializer=safe_parse, unary_unary=unary)  # type: ignore[attr-defined]
+        if handler.unary_stream is not None:
+            inner_stream = handler.unary_stream
+
+            def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                if isinstance(request, _Malformed):
+                    refuse(request, context)
+                yield from inner_stream(request, context)
+
+            return handler._replace(request_deserializer=safe_parse, unary_stream=stream)  # type: ignore[attr-defined]
+        return handler
+
+
 def unary_errors(fn: Callable[..., T]) -> Callable[..., T]:
     """Servicer method decorator: domain errors become their gRPC status with the message."""
 
@@ -133,12 +191,13 @@ def start_server(
     caller must present a certificate signed by that CA (mutual TLS), health checks included.
     ``interceptors`` run before every method (the orchestrator's API-key check).
     ``maximum_concurrent_rpcs``: gRPC refuses calls beyond it with RESOURCE_EXHAUSTED at once
-    instead of queueing them for a worker thread.
+    instead of queueing them for a worker thread. Requests whose bytes do not parse get
+    INVALID_ARGUMENT (:class:`MalformedRequests`, after the given interceptors).
     """
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
         options=CHANNEL_OPTIONS,
-        interceptors=list(interceptors),
+        interceptors=[*interceptors, MalformedRequests()],
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
     register(server)

@@ -223,6 +223,7 @@ def _still_serving(channels: dict[str, grpc.Channel]) -> None:
 
 
 SESSION_IDS = (SESSION, "no-such-session")
+SERVICE_NAMES = {"target": "TargetService", "draft": "DraftService", "orchestrator": "Orchestrator"}
 RPCS = [
     # (service, stub class, method, request class, streaming, settings)
     ("target", target_pb2_grpc.TargetServiceStub, "Info", target_pb2.TargetInfoRequest, False, FUZZ),
@@ -268,8 +269,7 @@ def test_every_public_rpc_is_fuzzed() -> None:
         for svc in module.DESCRIPTOR.services_by_name.values()
         for m in svc.methods
     }
-    names = {"target": "TargetService", "draft": "DraftService", "orchestrator": "Orchestrator"}
-    assert declared == {(names[service], method) for service, _, method, *_ in RPCS}
+    assert declared == {(SERVICE_NAMES[service], method) for service, _, method, *_ in RPCS}
 
 
 @pytest.mark.parametrize(
@@ -291,6 +291,44 @@ def test_fuzz_rpc(
     @given(requests(req_cls, SESSION_IDS))
     def run(request: Any) -> None:
         _call(counter, rpc, request, stream)
+
+    run()
+    _still_serving(channels)
+
+
+RAW = settings(FUZZ, max_examples=20)
+CORRUPT = b"\xff\xff\xff"  # an invalid tag: never parses
+
+
+@pytest.mark.parametrize(
+    ("service", "stub_cls", "method", "req_cls", "stream", "cfg"), RPCS, ids=[f"{r[0]}.{r[2]}" for r in RPCS]
+)
+def test_unparseable_bytes(
+    channels: dict[str, grpc.Channel],
+    counter: Counter,
+    service: str,
+    stub_cls: Any,
+    method: str,
+    req_cls: type[pb_message.Message],
+    stream: bool,
+    cfg: settings,
+) -> None:
+    """Raw bytes on the wire, parsed by the server: INVALID_ARGUMENT when they do not parse
+    (gRPC alone would answer INTERNAL "Exception deserializing request!")."""
+    full = f"/{req_cls.DESCRIPTOR.file.package}.{SERVICE_NAMES[service]}/{method}"
+    make = channels[service].unary_stream if stream else channels[service].unary_unary
+    rpc = make(full, request_serializer=lambda raw: raw, response_deserializer=lambda raw: raw)
+    with pytest.raises(grpc.RpcError) as err:
+        reply = rpc(CORRUPT, timeout=CALL_DEADLINE_S)
+        if stream:
+            list(reply)
+    counter.record(err.value.code())
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not a valid message" in err.value.details()
+
+    @RAW
+    @given(st.binary(min_size=1, max_size=256))
+    def run(raw: bytes) -> None:
+        _call(counter, rpc, raw, stream)
 
     run()
     _still_serving(channels)
