@@ -69,16 +69,30 @@ class GrpcTargetClient:
     def info(self) -> TargetInfo:
         return convert.target_info_from_pb(self._call(self._stub.Info, target_pb2.TargetInfoRequest(), self._t.info))
 
-    def prefill(self, session_id: str, prompt_tokens: Sequence[int], sampling: SamplingParams) -> PrefillResult:
+    def prefill(
+        self,
+        session_id: str,
+        prompt_tokens: Sequence[int],
+        sampling: SamplingParams,
+        return_hidden_state: bool = False,
+    ) -> PrefillResult:
         req = target_pb2.PrefillRequest(
-            session_id=session_id, prompt_tokens=prompt_tokens, sampling=convert.sampling_to_pb(sampling)
+            session_id=session_id,
+            prompt_tokens=prompt_tokens,
+            sampling=convert.sampling_to_pb(sampling),
+            return_hidden_state=return_hidden_state,
         )
         resp = self._call(self._stub.Prefill, req, self._t.prefill)
-        return PrefillResult(resp.context_len, resp.compute_ms / 1e3, resp.evicted_sessions)
+        return PrefillResult(resp.context_len, resp.compute_ms / 1e3, resp.evicted_sessions, resp.hidden_state)
 
-    def verify(self, session_id: str, tree: DraftTree, return_target_tokens: bool = False) -> VerifyResult:
+    def verify(
+        self, session_id: str, tree: DraftTree, return_target_tokens: bool = False, return_hidden_state: bool = False
+    ) -> VerifyResult:
         req = target_pb2.VerifyRequest(
-            session_id=session_id, tree=convert.tree_to_pb(tree), return_target_tokens=return_target_tokens
+            session_id=session_id,
+            tree=convert.tree_to_pb(tree),
+            return_target_tokens=return_target_tokens,
+            return_hidden_state=return_hidden_state,
         )
         return convert.verify_from_pb(self._call(self._stub.Verify, req, self._t.verify))
 

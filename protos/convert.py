@@ -86,6 +86,7 @@ def target_info_to_pb(info: TargetInfo) -> target_pb2.TargetInfo:
         max_context=info.limits.max_context,
         active_sessions=info.active_sessions,
         max_draft_top_k=info.limits.max_draft_top_k,
+        hidden_size=info.hidden_size,
     )
 
 
@@ -94,7 +95,7 @@ def target_info_from_pb(msg: target_pb2.TargetInfo) -> TargetInfo:
     if vocab is None:
         raise ValueError("target service reported no vocabulary")
     limits = TargetLimits(msg.max_sessions, msg.max_tree_nodes, msg.max_context, msg.max_draft_top_k)
-    return TargetInfo(vocab, msg.device, msg.dtype, limits, msg.active_sessions)
+    return TargetInfo(vocab, msg.device, msg.dtype, limits, msg.active_sessions, msg.hidden_size)
 
 
 def verify_to_pb(result: VerifyResult) -> target_pb2.VerifyResponse:
@@ -107,12 +108,13 @@ def verify_to_pb(result: VerifyResult) -> target_pb2.VerifyResponse:
         context_len=result.context_len,
         compute_ms=result.compute_s * 1e3,
         target_tokens=result.target_tokens,
+        hidden_state=result.hidden_state,
     )
 
 
 def verify_from_pb(msg: target_pb2.VerifyResponse) -> VerifyResult:
     acc = Acceptance(tuple(msg.accepted_nodes), tuple(msg.accepted_tokens), msg.next_token, msg.bonus)
-    return VerifyResult(acc, msg.context_len, msg.compute_ms / 1e3, tuple(msg.target_tokens))
+    return VerifyResult(acc, msg.context_len, msg.compute_ms / 1e3, tuple(msg.target_tokens), msg.hidden_state)
 
 
 _OPTION_FIELDS = tuple(f.name for f in dataclasses.fields(DraftOptions))

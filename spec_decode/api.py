@@ -27,14 +27,23 @@ class TargetAPI(Protocol):
 
     def info(self) -> TargetInfo: ...
 
-    def prefill(self, session_id: str, prompt_tokens: Sequence[int], sampling: SamplingParams) -> PrefillResult:
+    def prefill(
+        self,
+        session_id: str,
+        prompt_tokens: Sequence[int],
+        sampling: SamplingParams,
+        return_hidden_state: bool = False,
+    ) -> PrefillResult:
         """Create ``session_id`` (NOT a duplicate) and feed the prompt; its last token stays pending."""
         ...
 
-    def verify(self, session_id: str, tree: DraftTree, return_target_tokens: bool = False) -> VerifyResult:
+    def verify(
+        self, session_id: str, tree: DraftTree, return_target_tokens: bool = False, return_hidden_state: bool = False
+    ) -> VerifyResult:
         """Score ``tree`` in one forward pass, accept, commit the accepted path + pending token.
 
-        With ``return_target_tokens`` the result also carries the target's argmax per row.
+        With ``return_target_tokens`` the result also carries the target's argmax per row; with
+        ``return_hidden_state`` the final hidden state at the last accepted row (float16 bytes).
         """
         ...
 

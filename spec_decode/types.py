@@ -117,6 +117,7 @@ class VerifyResult:
     context_len: int
     compute_s: float
     target_tokens: tuple[int, ...] = ()
+    hidden_state: bytes = b""  # float16 LE, the final hidden state at the last accepted row (when asked)
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,7 @@ class TargetInfo:
     dtype: str
     limits: TargetLimits
     active_sessions: int = 0
+    hidden_size: int = 0
 
 
 @dataclass(frozen=True)
@@ -226,3 +228,4 @@ class PrefillResult:
     context_len: int  # tokens in the session, the pending one included
     compute_s: float
     evicted_sessions: int = 0
+    hidden_state: bytes = b""  # float16 LE, the final hidden state before the pending token (when asked)

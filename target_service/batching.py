@@ -29,6 +29,7 @@ class VerifyCall:
     session_id: str
     tree: DraftTree
     return_target_tokens: bool
+    return_hidden_state: bool = False
     enqueued: float = field(default_factory=time.monotonic)
     future: Future[VerifyResult] = field(default_factory=Future)
 

@@ -57,6 +57,7 @@ class TargetEngine(Protocol):
     def cache_len(self, cache: Any) -> int: ...
     def kv_bytes(self, cache: Any) -> int: ...
     def truncate(self, cache: Any, length: int) -> None: ...
+    def hidden_rows(self, cache: Any) -> torch.Tensor | None: ...
     def prefill(self, cache: Any, tokens: Sequence[int]) -> int: ...
     def score_tree(
         self, cache: Any, pending_token: int, parents: torch.Tensor, tokens: Sequence[int]
@@ -131,6 +132,12 @@ class TreeEngine:
                     total += t.numel() * t.element_size()
         return total
 
+    @staticmethod
+    def hidden_rows(cache: DynamicCache) -> torch.Tensor | None:
+        """Final normed hidden states of the cache's last pass: ``[Q, E]`` (prefill: its last row)."""
+        hidden: torch.Tensor | None = cache.__dict__.get("specd_hidden")
+        return hidden
+
     def truncate(self, cache: DynamicCache, length: int) -> None:
         """Drop every cache entry at sequence index ``>= length`` (undo of a failed pass)."""
         with torch.inference_mode():
@@ -154,10 +161,17 @@ class TreeEngine:
             ids = torch.tensor([list(tokens[:-1])], dtype=torch.long, device=self.device)  # [1, L-1]
             with self._lock, torch.inference_mode():
                 try:
-                    self.model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    out = self.model(
+                        input_ids=ids,
+                        past_key_values=cache,
+                        use_cache=True,
+                        logits_to_keep=1,
+                        output_hidden_states=True,
+                    )
                 except BaseException:
                     self.truncate(cache, 0)
                     raise
+                cache.__dict__["specd_hidden"] = out.hidden_states[-1][0, -1:]  # [1, E] final normed state
         return int(tokens[-1])
 
     def score_tree(
@@ -190,10 +204,12 @@ class TreeEngine:
                     position_ids=positions[None],  # [1, 1+N]
                     past_key_values=cache,
                     use_cache=True,
+                    output_hidden_states=True,
                 )
             except BaseException:
                 self.truncate(cache, prefix_len)
                 raise
+        cache.__dict__["specd_hidden"] = out.hidden_states[-1][0]  # [1+N, E] final normed states
         logits: torch.Tensor = out.logits[0]  # [1+N, V]
         return logits
 

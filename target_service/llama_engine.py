@@ -172,11 +172,12 @@ class KVCache:
     beyond the engine's context limit.
     """
 
-    __slots__ = ("data", "length")
+    __slots__ = ("data", "hidden", "length")
 
     def __init__(self, data: torch.Tensor) -> None:
         self.data = data  # [L, 2, Hkv, cap, D]
         self.length = 0
+        self.hidden: torch.Tensor | None = None  # [Q, E] final normed hidden states of the last pass
 
     @property
     def capacity(self) -> int:
@@ -259,6 +260,11 @@ class NativeEngine:
         return cache.nbytes()
 
     @staticmethod
+    def hidden_rows(cache: KVCache) -> torch.Tensor | None:
+        """Final normed hidden states of the cache's last pass: ``[Q, E]`` (prefill: its last row)."""
+        return cache.hidden
+
+    @staticmethod
     def truncate(cache: KVCache, length: int) -> None:
         """Forget every position ``>= length`` (O(1): the rows become scratch)."""
         cache.length = min(cache.length, max(0, length))
@@ -272,6 +278,7 @@ class NativeEngine:
         if cache.length:
             raise ValueError("prefill needs an empty cache")
         n = len(tokens) - 1
+        cache.hidden = None
         if n:
             ids = torch.tensor(list(tokens[:-1]), dtype=torch.long, device=self.device)  # [n]
             positions = torch.arange(n, device=self.device)  # [n]
@@ -335,6 +342,9 @@ class NativeEngine:
                 if p.want_logits:
                     rows = _rms_norm(hidden[start : start + q], self.weights.final_norm, self.shape.eps)  # [Q, E]
                     outputs.append(self.weights.lm_head(rows))  # [Q, V]
+                else:  # a prefill: only the last row's state is kept (a draft head may want it)
+                    rows = _rms_norm(hidden[start + q - 1 : start + q], self.weights.final_norm, self.shape.eps)
+                p.cache.hidden = rows
                 start += q
             for p in passes:
                 p.cache.length += int(p.tokens.shape[0])

@@ -47,18 +47,23 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
     def Prefill(self, request: target_pb2.PrefillRequest, context: grpc.ServicerContext) -> target_pb2.PrefillResponse:
         with self._call("prefill", request.session_id):
             sampling = convert.sampling_from_pb(request.sampling).validate()
-            result = self._target.prefill(session_id_arg(request.session_id), list(request.prompt_tokens), sampling)
+            result = self._target.prefill(
+                session_id_arg(request.session_id), list(request.prompt_tokens), sampling, request.return_hidden_state
+            )
         return target_pb2.PrefillResponse(
             context_len=result.context_len,
             compute_ms=result.compute_s * 1e3,
             evicted_sessions=result.evicted_sessions,
+            hidden_state=result.hidden_state,
         )
 
     @unary_errors
     def Verify(self, request: target_pb2.VerifyRequest, context: grpc.ServicerContext) -> target_pb2.VerifyResponse:
         with self._call("verify", request.session_id):
             tree = convert.tree_from_pb(request.tree)
-            result = self._target.verify(session_id_arg(request.session_id), tree, request.return_target_tokens)
+            result = self._target.verify(
+                session_id_arg(request.session_id), tree, request.return_target_tokens, request.return_hidden_state
+            )
             if self._metrics is not None:
                 self._metrics.verify_nodes.inc(tree.size)
         return convert.verify_to_pb(result)

@@ -21,6 +21,7 @@ import torch
 
 from spec_decode.acceptance import accept_greedy, accept_sampling
 from spec_decode.errors import InvalidArgument
+from spec_decode.hidden import hidden_bytes
 from spec_decode.model_thread import model_thread
 from spec_decode.models import LoadedModel, load_model
 from spec_decode.sampling import make_generator, warp_probs
@@ -103,6 +104,7 @@ class TargetVerifier:
             self.config.max_sessions, self.config.max_context, max_kv_bytes=self.config.max_kv_bytes
         )
         self._kv_bytes_per_token = _kv_bytes_per_token(loaded.model, self.engine.dtype)
+        self._hidden_size = int(loaded.model.config.get_text_config().hidden_size)
         self._model_thread = model_thread()
         self._batcher = VerifyBatcher(self._run_batch, self.config.max_batch, self.config.batch_window_ms / 1e3)
         self._stats_lock = threading.Lock()
@@ -126,21 +128,35 @@ class TargetVerifier:
             dtype=str(self.engine.dtype).removeprefix("torch."),
             limits=TargetLimits(cfg.max_sessions, cfg.max_tree_nodes, cfg.max_context, cfg.max_draft_top_k),
             active_sessions=len(self.sessions),
+            hidden_size=self._hidden_size,
         )
 
-    def prefill(self, session_id: str, prompt_tokens: Sequence[int], sampling: SamplingParams) -> PrefillResult:
-        """Create ``session_id`` and feed the prompt; its last token stays pending."""
-        return self._model_thread.run(self._prefill, session_id, prompt_tokens, sampling)
+    def prefill(
+        self,
+        session_id: str,
+        prompt_tokens: Sequence[int],
+        sampling: SamplingParams,
+        return_hidden_state: bool = False,
+    ) -> PrefillResult:
+        """Create ``session_id`` and feed the prompt; its last token stays pending.
 
-    def verify(self, session_id: str, tree: DraftTree, return_target_tokens: bool = False) -> VerifyResult:
+        With ``return_hidden_state`` the result carries the final hidden state before the pending
+        token (float16 bytes; empty for a one-token prompt).
+        """
+        return self._model_thread.run(self._prefill, session_id, prompt_tokens, sampling, return_hidden_state)
+
+    def verify(
+        self, session_id: str, tree: DraftTree, return_target_tokens: bool = False, return_hidden_state: bool = False
+    ) -> VerifyResult:
         """Score ``tree`` in one pass, accept, commit the pending token + accepted path.
 
-        With ``return_target_tokens`` the result carries the target's argmax per row (1 + N ints).
+        With ``return_target_tokens`` the result carries the target's argmax per row (1 + N ints);
+        with ``return_hidden_state`` the final hidden state at the last accepted row (float16 bytes).
         Concurrent calls of different sessions are batched into one forward pass (up to
         ``max_batch``, see :mod:`target_service.batching`); the result of each is exactly what a
         pass of its own would give. Runs on the service's single model thread.
         """
-        call = VerifyCall(session_id, tree, return_target_tokens)
+        call = VerifyCall(session_id, tree, return_target_tokens, return_hidden_state)
         self._batcher.submit(call)
         self._model_thread.run(self._batcher.drain)
         return call.future.result()
@@ -157,7 +173,9 @@ class TargetVerifier:
                 evictions=self.sessions.evictions,
             )
 
-    def _prefill(self, session_id: str, prompt_tokens: Sequence[int], sampling: SamplingParams) -> PrefillResult:
+    def _prefill(
+        self, session_id: str, prompt_tokens: Sequence[int], sampling: SamplingParams, return_hidden_state: bool
+    ) -> PrefillResult:
         if not session_id:
             raise InvalidArgument("session id is empty")
         tokens = self._check_prompt(prompt_tokens)
@@ -184,7 +202,11 @@ class TargetVerifier:
                 raise
             finally:
                 self.sessions.finish(session)
-        return PrefillResult(context_len=session.context_len, compute_s=compute_s, evicted_sessions=evicted)
+        hidden = b""
+        if return_hidden_state:
+            rows = self.engine.hidden_rows(session.cache)
+            hidden = b"" if rows is None else hidden_bytes(rows[-1])
+        return PrefillResult(session.context_len, compute_s, evicted, hidden)
 
     def _run_batch(self, calls: list[VerifyCall]) -> None:
         """One forward pass over the trees of ``calls`` (distinct sessions); completes every future.
@@ -257,7 +279,12 @@ class TargetVerifier:
         session.pending_token = acceptance.next_token
         session.kv_bytes = self.engine.kv_bytes(session.cache)
         target_tokens = tuple(argmax) if call.return_target_tokens else ()
-        return VerifyResult(acceptance, session.context_len, compute_s, target_tokens)
+        hidden = b""
+        if call.return_hidden_state:
+            rows = self.engine.hidden_rows(session.cache)  # [1 + N, E] of this pass
+            if rows is not None:
+                hidden = hidden_bytes(rows[acceptance.path[-1] + 1 if acceptance.path else 0])
+        return VerifyResult(acceptance, session.context_len, compute_s, target_tokens, hidden)
 
     def release(self, session_id: str) -> bool:
         """Free the session; False when it did not exist."""
