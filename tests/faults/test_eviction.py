@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import stack_config
+from testkit import stack_config
 
 from spec_decode.errors import ResourceExhausted
 from spec_decode.types import SamplingParams

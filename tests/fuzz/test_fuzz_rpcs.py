@@ -19,11 +19,11 @@ from typing import Any
 
 import grpc
 import pytest
-from conftest import stack_config
 from google.protobuf import message as pb_message
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from testkit import stack_config
 
 from orchestrator.service import OrchestratorConfig
 from protos import (

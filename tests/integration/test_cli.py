@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import greedy_reference
+from testkit import greedy_reference
 
 from specd_cli.demo import free_port
 from specd_cli.stack import start_process_stack

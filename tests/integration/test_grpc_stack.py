@@ -7,8 +7,8 @@ import asyncio
 import grpc
 import pytest
 import torch
-from conftest import greedy_reference, stack_config
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from testkit import greedy_reference, stack_config
 
 from protos import common_pb2, target_pb2, target_pb2_grpc
 from specd_cli.stack import build_inprocess, start_thread_stack

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 import torch
-from conftest import greedy_reference, stack_config
+from testkit import greedy_reference, stack_config
 
 from draft_service.server import serve_draft
 from draft_service.service import DraftWorker

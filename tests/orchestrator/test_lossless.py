@@ -7,8 +7,8 @@ import random
 
 import pytest
 import torch
-from conftest import greedy_reference, hf_model, stack_config
 from scipy.stats import chisquare
+from testkit import greedy_reference, hf_model, stack_config
 
 from orchestrator.request import GenerateParams, OuroborosParams
 from spec_decode.errors import FailedPrecondition
