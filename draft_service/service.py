@@ -18,6 +18,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -26,19 +27,23 @@ from draft_service.lookahead import DEFAULT_WINDOW, MAX_WINDOW
 from draft_service.model_drafter import DEFAULT_DRAFT_TOP_K, MAX_DRAFT_TOP_K, ModelDrafter
 from draft_service.ouroboros import OuroborosDrafter
 from draft_service.prompt_lookup import PromptLookupDrafter
+from draft_service.redrafter import ReDrafterDrafter, load_head, read_checkpoint
+from draft_service.redrafter_head import ReDrafterHead
 from phrase_store import PhraseStore, PhraseStoreConfig, PhraseStoreStats, open_store, store_kind
 from spec_decode.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
+from spec_decode.hidden import hidden_from_bytes
 from spec_decode.model_thread import model_thread
 from spec_decode.models import LoadedModel, load_model, pick_device, pick_dtype
 from spec_decode.sampling import make_generator
-from spec_decode.types import EMPTY_TREE, DraftInfo, DraftOptions, ProposeResult, SamplingParams
+from spec_decode.types import EMPTY_TREE, DraftInfo, DraftOptions, ProposeResult, SamplingParams, VocabInfo
 
 log = logging.getLogger(__name__)
 
 PROMPT_LOOKUP = "prompt_lookup"
 MODEL = "model"
 OUROBOROS = "ouroboros"
-KNOWN_DRAFTERS = (PROMPT_LOOKUP, MODEL, OUROBOROS)
+REDRAFTER = "redrafter"
+KNOWN_DRAFTERS = (PROMPT_LOOKUP, MODEL, OUROBOROS, REDRAFTER)
 MAX_SESSIONS_LIMIT = 1_000_000
 MAX_NUM_TOKENS_LIMIT = 256
 MAX_PHRASE_NAMESPACES = 64  # phrase stores one worker keeps open (one per target vocabulary)
@@ -70,6 +75,7 @@ class DraftConfig:
     phrase_ttl_s: float = 86_400.0
     lookahead_window: int = DEFAULT_WINDOW
     verify_lookahead: bool = False  # model-free Ouroboros: let the Jacobi window ride in the target's pass
+    redrafter_head: str | None = None  # a ReDrafter head checkpoint directory (enables the redrafter drafter)
 
     @property
     def phrase_store(self) -> PhraseStoreConfig:
@@ -101,6 +107,8 @@ class DraftConfig:
         self.phrase_store.validate()
         if not 1 <= self.lookahead_window <= MAX_WINDOW:
             raise InvalidArgument(f"lookahead_window must be in [1, {MAX_WINDOW}], got {self.lookahead_window}")
+        if self.redrafter_head is not None:
+            read_checkpoint(Path(self.redrafter_head))  # a clear error before anything loads
         if self.draft_model is not None and not self.draft_model.strip():
             raise InvalidArgument("draft_model must be a model spec or None, not an empty string")
         try:
@@ -137,6 +145,10 @@ class DraftWorker:
         if model is not None:
             embeddings = model.model.get_input_embeddings().num_embeddings
             self._vocab_limit = min(model.vocab.vocab_size, embeddings)
+        self.head: ReDrafterHead | None = None
+        self.head_vocab: VocabInfo | None = None
+        if config.redrafter_head:
+            self.head, self.head_vocab = _load_head(Path(config.redrafter_head), config)
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
         self._stores: dict[str, PhraseStore] = {}  # namespace (lower case) -> the shared pool
         self._lock = threading.Lock()
@@ -152,13 +164,14 @@ class DraftWorker:
     @property
     def drafters(self) -> tuple[str, ...]:
         """Drafter names this worker can serve (Ouroboros runs with or without a draft model)."""
-        return KNOWN_DRAFTERS if self.model is not None else (PROMPT_LOOKUP, OUROBOROS)
+        names = [PROMPT_LOOKUP, MODEL, OUROBOROS] if self.model is not None else [PROMPT_LOOKUP, OUROBOROS]
+        return (*names, REDRAFTER) if self.head is not None else tuple(names)
 
     def info(self) -> DraftInfo:
         with self._lock:
             active = len(self._sessions)
         return DraftInfo(
-            vocab=self.model.vocab if self.model is not None else None,
+            vocab=self.model.vocab if self.model is not None else self.head_vocab,
             drafters=self.drafters,
             device=str(self.device),
             max_sessions=self.config.max_sessions,
@@ -175,12 +188,17 @@ class DraftWorker:
         max_nodes: int,
         options: DraftOptions,
         sampling: SamplingParams,
+        hidden_state: bytes = b"",
     ) -> ProposeResult:
         """Append ``tokens`` at ``offset`` to the session's history and propose a tree.
 
-        Runs on the service's single model thread (see :mod:`spec_decode.model_thread`).
+        ``hidden_state``: the target's final hidden state at the last accepted position (float16
+        bytes), which the ``redrafter`` drafter drafts from. Runs on the service's single model
+        thread (see :mod:`spec_decode.model_thread`).
         """
-        return self._model_thread.run(self._propose, session_id, drafter, offset, tokens, max_nodes, options, sampling)
+        return self._model_thread.run(
+            self._propose, session_id, drafter, offset, tokens, max_nodes, options, sampling, hidden_state
+        )
 
     def _propose(
         self,
@@ -191,6 +209,7 @@ class DraftWorker:
         max_nodes: int,
         options: DraftOptions,
         sampling: SamplingParams,
+        hidden_state: bytes = b"",
     ) -> ProposeResult:
         """Append ``tokens`` at ``offset`` to the session's history and propose a tree.
 
@@ -211,6 +230,10 @@ class DraftWorker:
             known = self._sessions.get(session_id)
             impl = (known.drafters.get(drafter) if known else None) or self._new_drafter(drafter, store)
             impl.configure(options)  # validates the drafter's own knobs before any session changes
+            if isinstance(impl, ReDrafterDrafter) and hidden_state:
+                assert self.head is not None
+                hidden = hidden_from_bytes(hidden_state).to(self.head.w.weight.device, self.head.w.weight.dtype)
+                impl.set_hidden_state(hidden)  # [E]
             if isinstance(impl, OuroborosDrafter) and store is not None:
                 impl.store = store  # a later request may name another namespace
             session = self._session_at(session_id, offset, sampling)
@@ -306,6 +329,8 @@ class DraftWorker:
             raise InvalidArgument(f"unknown drafter {drafter!r}; known drafters: {', '.join(KNOWN_DRAFTERS)}")
         if drafter == MODEL and self.model is None:
             raise FailedPrecondition("this draft service has no draft model; start it with --draft-model")
+        if drafter == REDRAFTER and self.head is None:
+            raise FailedPrecondition("this draft service has no ReDrafter head; start it with --redrafter-head DIR")
         if offset < 0:
             raise InvalidArgument(f"offset must be >= 0, got {offset}")
         if max_nodes < 0:
@@ -383,6 +408,9 @@ class DraftWorker:
             return OuroborosDrafter(
                 store, model, window=self.config.lookahead_window, verify_lookahead=self.config.verify_lookahead
             )
+        if name == REDRAFTER:
+            assert self.head is not None  # checked by _check_request
+            return ReDrafterDrafter(self.head)
         return PromptLookupDrafter()
 
     def _store_for(self, namespace: str) -> PhraseStore:
@@ -414,5 +442,20 @@ def _depth(parents: tuple[int, ...]) -> int:
 
 def _free(session: _Session) -> None:
     for impl in session.drafters.values():
-        if isinstance(impl, ModelDrafter | OuroborosDrafter):
+        if isinstance(impl, ModelDrafter | OuroborosDrafter | ReDrafterDrafter):
             impl.reset()
+
+
+def _load_head(directory: Path, config: DraftConfig) -> tuple[ReDrafterHead, VocabInfo]:
+    """The head of ``directory`` over its target's embedding and LM head (the rest is dropped)."""
+    checkpoint = read_checkpoint(directory)
+    target = load_model(checkpoint.target, config.device, config.dtype)
+    if checkpoint.vocab_fingerprint and checkpoint.vocab_fingerprint != target.vocab.fingerprint:
+        raise FailedPrecondition(
+            f"ReDrafter head {directory} was trained on vocabulary {checkpoint.vocab_fingerprint}, "
+            f"but {checkpoint.target!r} has {target.vocab.fingerprint}"
+        )
+    embedding = target.model.get_input_embeddings().weight.detach()  # [V, E]
+    lm_head = target.model.get_output_embeddings().weight.detach()  # [V, E]
+    head = load_head(directory, embedding, lm_head)
+    return head, target.vocab

@@ -72,6 +72,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
             request.max_nodes,
             convert.draft_options_from_pb(request.options),
             convert.sampling_from_pb(request.sampling).validate(),
+            request.hidden_state,
         )
         return draft_pb2.ProposeResponse(
             tree=convert.tree_to_pb(result.tree),

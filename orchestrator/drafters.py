@@ -172,9 +172,10 @@ class ReplicaClient(GrpcDraftClient):
         max_nodes: int,
         options: DraftOptions,
         sampling: SamplingParams,
+        hidden_state: bytes = b"",
     ) -> ProposeResult:
         with self._unless_closed():
-            return super().propose(session_id, drafter, offset, tokens, max_nodes, options, sampling)
+            return super().propose(session_id, drafter, offset, tokens, max_nodes, options, sampling, hidden_state)
 
     def release(self, session_id: str) -> bool:
         with self._unless_closed():

@@ -70,6 +70,9 @@ class DecodeLoop:
         self._options = params.draft_options(method.default_num_tokens, phrase_namespace)
         # Ouroboros learns corrected phrases from the target's own tokens over the tree.
         self._want_target_tokens = method.name == "ouroboros" and not params.ouroboros.no_verification_phrases
+        # ReDrafter drafts from the target's hidden state at the last accepted position.
+        self._want_hidden = method.drafter == "redrafter"
+        self._hidden = b""  # the latest one (float16 bytes), forwarded with the next propose
         self.tokens: list[int] = []  # generated so far
         self.stats = LoopStats()
         self.draft_timeouts = 0  # Propose calls that ran past the drafter deadline
@@ -102,7 +105,8 @@ class DecodeLoop:
     # ---------------------------------------------------------------- phases
     def _prefill(self) -> None:
         with self.stats.time("prefill"):
-            self._target.prefill(self.session_id, self._prompt, self._params.sampling)
+            result = self._target.prefill(self.session_id, self._prompt, self._params.sampling, self._want_hidden)
+        self._hidden = result.hidden_state
 
     def _draft(self) -> DraftTree:
         """Ask the session's drafter for a tree that fits the context and the remaining token budget."""
@@ -164,6 +168,7 @@ class DecodeLoop:
                 max_nodes,
                 self._options,
                 self._params.sampling,
+                hidden_state=self._hidden,
             )
         except (FailedPrecondition, NotFound) as err:
             if self._sent_to_draft == 0:
@@ -178,6 +183,7 @@ class DecodeLoop:
                 max_nodes,
                 self._options,
                 self._params.sampling,
+                hidden_state=self._hidden,
             )
         self._sent_to_draft = context_len
         self.stats.phases.draft_s += result.compute_s
@@ -195,7 +201,9 @@ class DecodeLoop:
         start = time.perf_counter()
         for attempt in range(TARGET_REBUILDS_PER_STEP + 1):
             try:
-                result = self._target.verify(self.session_id, tree, self._want_target_tokens and tree.size > 0)
+                result = self._target.verify(
+                    self.session_id, tree, self._want_target_tokens and tree.size > 0, self._want_hidden
+                )
                 break
             except NotFound as err:
                 if attempt == TARGET_REBUILDS_PER_STEP:
@@ -206,6 +214,7 @@ class DecodeLoop:
                 self._rebuild_target_session(err)
         self.stats.phases.verify_s += result.compute_s
         self.stats.add_network(time.perf_counter() - start, result.compute_s)
+        self._hidden = result.hidden_state
         return result
 
     def _rebuild_target_session(self, err: NotFound) -> None:
@@ -221,7 +230,8 @@ class DecodeLoop:
         if sampling.seed is not None:
             sampling = dataclasses.replace(sampling, seed=(sampling.seed + len(self.tokens)) % 2**63)
         with self.stats.time("prefill"):
-            self._target.prefill(self.session_id, self._prompt + self.tokens, sampling)
+            rebuilt = self._target.prefill(self.session_id, self._prompt + self.tokens, sampling, self._want_hidden)
+        self._hidden = rebuilt.hidden_state
 
     def _accept(self, tree: DraftTree, result: VerifyResult) -> list[int]:
         """The tokens this step emits: accepted + recovered/bonus, cut at EOS and the budget."""

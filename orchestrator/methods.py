@@ -37,6 +37,13 @@ METHODS: dict[str, Method] = {
             description="Ouroboros phrase drafting: prompt lookup or a draft LM lengthened by a shared phrase pool "
             "that learns from verification and history (Zhao et al. 2024)",
         ),
+        Method(
+            "redrafter",
+            "redrafter",
+            4,
+            description="ReDrafter: beam search over a recurrent draft head on the target's hidden state, beams "
+            "packed into one tree (Zhang et al. 2024); the draft service needs --redrafter-head",
+        ),
     )
 }
 

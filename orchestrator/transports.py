@@ -130,6 +130,7 @@ class GrpcDraftClient:
         max_nodes: int,
         options: DraftOptions,
         sampling: SamplingParams,
+        hidden_state: bytes = b"",
     ) -> ProposeResult:
         feedback = self._feedback.pop(session_id, None)
         req = draft_pb2.ProposeRequest(
@@ -144,6 +145,7 @@ class GrpcDraftClient:
             feedback_num_draft=feedback[0] if feedback else 0,
             feedback_num_accepted=feedback[1] if feedback else 0,
             feedback_target_tokens=feedback[2] if feedback else (),
+            hidden_state=hidden_state,
         )
         resp = call(self._stub.Propose, req, self._t.propose)
         return ProposeResult(convert.tree_from_pb(resp.tree), resp.context_len, resp.compute_ms / 1e3)

@@ -66,6 +66,7 @@ class DraftAPI(Protocol):
         max_nodes: int,
         options: DraftOptions,
         sampling: SamplingParams,
+        hidden_state: bytes = b"",
     ) -> ProposeResult:
         """Append ``tokens`` at ``offset`` to the session's history and propose a tree.
 

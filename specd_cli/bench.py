@@ -20,7 +20,7 @@ from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROMPTS = REPO_ROOT.parent / "shared" / "bench" / "spec_bench.jsonl"
-SPECD_METHODS = ("vanilla", "pld", "sps", "ouroboros")
+SPECD_METHODS = ("vanilla", "pld", "sps", "ouroboros", "redrafter")
 ABLATION = "ouroboros-without-"  # e.g. ouroboros-without-history_phrases+verification_phrases
 HF_METHODS = ("hf-generate", "hf-pld", "hf-assisted")
 
@@ -65,6 +65,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--verify-lookahead", action="store_true", help="model-free Ouroboros: the Jacobi window rides in verify"
     )
+    p.add_argument("--redrafter-head", default=None, help="ReDrafter head checkpoint for the 'redrafter' method")
     p.add_argument("--engine", default="auto", help="specd target engine: auto | native | hf")
     p.add_argument("--weight-format", default=None, help="native engine weights: auto | dense | packed | q8")
 
@@ -206,7 +207,10 @@ def run_bench(args: argparse.Namespace) -> int:
             draft_port=free_port(),
             device=args.device,
             extra_target_args=_engine_args(args),
-            extra_draft_args=["--verify-lookahead"] if args.verify_lookahead else [],
+            extra_draft_args=[
+                *(["--verify-lookahead"] if args.verify_lookahead else []),
+                *(["--redrafter-head", args.redrafter_head] if args.redrafter_head else []),
+            ],
         )
         clients["grpc"] = SpecdClient(stack.address, timeout=1800)
     if "inproc" in transports and any(_base(m) in SPECD_METHODS for m in methods):
@@ -223,6 +227,7 @@ def run_bench(args: argparse.Namespace) -> int:
                     device=args.device or "auto",
                     phrase_store_url=args.phrase_store,
                     verify_lookahead=args.verify_lookahead,
+                    redrafter_head=args.redrafter_head,
                 ),
             )
         )

@@ -142,6 +142,7 @@ def _draft_config(args: argparse.Namespace) -> Any:
         dtype=args.dtype,
         phrase_store_url=_phrase_store_url(args),
         verify_lookahead=getattr(args, "verify_lookahead", False),
+        redrafter_head=getattr(args, "redrafter_head", None),
     ).validate()
 
 
@@ -177,6 +178,11 @@ def _add_phrase_store_flag(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="Ouroboros without a draft LM: add the Jacobi lookahead window to every draft tree, so it rides "
         "in the target's verify pass and feeds the pool (off by default: it costs more than it saves on CPU)",
+    )
+    p.add_argument(
+        "--redrafter-head",
+        default=None,
+        help="a ReDrafter head checkpoint directory (specd train-redrafter): enables the 'redrafter' method",
     )
 
 
@@ -312,7 +318,10 @@ def cmd_up(args: argparse.Namespace) -> int:
         phrase_store=args.phrase_store,
         phrase_store_password_file=args.phrase_store_password_file,
         drafters=args.drafters,
-        extra_draft_args=["--verify-lookahead"] if args.verify_lookahead else [],
+        extra_draft_args=[
+            *(["--verify-lookahead"] if args.verify_lookahead else []),
+            *(["--redrafter-head", args.redrafter_head] if args.redrafter_head else []),
+        ],
         metrics_port_base=args.metrics_port_base,
         log_format=args.log_format,
         security=ProcessSecurity(
