@@ -158,8 +158,12 @@ class DraftWorker:
     def from_config(cls, config: DraftConfig) -> DraftWorker:
         """Validate ``config`` and load its draft model, if any."""
         config.validate()
-        model = load_model(config.draft_model, config.device, config.dtype) if config.draft_model else None
-        return cls(config, model)
+
+        def build() -> DraftWorker:  # on the model thread: one OpenMP team per process (see TargetVerifier)
+            model = load_model(config.draft_model, config.device, config.dtype) if config.draft_model else None
+            return cls(config, model)
+
+        return model_thread().run(build)
 
     @property
     def drafters(self) -> tuple[str, ...]:

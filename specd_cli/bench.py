@@ -120,8 +120,11 @@ class HFRunner:
         from spec_decode.models import load_model
 
         self._torch = torch
-        self.lm = load_model(target, device)
-        self.draft = load_model(draft, device).model if draft else None
+        from spec_decode.model_thread import model_thread
+
+        # Loaded on the model thread, where it also runs: one OpenMP team per process.
+        self.lm = model_thread().run(load_model, target, device)
+        self.draft = model_thread().run(load_model, draft, device).model if draft else None
         self.calls = 0
         inner = self.lm.model.forward
 
