@@ -6,7 +6,9 @@ threads, so without this each of them grows its own team, and the idle teams spi
 cores as the busy one: measured here, a SmolLM2 decode step took about 85 ms inside the gRPC
 target service against 49 ms in a plain loop. Running all model work of a process on one
 thread keeps one team (and, on CUDA, one current stream). Target and draft services in one
-process (the in-process stack) share the same thread.
+process (the in-process stack) share the same thread. Loading and weight packing belong on it
+too: a main thread that ran torch once keeps an idle team of its own, and that alone made a
+SmolLM2 decode step on the model thread take 47 ms instead of 22 ms.
 """
 
 from __future__ import annotations
