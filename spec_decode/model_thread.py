@@ -43,6 +43,17 @@ class ModelThread:
             return fn(*args, **kwargs)
         return self._executor.submit(fn, *args, **kwargs).result()
 
+    def post(self, fn: Callable[[], object]) -> None:
+        """Queue ``fn`` on the model thread without waiting for it (run now when already on it).
+
+        For work whose caller waits on something else (a verify call waits on its own result,
+        which any queued drain may deliver, not on the drain it queued).
+        """
+        if threading.get_ident() == self._ident:
+            fn()
+        else:
+            self._executor.submit(fn)
+
 
 _SHARED: ModelThread | None = None
 _SHARED_LOCK = threading.Lock()

@@ -36,7 +36,12 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--max-batch", type=int, default=16, help="verify calls of different sessions per forward pass (1 = off)"
     )
-    p.add_argument("--batch-window-ms", type=float, default=2.0, help="how long an idle target waits to fill a batch")
+    p.add_argument(
+        "--batch-window-ms",
+        type=float,
+        default=10.0,
+        help="longest wait for recently active sessions to join a verify batch",
+    )
     p.add_argument("--engine", default="auto", help="target engine: auto | native (specd's Llama-family) | hf")
     p.add_argument(
         "--weight-format",

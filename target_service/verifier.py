@@ -56,7 +56,7 @@ class TargetConfig:
     max_draft_top_k: int = 64
     max_kv_bytes: int = 0  # KV memory budget over all sessions (0 = none); idle sessions evicted LRU first
     max_batch: int = 16  # verify calls of different sessions scored in one forward pass (1 = no batching)
-    batch_window_ms: float = 2.0  # how long an idle server waits for more calls to join a batch
+    batch_window_ms: float = 10.0  # longest wait for recently active sessions to join a batch
     engine: str = "auto"  # "native" (specd's Llama-family forward), "hf" (transformers), "auto"
     weight_format: str | None = None  # native engine: "dense", "packed" (MKL-prepacked fp32), None/"auto"
 
@@ -163,7 +163,10 @@ class TargetVerifier:
         """
         call = VerifyCall(session_id, tree, return_target_tokens, return_hidden_state)
         self._batcher.submit(call)
-        self._model_thread.run(self._batcher.drain)
+        # Wait for this call's result, not for the drain queued here: an earlier drain may take
+        # the call, and waiting for one's own (then empty) drain held every caller behind the
+        # drain in progress, which kept the others from coming back in time to join it.
+        self._model_thread.post(self._batcher.drain)
         return call.future.result()
 
     def stats(self) -> TargetStats:
@@ -293,6 +296,7 @@ class TargetVerifier:
 
     def release(self, session_id: str) -> bool:
         """Free the session; False when it did not exist."""
+        self._batcher.forget(session_id)
         return self.sessions.release(session_id)
 
     # ---- phases -------------------------------------------------------------------

@@ -146,24 +146,57 @@ def _call(sid: str, at: float) -> VerifyCall:
     return call
 
 
-def test_batcher_window_cap_and_order() -> None:
+def test_batcher_waits_for_recent_sessions_only_and_caps() -> None:
     clock = FakeClock()
     batches: list[list[str]] = []
     batcher = VerifyBatcher(lambda b: batches.append([c.session_id for c in b]), 3, 0.004, clock, clock.sleep)
+    batcher.submit(_call("a", clock.now))
+    batcher.drain()  # one session ever seen: nothing to wait for
+    assert clock.slept == [] and batches == [["a"]]
+    batcher.submit(_call("a", clock.now))
+    batcher.submit(_call("b", clock.now))
+    batcher.drain()  # both recent sessions are here: no waiting
+    assert clock.slept == [] and batches[-1] == ["a", "b"]
     batcher.submit(_call("a", clock.now - 0.001))
-    batcher.drain()  # one call, 1 ms old: waits the remaining 3 ms, then runs alone
-    assert clock.slept == pytest.approx([0.003]) and batches == [["a"]]
+    batcher.drain()  # b was active a moment ago: wait the rest of the window (3 ms) for it, then go
+    assert clock.slept == pytest.approx([0.003]) and batches[-1] == ["a"]
+    batcher.forget("b")  # b was released: no more waiting for it
+    batcher.submit(_call("a", clock.now))
+    batcher.drain()
+    assert len(clock.slept) == 1 and batches[-1] == ["a"]
+    clock.now += 1.0  # beyond the horizon everyone is forgotten
     for sid in ("b", "c", "b", "d", "e"):
         batcher.submit(_call(sid, clock.now))
     batcher.drain()  # full batch: no waiting; the second "b" is deferred to the next batch, order kept
-    assert clock.slept == pytest.approx([0.003]) and batches[-1] == ["b", "c", "d"]
+    assert len(clock.slept) == 1 and batches[-1] == ["b", "c", "d"]
     clock.now += 1.0
     batcher.drain()
     assert batches[-1] == ["b", "e"] and len(batcher) == 0
     batcher.drain()  # nothing queued: nothing runs
-    assert len(batches) == 3
+    assert len(batches) == 6
     with pytest.raises(ValueError):
         VerifyBatcher(lambda b: None, 0, 0.0)
+
+
+def test_sixteen_sessions_keep_forming_full_batches(make_verifier: MakeVerifier) -> None:
+    """The regression a fixed 2 ms window had: batches collapsed into passes of one session."""
+    verifier = make_verifier(max_batch=16)
+    sessions = 12
+    for i in range(sessions):
+        verifier.prefill(f"s{i}", [5, 6, 7, i + 1], GREEDY)
+
+    def run(i: int) -> None:
+        for _ in range(6):
+            verifier.verify(f"s{i}", DraftTree.chain([9]))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(sessions)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats = verifier.stats()
+    assert stats.verify_calls == sessions * 6
+    assert stats.forward_passes <= 2 * 6  # about one pass per step of all sessions together
 
 
 def test_batch_config_validation(make_verifier: MakeVerifier) -> None:
