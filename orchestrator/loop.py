@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from orchestrator.drafters import DrafterRouter, Replica
 from orchestrator.methods import Method
@@ -56,8 +56,10 @@ class DecodeLoop:
         limits: TargetLimits,
         eos_token_ids: tuple[int, ...],
         phrase_namespace: str = "",
+        node_share: Callable[[], int] | None = None,
     ) -> None:
         self.session_id = session_id
+        self._node_share = node_share  # this step's draft-node allowance under load (None: no budget)
         self._target = target
         self._drafters = draft if method.drafter is not None else None
         self._replica: Replica | None = None  # the replica holding this session's drafter state
@@ -119,6 +121,8 @@ class DecodeLoop:
             self._limits.max_context - context_len - 1,
             remaining - 1,  # the target always adds one token of its own
         )
+        if self._node_share is not None:
+            max_nodes = min(max_nodes, self._node_share())
         if max_nodes <= 0:
             return EMPTY_TREE
         failed = False

@@ -28,12 +28,18 @@ class OrchestratorConfig:
     max_new_tokens: int = 2048  # cap on a request's max_new_tokens
     max_prompt_tokens: int = 0  # cap on a request's prompt tokens (0: only the target's context)
     max_concurrent_requests: int = 64  # requests served at once; beyond: RESOURCE_EXHAUSTED (0: no cap)
+    # Draft nodes per step shared by the requests running at once (0: no budget). Under load a
+    # batched verify pass scores every request's tree, so big trees for many requests make each
+    # pass compute-bound; each request then gets budget / running nodes (at least 1).
+    step_node_budget: int = 48
 
     def validate(self) -> OrchestratorConfig:
         if self.max_new_tokens <= 0:
             raise InvalidArgument(f"max_new_tokens cap must be > 0, got {self.max_new_tokens}")
         if self.max_prompt_tokens < 0:
             raise InvalidArgument(f"max_prompt_tokens cap must be >= 0, got {self.max_prompt_tokens}")
+        if self.step_node_budget < 0:
+            raise InvalidArgument(f"step_node_budget must be >= 0, got {self.step_node_budget}")
         if self.max_concurrent_requests < 0:
             raise InvalidArgument(f"max_concurrent_requests must be >= 0, got {self.max_concurrent_requests}")
         return self
@@ -46,12 +52,36 @@ class Admission:
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self._sem = threading.BoundedSemaphore(limit) if limit > 0 else None
+        self._running = 0
+        self._count_lock = threading.Lock()
+
+    @property
+    def running(self) -> int:
+        """Requests being served now."""
+        return self._running
 
     @contextmanager
     def slot(self) -> Iterator[None]:
-        if self._sem is None:
+        with self._counted():
+            if self._sem is None:
+                yield
+                return
+            with self._capped():
+                yield
+
+    @contextmanager
+    def _counted(self) -> Iterator[None]:
+        with self._count_lock:
+            self._running += 1
+        try:
             yield
-            return
+        finally:
+            with self._count_lock:
+                self._running -= 1
+
+    @contextmanager
+    def _capped(self) -> Iterator[None]:
+        assert self._sem is not None
         if not self._sem.acquire(blocking=False):
             raise ResourceExhausted(
                 f"the orchestrator is serving its cap of {self.limit} requests at once "
@@ -161,6 +191,10 @@ class Orchestrator:
                 yield StreamChunk(detok.push(new_tokens), tuple(new_tokens), name, loop.session_id)
             yield StreamChunk(detok.flush(), (), name, loop.session_id, True, loop.generation_stats())
 
+    def _node_share(self) -> int:
+        """This step's draft-node allowance of one request: the step budget over the running requests."""
+        return max(1, self.config.step_node_budget // max(1, self._admission.running))
+
     def _prepare(self, params: GenerateParams) -> DecodeLoop:
         params.validate(max_new_tokens_cap=self.config.max_new_tokens)
         drafters = self.draft_info.drafters if self.draft_info else ()
@@ -196,4 +230,5 @@ class Orchestrator:
             limits=limits,
             eos_token_ids=self.target_info.vocab.eos_token_ids,
             phrase_namespace=self.target_info.vocab.fingerprint,
+            node_share=self._node_share if self.config.step_node_budget else None,
         )

@@ -153,6 +153,13 @@ def _draft_config(args: argparse.Namespace) -> Any:
 
 def _add_load_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--step-node-budget",
+        type=int,
+        default=48,
+        help="draft-tree nodes per step shared by the requests running at once (0 = no budget): under load "
+        "each request drafts budget/running nodes, so batched verify passes stay small",
+    )
+    p.add_argument(
         "--max-concurrent-requests",
         type=int,
         default=64,
@@ -273,7 +280,9 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
             print(f"specd: error: no drafter of {source!r} was healthy within {args.wait:.0f} s", file=sys.stderr)
             return 1
     tokenizer, _ = load_tokenizer(args.target)
-    config = OrchestratorConfig(args.max_new_tokens, args.max_prompt_tokens, args.max_concurrent_requests)
+    config = OrchestratorConfig(
+        args.max_new_tokens, args.max_prompt_tokens, args.max_concurrent_requests, args.step_node_budget
+    )
     orch = Orchestrator(GrpcTargetClient(args.target_address, tls=peer), draft, tokenizer, config)
     registry = CollectorRegistry()
     metrics = OrchestratorMetrics(registry)
@@ -349,6 +358,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             str(args.max_concurrent_requests),
             "--draft-timeout-ms",
             str(args.draft_timeout_ms),
+            "--step-node-budget",
+            str(args.step_node_budget),
         ],
     )
     print(f"specd is up: orchestrator {stack.address} (logs in {stack.log_dir}); Ctrl-C stops it", flush=True)

@@ -181,3 +181,20 @@ def test_ouroboros_lookahead_in_the_verify_pass(tiny_target, sampling):
             assert tokens == greedy_reference(tiny_target, prompt, 48, torch.float64)
         assert len(tokens) == 48
     assert max(steps) > 3  # the target's argmax advanced the window step after step
+
+
+def test_step_node_budget_shrinks_trees_not_output(tiny_target):
+    """Under a step budget each request drafts at most budget/running nodes; output unchanged."""
+    import dataclasses
+
+    from orchestrator.service import OrchestratorConfig
+
+    config = stack_config(tiny_target, None)
+    tight = build_inprocess(dataclasses.replace(config, orchestrator=OrchestratorConfig(256, step_node_budget=2)))
+    for prompt in _random_prompts(3, seed=41):
+        params = GenerateParams(prompt_token_ids=tuple(prompt), method="pld", max_new_tokens=24, num_branches=3)
+        result = tight.generate(params)
+        assert list(result.token_ids) == greedy_reference(tiny_target, prompt, 24, torch.float64)
+        assert result.stats.draft_tokens <= 2 * result.stats.target_steps
+    with pytest.raises(Exception, match="step_node_budget"):
+        OrchestratorConfig(step_node_budget=-1).validate()
