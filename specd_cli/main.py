@@ -507,6 +507,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def cmd_train_redrafter(args: argparse.Namespace) -> int:
+    from specd_cli.train_redrafter import run_train_redrafter
+
+    return run_train_redrafter(args)
+
+
 def cmd_bench_verify(args: argparse.Namespace) -> int:
     from specd_cli.bench_verify import run_bench_verify
 
@@ -638,6 +644,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_args(p)
     p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser("train-redrafter", help="self-distil a ReDrafter draft head for a target")
+    from specd_cli.train_redrafter import add_train_redrafter_args
+
+    add_train_redrafter_args(p)
+    p.set_defaults(fn=cmd_train_redrafter)
 
     p = sub.add_parser("bench-verify", help="time one target pass over k new tokens: specd engine vs transformers")
     from specd_cli.bench_verify import add_bench_verify_args

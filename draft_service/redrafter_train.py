@@ -1,0 +1,235 @@
+"""Training a ReDrafter head by self-distillation (docs/PAPERS.md §3; ``specd train-redrafter``).
+
+1. **Responses**: the target's own greedy answers to the training prompts, generated in batches
+   with specd's engine (several sessions per forward pass) and cached on disk as JSONL, one
+   line per prompt keyed by a hash of its tokens, so an interrupted run resumes where it stopped.
+2. **Samples**: one transformers forward per (prompt + response) gives the final hidden state
+   at every position. A sample at response position ``t`` is ``(h_t, x_{t+1} .. x_{t+1+L})``:
+   ``h_t`` is the state whose output is ``x_{t+1}`` (the pending token at draft time), ``g_0 =
+   x_{t+1}``, and the head learns to predict the ``L`` tokens after it (sum of cross-entropies).
+3. **Training**: AdamW with a cosine schedule, a held-out split by response (never by
+   position, so held-out text was never seen), early stopping on the held-out loss, the best
+   checkpoint saved, a progress bar, ``metrics.json`` (held-out top-1 agreement per offset) and
+   ``curve.png``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from draft_service.redrafter import save_head
+from draft_service.redrafter_head import HeadConfig, ReDrafterHead
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    target: str
+    out: Path
+    length: int = 4  # L: tokens after g_0 the head learns to predict
+    blocks: int = 2
+    max_new_tokens: int = 128
+    gen_batch: int = 8
+    epochs: int = 20
+    batch_size: int = 256
+    lr: float = 1e-3
+    held_out: float = 0.1
+    patience: int = 3
+    max_minutes: float = 0.0  # 0 = no limit
+    seed: int = 0
+    device: str | None = None
+
+
+@dataclass
+class TrainResult:
+    responses: int
+    train_samples: int
+    held_out_samples: int
+    epochs_run: int
+    best_epoch: int
+    best_held_out_loss: float
+    held_out_top1: list[float]  # per offset 1..L
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def prompt_hash(tokens: Sequence[int]) -> str:
+    return hashlib.sha256(json.dumps(list(tokens)).encode()).hexdigest()[:16]
+
+
+@torch.inference_mode()
+def generate_responses(
+    engine: Any, prompts: list[list[int]], max_new_tokens: int, eos: set[int], batch: int, cache: Path, progress: Any
+) -> list[tuple[list[int], list[int]]]:
+    """Greedy responses of the target, ``batch`` sessions per forward pass, cached in ``cache``."""
+    done: dict[str, list[int]] = {}
+    if cache.exists():
+        for line in cache.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done[row["key"]] = row["response"]
+    todo = [p for p in prompts if prompt_hash(p) not in done]
+    empty = torch.zeros(0, dtype=torch.long)
+    with cache.open("a") as fh:
+        for start in range(0, len(todo), batch):
+            group = todo[start : start + batch]
+            caches = [engine.new_cache() for _ in group]
+            pending = [engine.prefill(c, p) for c, p in zip(caches, group, strict=True)]
+            outs: list[list[int]] = [[] for _ in group]
+            live = list(range(len(group)))
+            while live:
+                logits = engine.score_trees([(caches[i], pending[i], empty, []) for i in live])  # [1, V] each
+                still = []
+                for i, row in zip(live, logits, strict=True):
+                    engine.commit(caches[i], engine.cache_len(caches[i]) - 1, [0])
+                    token = int(row[0].argmax())
+                    outs[i].append(token)
+                    pending[i] = token
+                    if token not in eos and len(outs[i]) < max_new_tokens:
+                        still.append(i)
+                live = still
+            for prompt, out in zip(group, outs, strict=True):
+                done[prompt_hash(prompt)] = out
+                fh.write(json.dumps({"key": prompt_hash(prompt), "response": out}) + "\n")
+                fh.flush()
+            progress.update(len(group))
+    return [(p, done[prompt_hash(p)]) for p in prompts]
+
+
+@torch.inference_mode()
+def build_samples(
+    model: Any, pairs: list[tuple[list[int], list[int]]], length: int
+) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """``hidden [S, E]``, ``tokens [S, L+1]`` and the response index of every sample."""
+    hiddens, tokens, owner = [], [], []
+    for index, (prompt, response) in enumerate(pairs):
+        seq = prompt + response
+        if len(response) < length + 2:
+            continue
+        out = model(input_ids=torch.tensor([seq], device=model.device), output_hidden_states=True)
+        h = out.hidden_states[-1][0].float().cpu()  # [T, E] final normed states
+        ids = torch.tensor(seq)
+        first = len(prompt) - 1  # h at the last prompt token predicts the first response token
+        for t in range(first, len(seq) - length - 1):
+            hiddens.append(h[t])
+            tokens.append(ids[t + 1 : t + length + 2])
+            owner.append(index)
+    if not hiddens:
+        raise ValueError("no training samples: responses are shorter than the draft length + 2")
+    return torch.stack(hiddens), torch.stack(tokens), owner
+
+
+def evaluate(head: ReDrafterHead, hidden: torch.Tensor, tokens: torch.Tensor) -> tuple[float, list[float]]:
+    """Held-out mean loss (sum over offsets) and top-1 agreement per offset."""
+    head.eval()
+    losses, hits, count = 0.0, torch.zeros(tokens.shape[1] - 1), 0
+    with torch.no_grad():
+        for lo in range(0, hidden.shape[0], 1024):
+            h, t = hidden[lo : lo + 1024], tokens[lo : lo + 1024]
+            logits = head(h, t)  # [B, L, V']
+            target = _targets(head, t[:, 1:])
+            losses += float(_loss(logits, target)) * h.shape[0]
+            hits += (logits.argmax(-1) == target).float().sum(0)
+            count += h.shape[0]
+    return losses / count, (hits / count).tolist()
+
+
+def _targets(head: ReDrafterHead, tokens: torch.Tensor) -> torch.Tensor:
+    """Token ids as indices into the head's vocabulary (-100 = outside a sub-vocabulary)."""
+    if not head.config.vocab_ids:
+        return tokens
+    lookup = torch.full((head.config.vocab,), -100, dtype=torch.long)
+    lookup[head.vocab_ids] = torch.arange(len(head.config.vocab_ids))
+    return lookup[tokens]
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Sum over the L offsets of the mean cross-entropy."""
+    per = F.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")  # [B, L]
+    return per.mean(0).sum()
+
+
+def train_head(
+    model: Any, vocab_fingerprint: str, pairs: list[tuple[list[int], list[int]]], config: TrainConfig, progress: Any
+) -> tuple[ReDrafterHead, TrainResult]:
+    """Fit a head on ``pairs`` (prompt, response); the best held-out checkpoint goes to ``config.out``."""
+    torch.manual_seed(config.seed)
+    hidden, tokens, owner = build_samples(model, pairs, config.length)
+    rng = random.Random(config.seed)
+    responses = sorted(set(owner))
+    rng.shuffle(responses)
+    n_held = max(1, round(len(responses) * config.held_out)) if len(responses) > 1 else 0
+    held = set(responses[:n_held])
+    is_held = torch.tensor([o in held for o in owner])
+    train_h, train_t = hidden[~is_held], tokens[~is_held]
+    held_h, held_t = (hidden[is_held], tokens[is_held]) if n_held else (train_h, train_t)
+    embedding = model.get_input_embeddings().weight.detach().float().cpu()
+    lm_head = model.get_output_embeddings().weight.detach().float().cpu()
+    head = ReDrafterHead(HeadConfig(embedding.shape[1], embedding.shape[0], config.blocks), embedding, lm_head)
+    params = [p for p in head.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
+    steps_per_epoch = max(1, math.ceil(train_h.shape[0] / config.batch_size))
+    total = steps_per_epoch * config.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    best, best_epoch, bad, history = float("inf"), 0, 0, []
+    best_top1: list[float] = []
+    deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes > 0 else None
+    epochs_run = 0
+    for epoch in range(1, config.epochs + 1):
+        head.train()
+        order = torch.randperm(train_h.shape[0])
+        running = 0.0
+        for lo in range(0, train_h.shape[0], config.batch_size):
+            idx = order[lo : lo + config.batch_size]
+            logits = head(train_h[idx], train_t[idx])  # [B, L, V']
+            loss = _loss(logits, _targets(head, train_t[idx, 1:]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            running += float(loss) * idx.shape[0]
+            progress.update(1)
+        held_loss, top1 = evaluate(head, held_h, held_t)
+        epochs_run = epoch
+        history.append({"epoch": epoch, "train_loss": running / train_h.shape[0], "held_out_loss": held_loss})
+        progress.set_postfix_str(f"epoch {epoch} held-out {held_loss:.3f} top1@1 {top1[0]:.2f}")
+        if held_loss < best - 1e-4:
+            best, best_epoch, bad, best_top1 = held_loss, epoch, 0, top1
+            save_head(config.out, head, config.target, vocab_fingerprint)
+        else:
+            bad += 1
+        if bad >= config.patience or (deadline is not None and time.monotonic() > deadline):
+            break
+    result = TrainResult(
+        len(pairs), int(train_h.shape[0]), int(held_h.shape[0]) if n_held else 0, epochs_run, best_epoch, best,
+        best_top1, history,
+    )  # fmt: skip
+    return head, result
+
+
+def plot_curve(result: TrainResult, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [h["epoch"] for h in result.history]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(epochs, [h["train_loss"] for h in result.history], label="train")
+    ax.plot(epochs, [h["held_out_loss"] for h in result.history], label="held out")
+    ax.axvline(result.best_epoch, color="grey", linestyle=":", label="best (saved)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"loss (sum of {len(result.held_out_top1)} cross-entropies)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,97 @@
+"""``specd train-redrafter``: self-distil a ReDrafter head for a target (see draft_service/redrafter_train.py)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+
+def add_train_redrafter_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--target", default="smollm2", help="target model spec (its embedding and LM head are reused)")
+    p.add_argument("--prompts", type=Path, nargs="+", required=True, help="JSONL files of {turns: [...]}")
+    p.add_argument("--out", type=Path, required=True, help="checkpoint directory (config.json, head.pt, ...)")
+    p.add_argument("--max-prompts", type=int, default=0, help="use at most this many prompts (0 = all)")
+    p.add_argument("--max-new-tokens", type=int, default=128, help="length of each generated response")
+    p.add_argument("--gen-batch", type=int, default=8, help="responses generated per forward pass")
+    p.add_argument("--length", type=int, default=4, help="tokens the head learns to predict after g_0")
+    p.add_argument("--blocks", type=int, default=2, help="residual blocks of the head")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=3, help="epochs without held-out improvement before stopping")
+    p.add_argument("--max-minutes", type=float, default=0.0, help="stop training after this long (0 = no limit)")
+    p.add_argument("--device", default=None)
+
+
+def run_train_redrafter(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from draft_service.redrafter_train import TrainConfig, generate_responses, plot_curve, train_head
+    from spec_decode.model_thread import model_thread
+    from spec_decode.models import load_model
+    from target_service.engine import build_engine
+
+    config = TrainConfig(
+        target=args.target, out=args.out, length=args.length, blocks=args.blocks, max_new_tokens=args.max_new_tokens,
+        gen_batch=args.gen_batch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
+        max_minutes=args.max_minutes, device=args.device,
+    )  # fmt: skip
+    args.out.mkdir(parents=True, exist_ok=True)
+    texts = _prompt_texts(args.prompts, args.max_prompts)
+    loaded = model_thread().run(load_model, args.target, args.device)
+    tokenizer = loaded.tokenizer
+    prompts = [_chat_ids(tokenizer, text) for text in texts]
+    eos = set(loaded.vocab.eos_token_ids)
+
+    def work() -> int:
+        engine = build_engine(loaded.model, "auto")
+        with tqdm(total=len(prompts), desc="responses", unit="prompt", file=sys.stderr) as bar:
+            pairs = generate_responses(
+                engine, prompts, config.max_new_tokens, eos, config.gen_batch, args.out / "responses.jsonl", bar
+            )
+        with tqdm(desc="training", unit="step", file=sys.stderr) as bar:
+            _, result = train_head(loaded.model, loaded.vocab.fingerprint, pairs, config, bar)
+        manifest = {
+            "command": " ".join(sys.argv),
+            "target": args.target,
+            "prompt_files": [str(p) for p in args.prompts],
+            "prompts": len(prompts),
+            "torch": torch.__version__,
+        }
+        (args.out / "metrics.json").write_text(json.dumps({**asdict(result), "manifest": manifest}, indent=1))
+        plot_curve(result, args.out / "curve.png")
+        top1 = " ".join(f"+{i + 1}:{v:.3f}" for i, v in enumerate(result.held_out_top1))
+        print(
+            f"trained on {result.train_samples} samples ({result.responses} responses), held out "
+            f"{result.held_out_samples}; best epoch {result.best_epoch}/{result.epochs_run}, held-out loss "
+            f"{result.best_held_out_loss:.3f}, top-1 by offset {top1}; saved to {args.out}"
+        )
+        return 0
+
+    return model_thread().run(work)  # one OpenMP team per process (see spec_decode/model_thread.py)
+
+
+def _prompt_texts(files: list[Path], limit: int) -> list[str]:
+    texts: list[str] = []
+    for path in files:
+        if not path.is_file():
+            raise SystemExit(f"specd train-redrafter: prompts file {path} not found")
+        for line_no, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                texts.append(str(json.loads(line)["turns"][0]))
+            except (json.JSONDecodeError, KeyError, IndexError, TypeError):
+                raise SystemExit(f"specd train-redrafter: {path}:{line_no} is not a {{turns: [...]}} object") from None
+    return texts[:limit] if limit else texts
+
+
+def _chat_ids(tokenizer: object, text: str) -> list[int]:
+    from orchestrator.request import GenerateParams
+    from orchestrator.text import prompt_tokens
+
+    return prompt_tokens(tokenizer, GenerateParams(prompt=text))
