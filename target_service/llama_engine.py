@@ -194,14 +194,16 @@ class KVCache:
 class PassInput:
     """New tokens of one session for one forward pass.
 
-    ``allowed`` is the attention mask over ``[cache rows + new rows]``; ``positions`` the
-    rotary position per new token.
+    Every new row sees the whole cached prefix; ``block`` says which new rows it sees besides
+    (a tree: its ancestors and itself; a prefill: the causal triangle). Only this ``[Q, Q]``
+    block is ever built, so a step costs nothing in mask work that grows with the context.
+    ``positions`` is the rotary position per new token.
     """
 
     cache: KVCache
     tokens: torch.Tensor  # [Q] long
     positions: torch.Tensor  # [Q] long
-    allowed: torch.Tensor  # [Q, cache.length + Q] bool
+    block: torch.Tensor  # [Q, Q] bool, new row -> new column
     want_logits: bool
 
 
@@ -282,8 +284,8 @@ class NativeEngine:
         if n:
             ids = torch.tensor(list(tokens[:-1]), dtype=torch.long, device=self.device)  # [n]
             positions = torch.arange(n, device=self.device)  # [n]
-            allowed = torch.ones(n, n, dtype=torch.bool, device=self.device).tril_()  # [n, n]
-            self.forward([PassInput(cache, ids, positions, allowed, want_logits=False)])
+            causal = torch.ones(n, n, dtype=torch.bool, device=self.device).tril_()  # [n, n]
+            self.forward([PassInput(cache, ids, positions, causal, want_logits=False)])
         return int(tokens[-1])
 
     def score_tree(
@@ -304,8 +306,8 @@ class NativeEngine:
             if parents.shape != (n,):
                 raise ValueError(f"parents has shape {tuple(parents.shape)}; expected ({n},)")
             ids = torch.tensor([pending_token, *tokens], dtype=torch.long, device=self.device)  # [1+N]
-            allowed, positions = tree_pass_inputs(parents.to(self.device), cache.length)  # [1+N, P+1+N], [1+N]
-            passes.append(PassInput(cache, ids, positions, allowed, want_logits=True))
+            block, depth = tree_pass_inputs(parents.to(self.device), 0)  # [1+N, 1+N], [1+N] (no prefix)
+            passes.append(PassInput(cache, ids, depth + cache.length, block, want_logits=True))
         return self.forward(passes)
 
     def commit(self, cache: KVCache, prefix_len: int, keep_rows: Sequence[int]) -> None:
@@ -356,8 +358,8 @@ class NativeEngine:
         positions = torch.cat([p.positions for p in passes]) if len(passes) > 1 else passes[0].positions  # [T]
         cos, sin = self._rope(positions)  # [T, 1, D/2] each
         groups = s.heads // s.kv_heads
-        # Additive masks, repeated for the query heads that share a KV head: [g Q, P + Q] per pass.
-        masks = [self._bias(p.allowed, groups) for p in passes]
+        # Additive masks over the new rows, repeated for the query heads sharing a KV head: [g Q, Q].
+        masks = [self._bias(p.block, groups) for p in passes]
         spans = list(itertools.accumulate((int(p.tokens.shape[0]) for p in passes), initial=0))
         x = F.embedding(ids, w.embed)  # [T, E]
         n_q, n_kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
@@ -390,7 +392,7 @@ class NativeEngine:
         q: torch.Tensor,  # [Q, H, D]
         k: torch.Tensor,  # [Q, Hkv, D]
         v: torch.Tensor,  # [Q, Hkv, D]
-        bias: torch.Tensor | None,  # [g Q, P + Q] additive mask (0 / -inf), None = all allowed
+        bias: torch.Tensor | None,  # [g Q, Q] additive mask over the new rows (0 / -inf), None = all allowed
         groups: int,
     ) -> torch.Tensor:
         """Write this pass's keys/values at the cache end, attend over prefix + new rows."""
@@ -403,10 +405,9 @@ class NativeEngine:
         values = kv[1, :, : start + n]  # [Hkv, P+Q, D]
         # Query head h uses KV head h // g: group the g query heads of a KV head as extra rows.
         qg = q.transpose(0, 1).reshape(s.kv_heads, groups * n, s.head_dim)  # [Hkv, g Q, D]
-        if bias is None:  # every row sees every cached and new position (a single token)
-            scores = torch.bmm(qg, keys.transpose(1, 2)).mul_(self._scale)  # [Hkv, g Q, P+Q]
-        else:
-            scores = torch.baddbmm(bias, qg, keys.transpose(1, 2), alpha=self._scale)  # [Hkv, g Q, P+Q]
+        scores = torch.bmm(qg, keys.transpose(1, 2)).mul_(self._scale)  # [Hkv, g Q, P+Q]
+        if bias is not None:  # the prefix is visible to all: only the new columns get masked
+            scores[:, :, start:].add_(bias)  # [Hkv, g Q, Q]
         if scores.dtype in (torch.float16, torch.bfloat16):  # softmax statistics in float32
             probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)  # [Hkv, g Q, P+Q]
         else:
@@ -414,13 +415,13 @@ class NativeEngine:
         out = torch.bmm(probs, values)  # [Hkv, g Q, D]
         return out.reshape(s.heads, n, s.head_dim).transpose(0, 1).reshape(n, s.heads * s.head_dim)  # [Q, H D]
 
-    def _bias(self, allowed: torch.Tensor, groups: int) -> torch.Tensor | None:
-        """``allowed`` ([Q, P+Q] bool) as an additive float mask for the grouped query rows."""
-        if bool(allowed.all()):
+    def _bias(self, block: torch.Tensor, groups: int) -> torch.Tensor | None:
+        """``block`` ([Q, Q] bool) as an additive float mask for the grouped query rows."""
+        if block.shape[0] == 1:  # one new row always sees itself
             return None
-        bias = torch.zeros(allowed.shape, dtype=self.dtype, device=self.device)  # [Q, P+Q]
-        bias.masked_fill_(~allowed, float("-inf"))
-        return bias.repeat(groups, 1)  # [g Q, P+Q]
+        bias = torch.zeros(block.shape, dtype=self.dtype, device=self.device)  # [Q, Q]
+        bias.masked_fill_(~block, float("-inf"))
+        return bias.repeat(groups, 1)  # [g Q, Q]
 
     def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos/sin rows for ``positions`` from the model's own rotary module, cached as a table."""
