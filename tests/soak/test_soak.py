@@ -24,6 +24,7 @@ import grpc
 import pytest
 
 from protos import draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
+from specd_cli.demo import free_port
 from specd_cli.stack import ProcessStack, start_process_stack
 from specd_client import SpecdClient, SpecdClientError
 
@@ -45,14 +46,6 @@ PROMPTS = (
     "Count: one two three one two three one two",
     "What is a speculative decoder?",
 )
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _rss_kib(pid: int) -> int:
@@ -81,7 +74,7 @@ class Soak:
 
 @pytest.fixture(scope="module")
 def soak(tiny_target: Path, tiny_draft: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Soak]:
-    port, t_port, d_port = _free_port(), _free_port(), _free_port()
+    port, t_port, d_port = free_port(), free_port(), free_port()
     # one thread per service process: three processes of torch threads spinning against each
     # other (and the clients) on a small machine measure contention, not specd
     threads = {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
