@@ -1,9 +1,8 @@
-"""Linear-layer kernels for the native engine: the same ``y = x W^T + b`` in two weight layouts.
+"""Linear-layer kernels for the native engine: the same ``y = x W^T + b`` in three weight layouts.
 
 A decode step of a small model is a chain of skinny matmuls (1 to 64 rows against a frozen
-weight), so what matters is how the weight sits in memory, not FLOPs. Measured on this
-machine kind (2 cores, AVX-512 VNNI, no bf16 units), one 49152x576 LM-head matmul, median ms
-(``python -m target_service.kernels``):
+weight), so what matters is how the weight sits in memory, not FLOPs. What each layout gives a
+whole pass is measured by ``specd bench-verify --weight-format F`` (docs/BENCHMARKS.md).
 
 * ``dense`` -- plain ``F.linear`` on the model's own weights (fp32, fp64, bf16 on CUDA).
   Used on GPUs, for float64 tests, and whenever nothing better applies.
@@ -135,27 +134,3 @@ def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, fmt: WeightForm
         return Q8Linear(codes, bias, fallback, out_features, in_features)
     packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, 16)
     return PackedLinear(packed, weight, bias, out_features, in_features)
-
-
-def _bench() -> None:  # pragma: no cover - a measuring aid, run by hand
-    import time
-
-    torch.manual_seed(0)
-    weight = torch.randn(49152, 576)
-    print("rows  " + "  ".join(f"{f:>8}" for f in ("dense", "packed")))
-    kernels = {f: make_linear(weight, None, f) for f in ("dense", "packed")}
-    for rows in (1, 2, 4, 8, 16, 32, 64):
-        x = torch.randn(rows, 576)
-        cells = []
-        for kernel in kernels.values():
-            times = []
-            for _ in range(15):
-                t0 = time.perf_counter()
-                kernel(x)
-                times.append(time.perf_counter() - t0)
-            cells.append(f"{sorted(times)[len(times) // 2] * 1e3:8.2f}")
-        print(f"{rows:4d}  " + "  ".join(cells))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _bench()
