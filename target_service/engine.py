@@ -54,6 +54,7 @@ class TargetEngine(Protocol):
     max_positions: int
 
     def new_cache(self) -> Any: ...
+    def copy_cache(self, cache: Any) -> Any: ...
     def cache_len(self, cache: Any) -> int: ...
     def kv_bytes(self, cache: Any) -> int: ...
     def truncate(self, cache: Any, length: int) -> None: ...
@@ -116,6 +117,17 @@ class TreeEngine:
     def new_cache(self) -> DynamicCache:
         """An empty per-session KV cache."""
         return DynamicCache()
+
+    def copy_cache(self, cache: DynamicCache) -> DynamicCache:
+        """An independent copy of ``cache`` (a forked beam): same tokens, its own tensors."""
+        copy = DynamicCache()
+        with torch.inference_mode():
+            for index, layer in enumerate(_layers(cache)):
+                copy.update(layer.keys.clone(), layer.values.clone(), index)  # [1, H_kv, P, D] each
+        hidden = cache.__dict__.get("specd_hidden")
+        if hidden is not None:
+            copy.__dict__["specd_hidden"] = hidden
+        return copy
 
     @staticmethod
     def cache_len(cache: DynamicCache) -> int:

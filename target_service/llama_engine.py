@@ -236,6 +236,15 @@ class NativeEngine:
     def new_cache(self) -> KVCache:
         return KVCache(self._alloc(0))
 
+    def copy_cache(self, cache: KVCache) -> KVCache:
+        """An independent copy of ``cache`` (a forked beam): the valid rows copied, room to grow."""
+        copy = KVCache(self._alloc(cache.capacity))  # [L, 2, Hkv, cap, D]
+        with torch.inference_mode():
+            copy.data[:, :, :, : cache.length] = cache.data[:, :, :, : cache.length]
+        copy.length = cache.length
+        copy.hidden = cache.hidden
+        return copy
+
     def _alloc(self, capacity: int) -> torch.Tensor:
         s = self.shape
         return torch.empty(s.layers, 2, s.kv_heads, capacity, s.head_dim, dtype=self.dtype, device=self.device)

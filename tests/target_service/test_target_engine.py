@@ -186,3 +186,21 @@ def test_kv_bytes_counts_every_layer(target64: LoadedModel, engine_kind: str) ->
     else:  # preallocated: the bytes held are the capacity's, rounded up to whole blocks
         assert cache.capacity >= 9 and cache.capacity % 64 == 0
         assert engine.kv_bytes(cache) == per_position * cache.capacity
+
+
+def test_copy_cache_forks_an_independent_session(target64: LoadedModel, engine_kind: str) -> None:
+    """A copied cache continues exactly like the original, and passes on one leave the other alone."""
+    engine = build_engine(target64.model, engine_kind)
+    rng = random.Random(21)
+    vocab = engine.vocab_size
+    prompt = _prompt(rng, vocab, lo=4)
+    cache = engine.new_cache()
+    pending = engine.prefill(cache, prompt)
+    fork = engine.copy_cache(cache)
+    assert engine.cache_len(fork) == engine.cache_len(cache)
+    tree = random_tree(rng, vocab)
+    want = engine.score_tree(cache, pending, torch.tensor(tree.parents), tree.tokens)  # [1+N, V]
+    assert engine.cache_len(fork) == len(prompt) - 1  # the original's pass did not touch the fork
+    got = engine.score_tree(fork, pending, torch.tensor(tree.parents), tree.tokens)
+    torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+    assert_cache_equal(fork, cache)
