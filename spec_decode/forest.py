@@ -1,0 +1,244 @@
+"""DSBD's draft forest and its verification, as pure functions over target log-probabilities.
+
+A session holds ``n`` beams, each with its own KV cache and pending token. A drafter proposes a
+**forest**: one token tree per session beam, built layer by layer by draft beam sampling.
+Nodes are numbered globally; a node's parent is an earlier node or a *root reference*
+``-1 - b`` (session beam ``b``'s pending token). Layer ``j`` records the draft's input beams
+(node references), their draft scores and sparse next-token distributions, and the candidates
+the draft drew from them (forest nodes, in sampling order, without replacement); the draft's
+kept beams of layer ``j`` are layer ``j + 1``'s inputs.
+
+:func:`accept_forest` replays beam sampling with the target's distributions layer by layer
+(:func:`spec_decode.beams.accept_beam_candidates`, exact), going deeper while every beam the
+target kept is a forest node (its next-token row is in the same pass). Output beams are
+``(parent reference, pending token, score)``: the parent's path is committed to the KV cache,
+the pending token is not. Math: docs/ALGORITHMS.md#dsbd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from spec_decode.beams import (
+    BeamChoice,
+    BeamParams,
+    accept_beam_candidates,
+    accepted_count_distribution,
+    choose_width,
+    draw_draft_layer,
+    joint_draft,
+    num_candidates,
+    sample_beam_step,
+    select_beams,
+)
+from spec_decode.errors import InvalidArgument
+from spec_decode.types import DraftTree, SparseProbs
+
+
+def root_ref(beam: int) -> int:
+    """The node reference of session beam ``beam``'s pending token."""
+    return -1 - beam
+
+
+@dataclass(frozen=True)
+class DraftBeamLayer:
+    """One layer of draft beam sampling. ``inputs`` are node references (``-1 - b`` = session beam b)."""
+
+    inputs: tuple[int, ...]
+    input_scores: tuple[float, ...]  # the draft's cumulative score per input beam
+    q: tuple[SparseProbs, ...]  # the draft's (sparse) next-token distribution per input beam
+    candidates: tuple[int, ...]  # forest nodes drawn from these inputs, in sampling order
+
+
+@dataclass(frozen=True)
+class BeamForest:
+    """Draft trees of all session beams: ``tokens[g]``, ``parents[g]`` (a node < g, or a root ref)."""
+
+    tokens: tuple[int, ...] = ()
+    parents: tuple[int, ...] = ()
+    layers: tuple[DraftBeamLayer, ...] = ()
+
+    @property
+    def size(self) -> int:
+        return len(self.tokens)
+
+    def trees(self, num_beams: int) -> tuple[list[DraftTree], list[tuple[int, int]]]:
+        """One :class:`DraftTree` per session beam, and ``(beam, local node)`` per global node."""
+        where: list[tuple[int, int]] = []
+        tokens: list[list[int]] = [[] for _ in range(num_beams)]
+        parents: list[list[int]] = [[] for _ in range(num_beams)]
+        for tok, par in zip(self.tokens, self.parents, strict=True):
+            if par < 0:
+                beam, local_parent = -1 - par, -1
+            else:
+                beam, local_parent = where[par]
+            where.append((beam, len(tokens[beam])))
+            tokens[beam].append(tok)
+            parents[beam].append(local_parent)
+        return [DraftTree(tuple(t), tuple(p)) for t, p in zip(tokens, parents, strict=True)], where
+
+    def validate(self, num_beams: int, vocab_size: int, max_nodes: int) -> None:
+        """Raise :class:`InvalidArgument` naming what is wrong with this forest, if anything."""
+        n = self.size
+        if len(self.parents) != n:
+            raise InvalidArgument(f"beam forest has {n} tokens but {len(self.parents)} parents")
+        if n > max_nodes:
+            raise InvalidArgument(f"beam forest has {n} nodes; the limit is {max_nodes}")
+        for g, (tok, par) in enumerate(zip(self.tokens, self.parents, strict=True)):
+            if not 0 <= tok < vocab_size:
+                raise InvalidArgument(f"beam forest node {g}: token {tok} is outside the vocabulary [0, {vocab_size})")
+            if par >= g or par < -num_beams:
+                raise InvalidArgument(
+                    f"beam forest node {g}: parent {par} must be an earlier node or a root -1..-{num_beams}"
+                )
+        for j, layer in enumerate(self.layers):
+            if not len(layer.inputs) == len(layer.input_scores) == len(layer.q):
+                raise InvalidArgument(f"beam forest layer {j}: inputs, input_scores and q differ in length")
+            if len(set(layer.candidates)) != len(layer.candidates):
+                raise InvalidArgument(f"beam forest layer {j}: candidates repeat (they are drawn without replacement)")
+            for ref in layer.inputs:
+                if not -num_beams <= ref < n:
+                    raise InvalidArgument(f"beam forest layer {j}: input {ref} is not a node or a root")
+            inputs = set(layer.inputs)
+            for g in layer.candidates:
+                if not 0 <= g < n or self.parents[g] not in inputs:
+                    raise InvalidArgument(f"beam forest layer {j}: candidate {g} is not a child of the layer's inputs")
+
+
+EMPTY_FOREST = BeamForest()
+
+
+def draft_forest(
+    root_scores: Sequence[float],  # [n] scores of the session beams (the draft's layer-0 input scores)
+    next_q: Callable[[list[int]], list[SparseProbs]],  # node references -> the draft's q after each
+    depth: int,
+    width: int,
+    eos_ids: Sequence[int],
+    generator: torch.Generator | None,
+    max_nodes: int,
+) -> BeamForest:
+    """Draft beam sampling for ``depth`` layers from the session beams, recorded as a forest.
+
+    ``next_q`` is called once per layer with the layer's input beams (a drafter batches them into
+    one forward pass). Stops early when the next layer would exceed ``max_nodes`` nodes.
+    """
+    tokens: list[int] = []
+    parents: list[int] = []
+    layers: list[DraftBeamLayer] = []
+    refs = [root_ref(b) for b in range(len(root_scores))]
+    scores = [float(s) for s in root_scores]
+    for _ in range(depth):
+        if not refs or len(tokens) + num_candidates(width, len(eos_ids)) > max_nodes:
+            break
+        qs = next_q(refs)
+        draw = draw_draft_layer(scores, qs, width, eos_ids, generator)
+        first = len(tokens)
+        for i, tok in draw.candidates:
+            tokens.append(tok)
+            parents.append(refs[i])
+        candidates = tuple(range(first, len(tokens)))
+        layers.append(DraftBeamLayer(tuple(refs), tuple(scores), tuple(qs), candidates))
+        refs = [first + j for j, _ in draw.kept]
+        scores = [score for _, score in draw.kept]
+    return BeamForest(tuple(tokens), tuple(parents), tuple(layers))
+
+
+@dataclass(frozen=True)
+class OutBeam:
+    """A beam after a step: ``parent`` (node reference) + ``token`` (pending), cumulative ``score``."""
+
+    parent: int
+    token: int
+    score: float
+
+
+@dataclass(frozen=True)
+class ForestOutcome:
+    """What :func:`accept_forest` decided: running beams (best first), finished ones, per-layer widths."""
+
+    beams: tuple[OutBeam, ...]
+    finished: tuple[OutBeam, ...]
+    widths: tuple[int, ...]  # the width used at each layer verified
+    accepted: int  # draft candidates accepted, over all layers
+    drafted: int  # draft candidates tried
+
+
+def forest_path(ref: int, parents: Sequence[int]) -> tuple[int, list[int]]:
+    """``(session beam, forest nodes from the root's child down to ref)`` for a node reference."""
+    path: list[int] = []
+    while ref >= 0:
+        path.append(ref)
+        ref = parents[ref]
+    path.reverse()
+    return -1 - ref, path
+
+
+def accept_forest(
+    beam_scores: Sequence[float],  # [n] the session beams' cumulative target scores
+    log_probs: Callable[[int], torch.Tensor],  # node reference -> [V] warped target log-probs after it
+    forest: BeamForest,
+    params: BeamParams,
+    eos_ids: Sequence[int],
+    vocab_size: int,
+    generator: torch.Generator | None,
+) -> ForestOutcome:
+    """Target beam sampling over the forest's layers (exact given each layer's width).
+
+    Each layer: the target's joint ``P`` over its current beams, the draft's ``Q`` over the
+    draft's input beams (both on one flat index space), the width from the dynamic program (or
+    ``params.width`` when ``params.threshold`` is 0), candidates by
+    :func:`~spec_decode.beams.accept_beam_candidates`, beams by
+    :func:`~spec_decode.beams.select_beams`. When every kept beam is a forest node the next layer
+    follows (after the last one, a target-only layer on their rows); otherwise the step ends.
+    """
+    node_of = {(par, tok): g for g, (tok, par) in enumerate(zip(forest.tokens, forest.parents, strict=True))}
+    refs = [root_ref(b) for b in range(len(beam_scores))]
+    scores = [float(s) for s in beam_scores]
+    finished: list[OutBeam] = []
+    widths: list[int] = []
+    accepted = drafted = 0
+    for layer in (*forest.layers, None):
+        slots = {ref: i for i, ref in enumerate(refs)}
+        for ref in layer.inputs if layer is not None else ():
+            slots.setdefault(ref, len(slots))
+        joint = torch.full((len(slots) * vocab_size,), float("-inf"), dtype=torch.float64)  # [S * V]
+        for i, ref in enumerate(refs):
+            joint[i * vocab_size : (i + 1) * vocab_size] = scores[i] + log_probs(ref).to(torch.float64)
+        if layer is None:
+            width = params.width
+            choice = sample_beam_step(joint, vocab_size, width, eos_ids, generator)
+        else:
+            q = joint_draft(
+                layer.input_scores,
+                [d.ids for d in layer.q],
+                [d.probs for d in layer.q],
+                vocab_size,
+                [slots[r] for r in layer.inputs],
+            )
+            width = params.width
+            if params.threshold > 0.0:
+                dist = accepted_count_distribution(torch.softmax(joint, dim=0), q, params.width)
+                width = choose_width(dist, params.threshold, params.min_width, params.width)
+            drafts = [slots[forest.parents[g]] * vocab_size + forest.tokens[g] for g in layer.candidates]
+            draw = accept_beam_candidates(joint, drafts, q, num_candidates(width, len(eos_ids)), generator)
+            accepted += draw.num_accepted
+            drafted += min(len(drafts), len(draw.candidates))
+            choice = select_beams(draw.candidates, joint[list(draw.candidates)].tolist(), vocab_size, width, eos_ids)
+        widths.append(width)
+        slot_ref = list(slots)
+        out = [_out_beam(choice, i, slot_ref, vocab_size) for i in choice.running]
+        finished.extend(_out_beam(choice, i, slot_ref, vocab_size) for i in choice.finished)
+        nodes = [node_of.get((b.parent, b.token)) for b in out]
+        if layer is None or not out or any(g is None for g in nodes):
+            return ForestOutcome(tuple(out), tuple(finished), tuple(widths), accepted, drafted)
+        refs = [g for g in nodes if g is not None]
+        scores = [b.score for b in out]
+    raise AssertionError("unreachable: the last layer always returns")
+
+
+def _out_beam(choice: BeamChoice, i: int, slot_ref: list[int], vocab_size: int) -> OutBeam:
+    flat = choice.candidates[i]
+    return OutBeam(slot_ref[flat // vocab_size], flat % vocab_size, float(choice.scores[i]))
