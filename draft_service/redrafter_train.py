@@ -68,9 +68,20 @@ def prompt_hash(tokens: Sequence[int]) -> str:
 
 @torch.inference_mode()
 def generate_responses(
-    engine: Any, prompts: list[list[int]], max_new_tokens: int, eos: set[int], batch: int, cache: Path, progress: Any
+    engine: Any,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    eos: set[int],
+    batch: int,
+    cache: Path,
+    progress: Any,
+    model: Any = None,
 ) -> list[tuple[list[int], list[int]]]:
-    """Greedy responses of the target, ``batch`` sessions per forward pass, cached in ``cache``."""
+    """Greedy responses of the target, ``batch`` sessions per forward pass, cached in ``cache``.
+
+    On CPU the engine runs the batch (several sessions per pass); on a GPU, where the engine's
+    multi-session pass is launch-bound, ``model.generate`` runs the batch left-padded (pass ``model``).
+    """
     done: dict[str, list[int]] = {}
     if cache.exists():
         for line in cache.read_text().splitlines():
@@ -82,6 +93,13 @@ def generate_responses(
     with cache.open("a") as fh:
         for start in range(0, len(todo), batch):
             group = todo[start : start + batch]
+            if engine.device.type == "cuda" and model is not None:  # GPUs: one padded batch through generate
+                for prompt, out in zip(group, _generate_padded(model, group, max_new_tokens, eos), strict=True):
+                    done[prompt_hash(prompt)] = out
+                    fh.write(json.dumps({"key": prompt_hash(prompt), "response": out}) + "\n")
+                fh.flush()
+                progress.update(len(group))
+                continue
             caches = [engine.new_cache() for _ in group]
             pending = [engine.prefill(c, p) for c, p in zip(caches, group, strict=True)]
             outs: list[list[int]] = [[] for _ in group]
@@ -105,6 +123,29 @@ def generate_responses(
     return [(p, done[prompt_hash(p)]) for p in prompts]
 
 
+def _generate_padded(model: Any, group: list[list[int]], max_new_tokens: int, eos: set[int]) -> list[list[int]]:
+    """Greedy continuations of ``group`` in one left-padded ``generate`` call, each cut after its first EOS."""
+    width = max(len(p) for p in group)
+    ids = torch.zeros(len(group), width, dtype=torch.long)  # [B, W] left-padded
+    mask = torch.zeros(len(group), width, dtype=torch.long)  # [B, W]
+    for row, prompt in enumerate(group):
+        ids[row, width - len(prompt) :] = torch.tensor(prompt)
+        mask[row, width - len(prompt) :] = 1
+    out = model.generate(
+        ids.to(model.device),
+        attention_mask=mask.to(model.device),
+        do_sample=False,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=next(iter(eos)) if eos else 0,
+        eos_token_id=sorted(eos) or None,
+    )
+    responses = []
+    for row in out[:, width:].tolist():
+        cut = next((i + 1 for i, t in enumerate(row) if t in eos), len(row))
+        responses.append([int(t) for t in row[:cut]])
+    return responses
+
+
 @torch.inference_mode()
 def build_samples(
     model: Any, pairs: list[tuple[list[int], list[int]]], length: int
@@ -119,19 +160,19 @@ def build_samples(
         h = out.hidden_states[-1][0].float().cpu()  # [T, E] final normed states
         ids = torch.tensor(seq)
         first = len(prompt) - 1  # h at the last prompt token predicts the first response token
-        for t in range(first, len(seq) - length - 1):
-            hiddens.append(h[t])
-            tokens.append(ids[t + 1 : t + length + 2])
-            owner.append(index)
+        last = len(seq) - length - 1  # samples at t in [first, last)
+        hiddens.append(h[first:last])  # [n, E]
+        tokens.append(ids.unfold(0, length + 1, 1)[first + 1 : last + 1])  # [n, L+1]: x_{t+1} .. x_{t+L+1}
+        owner.extend([index] * (last - first))
     if not hiddens:
         raise ValueError("no training samples: responses are shorter than the draft length + 2")
-    return torch.stack(hiddens), torch.stack(tokens), owner
+    return torch.cat(hiddens), torch.cat(tokens), owner
 
 
 def evaluate(head: ReDrafterHead, hidden: torch.Tensor, tokens: torch.Tensor) -> tuple[float, list[float]]:
     """Held-out mean loss (sum over offsets) and top-1 agreement per offset."""
     head.eval()
-    losses, hits, count = 0.0, torch.zeros(tokens.shape[1] - 1), 0
+    losses, hits, count = 0.0, torch.zeros(tokens.shape[1] - 1, device=tokens.device), 0
     with torch.no_grad():
         for lo in range(0, hidden.shape[0], 1024):
             h, t = hidden[lo : lo + 1024], tokens[lo : lo + 1024]
@@ -147,7 +188,7 @@ def _targets(head: ReDrafterHead, tokens: torch.Tensor) -> torch.Tensor:
     """Token ids as indices into the head's vocabulary (-100 = outside a sub-vocabulary)."""
     if not head.config.vocab_ids:
         return tokens
-    lookup = torch.full((head.config.vocab,), -100, dtype=torch.long)
+    lookup = torch.full((head.config.vocab,), -100, dtype=torch.long, device=tokens.device)
     lookup[head.vocab_ids] = torch.arange(len(head.config.vocab_ids))
     return lookup[tokens]
 
@@ -163,18 +204,21 @@ def train_head(
 ) -> tuple[ReDrafterHead, TrainResult]:
     """Fit a head on ``pairs`` (prompt, response); the best held-out checkpoint goes to ``config.out``."""
     torch.manual_seed(config.seed)
+    device = next(model.parameters()).device
     hidden, tokens, owner = build_samples(model, pairs, config.length)
+    hidden, tokens = hidden.to(device), tokens.to(device)  # [S, E], [S, L+1]
     rng = random.Random(config.seed)
     responses = sorted(set(owner))
     rng.shuffle(responses)
     n_held = max(1, round(len(responses) * config.held_out)) if len(responses) > 1 else 0
     held = set(responses[:n_held])
-    is_held = torch.tensor([o in held for o in owner])
+    is_held = torch.tensor([o in held for o in owner], device=device)
     train_h, train_t = hidden[~is_held], tokens[~is_held]
     held_h, held_t = (hidden[is_held], tokens[is_held]) if n_held else (train_h, train_t)
-    embedding = model.get_input_embeddings().weight.detach().float().cpu()
-    lm_head = model.get_output_embeddings().weight.detach().float().cpu()
+    embedding = model.get_input_embeddings().weight.detach().float()
+    lm_head = model.get_output_embeddings().weight.detach().float()
     head = ReDrafterHead(HeadConfig(embedding.shape[1], embedding.shape[0], config.blocks), embedding, lm_head)
+    head = head.to(device)
     params = [p for p in head.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
     steps_per_epoch = max(1, math.ceil(train_h.shape[0] / config.batch_size))
@@ -186,7 +230,7 @@ def train_head(
     epochs_run = 0
     for epoch in range(1, config.epochs + 1):
         head.train()
-        order = torch.randperm(train_h.shape[0])
+        order = torch.randperm(train_h.shape[0], device=device)
         running = 0.0
         for lo in range(0, train_h.shape[0], config.batch_size):
             idx = order[lo : lo + config.batch_size]

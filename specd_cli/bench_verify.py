@@ -35,6 +35,9 @@ def add_bench_verify_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: fp32 CPU, bf16 CUDA)")
     p.add_argument("--engine", default="auto", help="specd engine: auto | native | hf")
     p.add_argument("--weight-format", default=None, help="native engine weights: auto | dense | packed")
+    p.add_argument(
+        "--cuda-graphs", default="auto", choices=("auto", "on", "off"), help="native engine: CUDA graph replay"
+    )
     p.add_argument("--tokens", default=DEFAULT_TOKENS, help=f"comma-separated k values (default {DEFAULT_TOKENS})")
     p.add_argument("--context", type=int, default=300, help="tokens already in the cache (default 300)")
     p.add_argument("--repeats", type=int, default=15, help="timed passes per k and engine (median reported)")
@@ -66,7 +69,9 @@ def run_bench_verify(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     loaded = load_model(args.target, args.device, args.dtype)
     model = loaded.model
-    engine = build_engine(model, args.engine, args.weight_format, args.context + max(tokens) + 8)
+    engine = build_engine(
+        model, args.engine, args.weight_format, args.context + max(tokens) + 8, cuda_graphs=args.cuda_graphs
+    )
     vocab = engine.vocab_size
     rng = random.Random(0)
     context = [rng.randrange(vocab) for _ in range(args.context + 1)]
@@ -134,6 +139,7 @@ def _meta(engine: Any, loaded: Any, torch: Any, args: argparse.Namespace) -> dic
         "dtype": str(engine.dtype).removeprefix("torch."),
         "engine": engine.kind,
         "weight_format": getattr(engine, "weight_format", "-"),
+        "cuda_graphs": getattr(engine, "static", None) is not None,
         "context": args.context,
         "repeats": args.repeats,
         "threads": torch.get_num_threads(),

@@ -48,6 +48,12 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="native engine weights: auto | dense | packed (MKL fp32) | q8 (exact int8)",
     )
+    p.add_argument(
+        "--cuda-graphs",
+        default="auto",
+        choices=("auto", "on", "off"),
+        help="native engine on CUDA: replay one-session passes as CUDA graphs (auto = on for CUDA devices)",
+    )
 
 
 def _add_server_flags(p: argparse.ArgumentParser, port: int) -> None:
@@ -135,6 +141,7 @@ def _target_config(args: argparse.Namespace) -> Any:
         batch_window_ms=args.batch_window_ms,
         engine=args.engine,
         weight_format=args.weight_format,
+        cuda_graphs=args.cuda_graphs,
     ).validate()
 
 
@@ -319,6 +326,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         "--engine",
         args.engine,
         *(["--weight-format", args.weight_format] if args.weight_format else []),
+        "--cuda-graphs",
+        args.cuda_graphs,
     ]
     stack = start_process_stack(
         target=args.target,

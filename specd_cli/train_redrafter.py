@@ -51,7 +51,14 @@ def run_train_redrafter(args: argparse.Namespace) -> int:
         engine = build_engine(loaded.model, "auto")
         with tqdm(total=len(prompts), desc="responses", unit="prompt", file=sys.stderr) as bar:
             pairs = generate_responses(
-                engine, prompts, config.max_new_tokens, eos, config.gen_batch, args.out / "responses.jsonl", bar
+                engine,
+                prompts,
+                config.max_new_tokens,
+                eos,
+                config.gen_batch,
+                args.out / "responses.jsonl",
+                bar,
+                model=loaded.model,
             )
         with tqdm(desc="training", unit="step", file=sys.stderr) as bar:
             _, result = train_head(loaded.model, loaded.vocab.fingerprint, pairs, config, bar)

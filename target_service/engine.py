@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 _MASKABLE_ATTENTION = ("sdpa", "eager")
 ENGINE_KINDS = ("auto", "native", "hf")
+CUDA_GRAPH_MODES = ("auto", "on", "off")
 
 
 class TargetEngine(Protocol):
@@ -68,11 +69,21 @@ class TargetEngine(Protocol):
 
 
 def build_engine(
-    model: Any, kind: str | None = "auto", weight_format: str | None = None, max_context: int | None = None
+    model: Any,
+    kind: str | None = "auto",
+    weight_format: str | None = None,
+    max_context: int | None = None,
+    *,
+    cuda_graphs: str = "auto",
 ) -> TargetEngine:
     """The engine for ``model``: ``native`` (specd's own Llama-family forward), ``hf`` (transformers
     forward with a tree mask), or ``auto`` (native when the architecture is supported, else hf).
+
+    ``cuda_graphs`` (native engine): ``auto``/``on`` replay one-session passes as CUDA graphs
+    when the model is on a CUDA device (:mod:`target_service.static_pass`), ``off`` never.
     """
+    if cuda_graphs not in CUDA_GRAPH_MODES:
+        raise InvalidArgument(f"cuda_graphs must be one of {', '.join(CUDA_GRAPH_MODES)}, got {cuda_graphs!r}")
     from target_service.llama_engine import NativeEngine, UnsupportedModel, check_supported
 
     kind = kind or "auto"
@@ -89,7 +100,11 @@ def build_engine(
             raise InvalidArgument(f"the native engine cannot run this model: {exc}") from exc
         log.info("native engine unsupported (%s); using the transformers engine", exc)
         return TreeEngine(model)
-    return NativeEngine(model, weight_format, max_context)
+    on_cuda = next(model.parameters()).device.type == "cuda"
+    if cuda_graphs == "on" and not on_cuda:
+        raise InvalidArgument("--cuda-graphs on needs the target on a CUDA device")
+    static = "graphs" if on_cuda and cuda_graphs != "off" else "off"
+    return NativeEngine(model, weight_format, max_context, static=static)
 
 
 class TreeEngine:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +32,9 @@ import torch.nn.functional as F
 
 from spec_decode.tree import tree_pass_inputs
 from target_service.kernels import LinearKernel, WeightFormat, make_linear, resolve_format
+from target_service.static_pass import DEFAULT_STATIC_CONTEXT, StaticPasses
+
+STATIC_MODES = ("auto", "graphs", "eager", "off")
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 _STATIC_ROPE = ("default", "linear", "llama3", "yarn", None)
@@ -172,12 +175,13 @@ class KVCache:
     beyond the engine's context limit.
     """
 
-    __slots__ = ("data", "hidden", "length")
+    __slots__ = ("__weakref__", "data", "hidden", "length", "slot")
 
     def __init__(self, data: torch.Tensor) -> None:
         self.data = data  # [L, 2, Hkv, cap, D]
         self.length = 0
         self.hidden: torch.Tensor | None = None  # [Q, E] final normed hidden states of the last pass
+        self.slot: int | None = None  # static KV slot (target_service.static_pass), None = eager buffer
 
     @property
     def capacity(self) -> int:
@@ -212,7 +216,19 @@ class NativeEngine:
 
     kind = "native"
 
-    def __init__(self, model: Any, weight_format: str | None = None, max_context: int | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        weight_format: str | None = None,
+        max_context: int | None = None,
+        *,
+        static: str = "auto",
+        static_context: int | None = None,
+    ) -> None:
+        """``static``: ``auto`` (CUDA graphs on a CUDA device, off elsewhere), ``graphs``, ``eager``
+        (the static-shape path run without capture; for tests) or ``off``. ``static_context`` is
+        the capacity of a static KV slot (default :data:`static_pass.DEFAULT_STATIC_CONTEXT`).
+        """
         check_supported(model)
         param = next(model.parameters())
         self.device: torch.device = param.device
@@ -230,15 +246,34 @@ class NativeEngine:
         self._sin = torch.empty(0, self.shape.head_dim // 2, dtype=self.dtype, device=self.device)  # [P, D/2]
         self._scale = self.shape.head_dim**-0.5
         self._lock = threading.Lock()
+        self.static: StaticPasses | None = None
+        if static not in STATIC_MODES:
+            raise ValueError(f"unknown static mode {static!r}; use one of {', '.join(STATIC_MODES)}")
+        if static == "auto":
+            static = "graphs" if self.device.type == "cuda" else "off"
+        if static != "off":
+            self.static = StaticPasses(
+                self,
+                capture=static == "graphs",
+                context=static_context or DEFAULT_STATIC_CONTEXT,
+            )
+
+    @property
+    def attn_scale(self) -> float:
+        return self._scale
 
     # ---- caches -------------------------------------------------------------------
 
     def new_cache(self) -> KVCache:
+        if self.static is not None:
+            return self.static.new_cache()
         return KVCache(self._alloc(0))
 
     def copy_cache(self, cache: KVCache) -> KVCache:
         """An independent copy of ``cache`` (a forked beam): the valid rows copied, room to grow."""
-        copy = KVCache(self._alloc(cache.capacity))  # [L, 2, Hkv, cap, D]
+        copy = self.new_cache()
+        if copy.capacity < cache.length:
+            self._reserve(copy, cache.capacity)
         with torch.inference_mode():
             copy.data[:, :, :, : cache.length] = cache.data[:, :, :, : cache.length]
         copy.length = cache.length
@@ -259,6 +294,8 @@ class NativeEngine:
         data = self._alloc(grown)  # [L, 2, Hkv, grown, D]
         if cache.length:
             data[:, :, :, : cache.length] = cache.data[:, :, :, : cache.length]
+        if self.static is not None:  # outgrew its static slot: continue eagerly, free the slot
+            self.static.leave_slot(cache)
         cache.data = data
 
     @staticmethod
@@ -343,6 +380,11 @@ class NativeEngine:
         whole forward succeeds; on an error every cache keeps its old length.
         """
         with self._lock, torch.inference_mode():
+            bucket = self.static.bucket_for(passes) if self.static is not None else None
+            if bucket is not None and self.static is not None:  # one session, a common size: static shapes
+                logits = self.static.run(passes[0], bucket)  # [Q, V]
+                passes[0].cache.length += int(passes[0].tokens.shape[0])
+                return [logits]
             for p in passes:
                 self._reserve(p.cache, p.cache.length + int(p.tokens.shape[0]))
             hidden = self._run_layers(passes)  # [T, E]
@@ -351,10 +393,10 @@ class NativeEngine:
             for p in passes:
                 q = int(p.tokens.shape[0])
                 if p.want_logits:
-                    rows = _rms_norm(hidden[start : start + q], self.weights.final_norm, self.shape.eps)  # [Q, E]
+                    rows = self.final_norm(hidden[start : start + q])  # [Q, E]
                     outputs.append(self.weights.lm_head(rows))  # [Q, V]
                 else:  # a prefill: only the last row's state is kept (a draft head may want it)
-                    rows = _rms_norm(hidden[start + q - 1 : start + q], self.weights.final_norm, self.shape.eps)
+                    rows = self.final_norm(hidden[start + q - 1 : start + q])  # [1, E]
                 p.cache.hidden = rows
                 start += q
             for p in passes:
@@ -362,7 +404,7 @@ class NativeEngine:
             return outputs
 
     def _run_layers(self, passes: Sequence[PassInput]) -> torch.Tensor:
-        s, w = self.shape, self.weights
+        s = self.shape
         ids = torch.cat([p.tokens for p in passes]) if len(passes) > 1 else passes[0].tokens  # [T]
         positions = torch.cat([p.positions for p in passes]) if len(passes) > 1 else passes[0].positions  # [T]
         cos, sin = self._rope(positions)  # [T, 1, D/2] each
@@ -370,6 +412,29 @@ class NativeEngine:
         # Additive masks over the new rows, repeated for the query heads sharing a KV head: [g Q, Q].
         masks = [self._bias(p.block, groups) for p in passes]
         spans = list(itertools.accumulate((int(p.tokens.shape[0]) for p in passes), initial=0))
+
+        def attend(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            outs = []
+            for p, mask, lo, hi in zip(passes, masks, spans, spans[1:], strict=False):
+                outs.append(self._attend(index, p.cache, q[lo:hi], k[lo:hi], v[lo:hi], mask, groups))
+            return torch.cat(outs) if len(outs) > 1 else outs[0]  # [T, H D]
+
+        return self.run_layers(ids, cos, sin, attend)
+
+    def run_layers(
+        self,
+        ids: torch.Tensor,  # [T] long
+        cos: torch.Tensor,  # [T, 1, D/2]
+        sin: torch.Tensor,  # [T, 1, D/2]
+        attend: Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """Every decoder layer over ``T`` rows; ``attend(layer, q [T,H,D], k [T,Hkv,D], v)`` -> ``[T, H D]``
+        stores the keys/values and does the attention (eager per session, or static for a graph).
+
+        Returns the last layer's output ``[T, E]`` (before the final norm). No host syncs: the
+        static path captures this into a CUDA graph.
+        """
+        s, w = self.shape, self.weights
         x = F.embedding(ids, w.embed)  # [T, E]
         n_q, n_kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
         for index, layer in enumerate(w.layers):
@@ -383,10 +448,7 @@ class NativeEngine:
                 k = _rms_norm(k, layer.k_norm, s.eps)
             q = _apply_rope(q, cos, sin)  # [T, H, D]
             k = _apply_rope(k, cos, sin)  # [T, Hkv, D]
-            outs = []
-            for p, mask, lo, hi in zip(passes, masks, spans, spans[1:], strict=False):
-                outs.append(self._attend(index, p.cache, q[lo:hi], k[lo:hi], v[lo:hi], mask, groups))
-            attn = torch.cat(outs) if len(outs) > 1 else outs[0]  # [T, H D]
+            attn = attend(index, q, k, v)  # [T, H D]
             x = x + layer.o(attn)  # [T, E]
             h = _rms_norm(x, layer.mlp_norm, s.eps)  # [T, E]
             gate_up = layer.gate_up(h)  # [T, 2F]
@@ -432,9 +494,12 @@ class NativeEngine:
         bias.masked_fill_(~block, float("-inf"))
         return bias.repeat(groups, 1)  # [g Q, Q]
 
-    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos/sin rows for ``positions`` from the model's own rotary module, cached as a table."""
-        need = int(positions.max()) + 1 if positions.numel() else 0
+    def final_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's final RMSNorm: ``[T, E] -> [T, E]``."""
+        return _rms_norm(x, self.weights.final_norm, self.shape.eps)
+
+    def ensure_rope(self, need: int) -> None:
+        """Grow the cos/sin tables to cover positions ``< need`` (a no-op when they do)."""
         if need > self._cos.shape[0]:
             size = min(max(need, 2 * self._cos.shape[0], 256), max(self.max_positions, need))
             probe = torch.zeros(1, dtype=self.dtype, device=self.device)
@@ -442,6 +507,14 @@ class NativeEngine:
             cos, sin = self._rotary(probe, pos)  # [1, P, D] each, halves duplicated
             half = self.shape.head_dim // 2
             self._cos, self._sin = cos[0, :, :half].contiguous(), sin[0, :, :half].contiguous()  # [P, D/2]
+
+    def rope_tables(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The current cos/sin tables ``[P, D/2]`` (replaced, never modified, when they grow)."""
+        return self._cos, self._sin
+
+    def _rope(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos/sin rows for ``positions`` from the model's own rotary module, cached as a table."""
+        self.ensure_rope(int(positions.max()) + 1 if positions.numel() else 0)
         return self._cos[positions][:, None], self._sin[positions][:, None]  # [T, 1, D/2]
 
 

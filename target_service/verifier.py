@@ -35,7 +35,7 @@ from spec_decode.types import (
     VerifyResult,
 )
 from target_service.batching import VerifyBatcher, VerifyCall
-from target_service.engine import ENGINE_KINDS, build_engine
+from target_service.engine import CUDA_GRAPH_MODES, ENGINE_KINDS, build_engine
 from target_service.kernels import WEIGHT_FORMATS
 from target_service.sessions import Session, SessionStore
 
@@ -59,6 +59,7 @@ class TargetConfig:
     batch_window_ms: float = 10.0  # longest wait for recently active sessions to join a batch
     engine: str = "auto"  # "native" (specd's Llama-family forward), "hf" (transformers), "auto"
     weight_format: str | None = None  # native engine: "dense", "packed" (MKL-prepacked fp32), None/"auto"
+    cuda_graphs: str = "auto"  # native engine: "on"/"auto" replay one-session passes as CUDA graphs on CUDA
 
     def validate(self) -> TargetConfig:
         if not self.model:
@@ -77,6 +78,8 @@ class TargetConfig:
             raise InvalidArgument(
                 f"unknown weight format {self.weight_format!r}; use one of {', '.join(WEIGHT_FORMATS)}"
             )
+        if self.cuda_graphs not in CUDA_GRAPH_MODES:
+            raise InvalidArgument(f"cuda_graphs must be one of {', '.join(CUDA_GRAPH_MODES)}, got {self.cuda_graphs!r}")
         return self
 
 
@@ -98,7 +101,9 @@ class TargetVerifier:
     def __init__(self, loaded: LoadedModel, config: TargetConfig) -> None:
         config.validate()
         self.loaded = loaded
-        self.engine = build_engine(loaded.model, config.engine, config.weight_format, config.max_context)
+        self.engine = build_engine(
+            loaded.model, config.engine, config.weight_format, config.max_context, cuda_graphs=config.cuda_graphs
+        )
         self.config = dataclasses.replace(config, max_context=min(config.max_context, self.engine.max_positions))
         self.sessions = SessionStore(
             self.config.max_sessions, self.config.max_context, max_kv_bytes=self.config.max_kv_bytes

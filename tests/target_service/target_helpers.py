@@ -124,13 +124,16 @@ def inject_failure(engine: Any, patch: Any, message: str = "simulated device fai
 
         patch.setattr(engine.model.model.layers[1].mlp, "forward", boom)
         return calls
-    original = engine._attend
+    original = engine.run_layers  # both native paths (eager and static) run their layers through it
 
-    def failing_attend(layer: int, *args: Any) -> Any:
-        if layer == 1:
-            calls["n"] += 1
-            raise RuntimeError(message)
-        return original(layer, *args)
+    def failing_layers(ids: Any, cos: Any, sin: Any, attend: Any) -> Any:
+        def failing_attend(layer: int, *args: Any) -> Any:
+            if layer == 1:
+                calls["n"] += 1
+                raise RuntimeError(message)
+            return attend(layer, *args)
 
-    patch.setattr(engine, "_attend", failing_attend)
+        return original(ids, cos, sin, failing_attend)
+
+    patch.setattr(engine, "run_layers", failing_layers)
     return calls

@@ -133,3 +133,56 @@ def test_weight_format_validation() -> None:
         resolve_format("packed", cpu, torch.float64)
     with pytest.raises(InvalidArgument, match="unknown weight format 'int4'"):
         resolve_format("int4", cpu, torch.float32)
+
+
+def test_static_path_decodes_like_the_eager_path(target64: LoadedModel) -> None:
+    """Static-shape passes (padded buckets, attention over the whole slot) give the eager engine's
+    logits and cache through a long run of tree passes and commits, and hand over to the eager
+    path when the session outgrows its slot."""
+    eager = NativeEngine(target64.model, "dense")
+    static = NativeEngine(target64.model, "dense", static="eager", static_context=64)
+    assert static.static is not None and static.static.buckets == (1, 2, 4, 8, 16, 32, 64)
+    rng = random.Random(17)
+    vocab = eager.vocab_size
+    prompt = [rng.randrange(vocab) for _ in range(9)]
+    a, b = eager.new_cache(), static.new_cache()
+    assert b.slot is not None
+    pending = eager.prefill(a, prompt)
+    static.prefill(b, prompt)
+    while eager.cache_len(a) < 90:
+        tree = random_tree(rng, vocab, max_nodes=rng.choice([1, 2, 6, 12]))  # Q = 1 + N: padded to a bucket
+        parents = torch.tensor(tree.parents, dtype=torch.long)
+        want = eager.score_tree(a, pending, parents, tree.tokens)
+        got = static.score_tree(b, pending, parents, tree.tokens)
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
+        torch.testing.assert_close(static.hidden_rows(b), eager.hidden_rows(a), atol=1e-10, rtol=0)
+        node = rng.randrange(-1, tree.size)
+        path = [] if node < 0 else path_to(node, tree.parents)
+        prefix = eager.cache_len(a) - 1 - tree.size
+        keep = [0] + [i + 1 for i in path]
+        eager.commit(a, prefix, keep)
+        static.commit(b, prefix, keep)
+        assert_cache_equal(b, a)
+        pending = int(want[keep[-1]].argmax())
+    assert static.static.stats["eager_static"] > 5  # the static body ran ...
+    assert b.slot is None and b.capacity > 64  # ... until the session outgrew its slot
+    c = static.new_cache()  # the slot it left is reused
+    assert c.slot == 0 and static.static.slots == 1
+
+
+def test_static_slots_return_when_a_cache_is_dropped(target64: LoadedModel) -> None:
+    engine = NativeEngine(target64.model, "dense", static="eager", static_context=64)
+    assert engine.static is not None
+    first = engine.new_cache()
+    second = engine.new_cache()
+    assert (first.slot, second.slot) == (0, 1)
+    del first
+    import gc
+
+    gc.collect()
+    third = engine.new_cache()
+    assert third.slot == 0 and engine.static.slots == 2
+    with pytest.raises(ValueError, match="static mode"):
+        NativeEngine(target64.model, "dense", static="sometimes")
+    with pytest.raises(ValueError, match="CUDA graphs need a CUDA device"):
+        NativeEngine(target64.model, "dense", static="graphs")

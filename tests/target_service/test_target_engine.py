@@ -12,13 +12,24 @@ from target_helpers import assert_cache_equal, inject_failure, random_tree, sequ
 
 from spec_decode.models import LoadedModel, load_model
 from spec_decode.tree import path_to
-from target_service.engine import TargetEngine, build_engine
+from target_service.engine import TargetEngine
+from target_service.engine import build_engine as build_target_engine
+from target_service.llama_engine import NativeEngine
 
 
-@pytest.fixture(params=["hf", "native"])
+@pytest.fixture(params=["hf", "native", "native-static"])
 def engine_kind(request: pytest.FixtureRequest) -> str:
-    """Every engine test runs against both engines (the native one in ``dense`` format here)."""
+    """Every engine test runs against both engines (the native one in ``dense`` format here), and
+    the native one again on its static-shape path (the body CUDA graphs capture, run eagerly)."""
     return str(request.param)
+
+
+def build_engine(model: Any, kind: str) -> TargetEngine:
+    """The engine under test; ``native-static`` has small slots (40 positions) so that tests
+    also cross from a static slot to the eager path when a session outgrows it."""
+    if kind == "native-static":
+        return NativeEngine(model, "dense", static="eager", static_context=40)
+    return build_target_engine(model, kind)
 
 
 def _prompt(rng: random.Random, vocab: int, lo: int = 1, hi: int = 12) -> list[int]:
@@ -149,7 +160,8 @@ def test_one_token_prompt_feeds_nothing(target64: LoadedModel, engine_kind: str)
     engine = build_engine(target64.model, engine_kind)
     cache = engine.new_cache()
     assert engine.prefill(cache, [42]) == 42
-    assert engine.cache_len(cache) == 0 and engine.kv_bytes(cache) == 0
+    assert engine.cache_len(cache) == 0
+    assert engine.kv_bytes(cache) == 0 or engine_kind == "native-static"  # a static slot is allocated up front
     logits = engine.score_tree(cache, 42, torch.tensor([-1]), [43])
     _, want = sequential_decode(target64.model, [42, 43])
     torch.testing.assert_close(logits, want, atol=1e-10, rtol=0)
@@ -183,8 +195,8 @@ def test_kv_bytes_counts_every_layer(target64: LoadedModel, engine_kind: str) ->
     per_position = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * head_dim * 8
     if engine_kind == "hf":
         assert engine.kv_bytes(cache) == per_position * 9
-    else:  # preallocated: the bytes held are the capacity's, rounded up to whole blocks
-        assert cache.capacity >= 9 and cache.capacity % 64 == 0
+    else:  # preallocated: the bytes held are the capacity's (whole blocks, or the static slot's)
+        assert cache.capacity >= 9 and cache.capacity % (40 if engine_kind == "native-static" else 64) == 0
         assert engine.kv_bytes(cache) == per_position * cache.capacity
 
 
