@@ -113,7 +113,7 @@ EMPTY_FOREST = BeamForest()
 
 def draft_forest(
     root_scores: Sequence[float],  # [n] scores of the session beams (the draft's layer-0 input scores)
-    next_q: Callable[[list[int]], list[SparseProbs]],  # node references -> the draft's q after each
+    next_q: Callable[[list[int], BeamForest], list[SparseProbs]],  # refs, forest so far -> q after each ref
     depth: int,
     width: int,
     eos_ids: Sequence[int],
@@ -122,8 +122,8 @@ def draft_forest(
 ) -> BeamForest:
     """Draft beam sampling for ``depth`` layers from the session beams, recorded as a forest.
 
-    ``next_q`` is called once per layer with the layer's input beams (a drafter batches them into
-    one forward pass). Stops early when the next layer would exceed ``max_nodes`` nodes.
+    ``next_q`` is called once per layer with the layer's input beams and the forest drawn so far
+    (a drafter batches them into one forward pass). Stops early when the next layer would exceed ``max_nodes`` nodes.
     """
     tokens: list[int] = []
     parents: list[int] = []
@@ -133,7 +133,7 @@ def draft_forest(
     for _ in range(depth):
         if not refs or len(tokens) + num_candidates(width, len(eos_ids)) > max_nodes:
             break
-        qs = next_q(refs)
+        qs = next_q(refs, BeamForest(tuple(tokens), tuple(parents)))
         draw = draw_draft_layer(scores, qs, width, eos_ids, generator)
         first = len(tokens)
         for i, tok in draw.candidates:
