@@ -13,6 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 DEFAULT_PORT = 50051
@@ -516,6 +517,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def cmd_train_prompts(args: argparse.Namespace) -> int:
+    from draft_service.train_prompts import write_prompts
+
+    if args.count < 1:
+        raise SystemExit("specd train-prompts: --count must be positive")
+    write_prompts(args.out, args.count, args.seed)
+    return 0
+
+
 def cmd_train_redrafter(args: argparse.Namespace) -> int:
     from specd_cli.train_redrafter import run_train_redrafter
 
@@ -653,6 +663,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_args(p)
     p.set_defaults(fn=cmd_bench)
+
+    p = sub.add_parser(
+        "train-prompts", help="write drafter-training prompts built from the Python standard library (JSONL)"
+    )
+    p.add_argument("--out", type=Path, required=True, help="JSONL file to write")
+    p.add_argument("--count", type=int, default=3000, help="prompts to write (fewer if the library runs out)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_train_prompts)
 
     p = sub.add_parser("train-redrafter", help="self-distil a ReDrafter draft head for a target")
     from specd_cli.train_redrafter import add_train_redrafter_args
