@@ -37,6 +37,9 @@ class Session:
     busy: int = 0  # calls holding the session (guarded by the store's lock)
     closed: bool = False  # released or evicted; a waiting call then sees NotFound
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # Beam methods: one slot (cache, prefix_len, pending token, scores) per beam, made from the
+    # fields above on the first beam step (target_service/beam_step.py); None for other methods.
+    beams: list[Any] | None = None
 
     @property
     def context_len(self) -> int:

@@ -20,7 +20,10 @@ from typing import Any
 import torch
 
 from spec_decode.acceptance import accept_greedy, accept_sampling
+from spec_decode.beam_api import BeamVerifyResult
+from spec_decode.beams import BeamParams
 from spec_decode.errors import InvalidArgument
+from spec_decode.forest import BeamForest
 from spec_decode.hidden import hidden_bytes
 from spec_decode.model_thread import model_thread
 from spec_decode.models import LoadedModel, load_model
@@ -35,6 +38,7 @@ from spec_decode.types import (
     VerifyResult,
 )
 from target_service.batching import VerifyBatcher, VerifyCall
+from target_service.beam_step import beam_step
 from target_service.engine import CUDA_GRAPH_MODES, ENGINE_KINDS, build_engine
 from target_service.kernels import WEIGHT_FORMATS
 from target_service.sessions import Session, SessionStore
@@ -173,6 +177,37 @@ class TargetVerifier:
         # drain in progress, which kept the others from coming back in time to join it.
         self._model_thread.post(self._batcher.drain)
         return call.future.result()
+
+    def beam_verify(
+        self, session_id: str, forest: BeamForest, params: BeamParams, eos_token_ids: Sequence[int]
+    ) -> BeamVerifyResult:
+        """One beam step (beam-sample, DSBD) of a prefilled session: see :mod:`target_service.beam_step`.
+
+        The forest of all beams is scored in one pass of its own (beam sessions do not join the
+        verify batches of other sessions). Runs on the service's single model thread.
+        """
+        return self._model_thread.run(self._beam_verify, session_id, forest, params, tuple(eos_token_ids))
+
+    def _beam_verify(
+        self, session_id: str, forest: BeamForest, params: BeamParams, eos_token_ids: tuple[int, ...]
+    ) -> BeamVerifyResult:
+        with self.sessions.checkout(session_id) as session:
+            result = beam_step(
+                self.engine,
+                session,
+                forest,
+                params,
+                eos_token_ids,
+                max_nodes_per_beam=self.config.max_tree_nodes,
+                max_context=self.config.max_context,
+            )
+        with self._stats_lock:
+            self._passes += 1
+            self._verify_calls += 1
+            self._batch_sizes[1] += 1
+        if self.config.max_kv_bytes:
+            self.sessions.enforce_kv_budget()
+        return result
 
     def stats(self) -> TargetStats:
         """A snapshot of the verifier's counters (for metrics)."""
