@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from draft_service.beam_drafter import LMBeamDrafter
 from draft_service.drafter import AdaptiveLength, Drafter
 from draft_service.lookahead import DEFAULT_WINDOW, MAX_WINDOW
 from draft_service.model_drafter import DEFAULT_DRAFT_TOP_K, MAX_DRAFT_TOP_K, ModelDrafter
@@ -30,6 +31,7 @@ from draft_service.prompt_lookup import PromptLookupDrafter
 from draft_service.redrafter import ReDrafterDrafter, load_head, read_checkpoint
 from draft_service.redrafter_head import ReDrafterHead
 from phrase_store import PhraseStore, PhraseStoreConfig, PhraseStoreStats, open_store, store_kind
+from spec_decode.beam_api import BeamProposal, BeamUpdate
 from spec_decode.errors import FailedPrecondition, InvalidArgument, NotFound, ResourceExhausted
 from spec_decode.hidden import hidden_from_bytes
 from spec_decode.model_thread import model_thread
@@ -150,6 +152,7 @@ class DraftWorker:
         if config.redrafter_head:
             self.head, self.head_vocab = _load_head(Path(config.redrafter_head), config)
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
+        self._beams: OrderedDict[str, LMBeamDrafter] = OrderedDict()  # beam sessions (dsbd), LRU order
         self._stores: dict[str, PhraseStore] = {}  # namespace (lower case) -> the shared pool
         self._lock = threading.Lock()
         self._model_thread = model_thread()
@@ -294,11 +297,91 @@ class DraftWorker:
                 return session.adaptive.update(min(num_draft, session.last_depth), num_accepted)
             return session.last_length or self.config.default_num_tokens
 
+    def propose_beams(
+        self,
+        session_id: str,
+        contexts: Sequence[Sequence[int]],
+        updates: Sequence[BeamUpdate],
+        beam_scores: Sequence[float],
+        depth: int,
+        width: int,
+        max_nodes: int,
+        sampling: SamplingParams,
+        draft_top_k: int = 0,
+        eos_token_ids: Sequence[int] = (),
+    ) -> BeamProposal:
+        """Advance a beam session (``contexts`` restart it, else ``updates`` move it) and draft a forest.
+
+        See :mod:`draft_service.beam_drafter`. Runs on the service's single model thread.
+        """
+        return self._model_thread.run(
+            self._propose_beams,
+            session_id,
+            contexts,
+            updates,
+            beam_scores,
+            depth,
+            width,
+            max_nodes,
+            sampling,
+            draft_top_k,
+            eos_token_ids,
+        )
+
+    def _propose_beams(
+        self,
+        session_id: str,
+        contexts: Sequence[Sequence[int]],
+        updates: Sequence[BeamUpdate],
+        beam_scores: Sequence[float],
+        depth: int,
+        width: int,
+        max_nodes: int,
+        sampling: SamplingParams,
+        draft_top_k: int,
+        eos_token_ids: Sequence[int],
+    ) -> BeamProposal:
+        if not session_id:
+            raise InvalidArgument("session_id must not be empty")
+        if self.model is None:
+            raise FailedPrecondition("draft beams need a draft model; start the draft service with --draft-model")
+        sampling.validate()
+        if sampling.greedy:
+            raise InvalidArgument("draft beam sampling needs temperature > 0")
+        if not 0 <= depth <= self.config.max_num_tokens:
+            raise InvalidArgument(f"depth must be in [0, {self.config.max_num_tokens}], got {depth}")
+        if not 1 <= width <= 64 or max_nodes < 0:
+            raise InvalidArgument(f"need 1 <= width <= 64 and max_nodes >= 0, got width {width}, max_nodes {max_nodes}")
+        top_k = draft_top_k or self.config.default_draft_top_k
+        if not 1 <= top_k <= MAX_DRAFT_TOP_K:
+            raise InvalidArgument(f"draft_top_k must be in [0, {MAX_DRAFT_TOP_K}] (0 = default), got {draft_top_k}")
+        for seq in [*contexts, *(u.tokens for u in updates)]:
+            self._check_request(session_id, MODEL, 0, seq, max_nodes, sampling)  # token ids in the vocabulary
+        with self._lock:
+            drafter = self._beams.get(session_id)
+            if contexts:
+                if drafter is None:
+                    while len(self._beams) >= self.config.max_sessions:
+                        self._beams.popitem(last=False)
+                    generator = make_generator(_draft_seed(sampling.seed))
+                    drafter = LMBeamDrafter(self.model.model, self.device, generator)
+                drafter.restart(contexts)
+                self._beams[session_id] = drafter
+            elif drafter is None:
+                raise NotFound(f"draft beam session {session_id!r} does not exist; resend the beam contexts")
+            else:
+                drafter.advance(updates)
+            self._beams.move_to_end(session_id)
+            start = time.perf_counter()
+            forest = drafter.draft(beam_scores, depth, width, max_nodes, sampling, top_k, eos_token_ids)
+            return BeamProposal(forest, time.perf_counter() - start)
+
     def release(self, session_id: str) -> bool:
         with self._lock:
             session = self._sessions.pop(session_id, None)
+            beams = self._beams.pop(session_id, None)
         if session is None:
-            return False
+            return beams is not None
         _free(session)
         return True
 

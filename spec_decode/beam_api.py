@@ -77,6 +77,7 @@ class BeamDraftAPI(Protocol):
         max_nodes: int,
         sampling: SamplingParams,
         draft_top_k: int = 0,
+        eos_token_ids: Sequence[int] = (),
     ) -> BeamProposal:
         """Advance the session's beams and draft a forest of ``depth`` layers from them.
 
