@@ -16,6 +16,7 @@ class Method:
     default_num_tokens: int
     needs_draft_model: bool = False
     description: str = ""
+    beams: bool = False  # a beam method: orchestrator/beam_loop.py runs it
 
 
 METHODS: dict[str, Method] = {
@@ -43,6 +44,22 @@ METHODS: dict[str, Method] = {
             4,
             description="ReDrafter: beam search over a recurrent draft head on the target's hidden state, beams "
             "packed into one tree (Zhang et al. 2024); the draft service needs --redrafter-head",
+        ),
+        Method(
+            "beam-sample",
+            None,
+            0,
+            description="target-only beam sampling with width W (transformers' num_beams=W, do_sample=True)",
+            beams=True,
+        ),
+        Method(
+            "dsbd",
+            "model",
+            4,
+            needs_draft_model=True,
+            description="DSBD: draft-LM beams verified as a forest in one target pass, output beams follow "
+            "target beam sampling; dynamic width from a threshold (Qin et al. 2024)",
+            beams=True,
         ),
     )
 }

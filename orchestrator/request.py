@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from spec_decode.beams import BeamParams
 from spec_decode.errors import InvalidArgument
 from spec_decode.types import DraftOptions, SamplingParams
 
@@ -52,6 +53,7 @@ class GenerateParams:
     num_branches: int = 0
     ignore_eos: bool = False
     ouroboros: OuroborosParams = field(default_factory=lambda: OuroborosParams())
+    beam: BeamParams = field(default_factory=BeamParams)  # beam-sample / dsbd: width, min width, threshold
 
     def validate(self, *, max_new_tokens_cap: int) -> GenerateParams:
         given = sum(bool(x) for x in (self.prompt, self.messages, self.prompt_token_ids))
@@ -75,6 +77,10 @@ class GenerateParams:
             if msg.role not in ("system", "user", "assistant"):
                 raise InvalidArgument(f"messages[{i}].role {msg.role!r} must be system, user or assistant")
         self.sampling.validate()
+        if self.method in ("beam-sample", "dsbd"):
+            self.beam.validate()
+            if self.sampling.greedy:
+                raise InvalidArgument(f"method {self.method!r} is beam sampling: it needs temperature > 0")
         return self
 
     def draft_options(self, default_num_tokens: int, phrase_namespace: str = "") -> DraftOptions:

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from orchestrator.beam_loop import BeamDecodeLoop
 from orchestrator.drafters import DrafterRouter, as_router
 from orchestrator.loop import DecodeLoop
 from orchestrator.methods import available_methods, resolve_method
@@ -94,12 +95,25 @@ class Admission:
 
 
 @dataclass(frozen=True)
+class ResultBeam:
+    """A final beam of a beam method: text, tokens, sampling score, raw target log-probability."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    score: float
+    logprob: float
+    finished: bool  # ended with EOS
+
+
+@dataclass(frozen=True)
 class GenerationResult:
     text: str
     token_ids: tuple[int, ...]
     method: str
     stats: GenerationStats
     session_id: str
+    beams: tuple[ResultBeam, ...] = ()  # beam methods: every final beam, best first
+    peak_kv_bytes: int = 0  # beam methods: the target KV memory of the request's beams at its peak
 
 
 @dataclass(frozen=True)
@@ -112,6 +126,8 @@ class StreamChunk:
     session_id: str
     done: bool = False
     stats: GenerationStats | None = None
+    beams: tuple[ResultBeam, ...] = ()  # last chunk of a beam method: every final beam, best first
+    peak_kv_bytes: int = 0  # last chunk of a beam method: peak target KV memory of its beams
 
 
 class Orchestrator:
@@ -170,7 +186,13 @@ class Orchestrator:
                 if chunk.done:
                     assert chunk.stats is not None
                     return GenerationResult(
-                        "".join(text), tuple(token_ids), chunk.method, chunk.stats, chunk.session_id
+                        "".join(text),
+                        tuple(token_ids),
+                        chunk.method,
+                        chunk.stats,
+                        chunk.session_id,
+                        chunk.beams,
+                        chunk.peak_kv_bytes,
                     )
         finally:
             chunks.close()  # releases the sessions at once when stopped early
@@ -189,13 +211,22 @@ class Orchestrator:
             name = params.method or "vanilla"
             for new_tokens in loop.run():
                 yield StreamChunk(detok.push(new_tokens), tuple(new_tokens), name, loop.session_id)
-            yield StreamChunk(detok.flush(), (), name, loop.session_id, True, loop.generation_stats())
+            beams: tuple[ResultBeam, ...] = ()
+            peak = 0
+            if isinstance(loop, BeamDecodeLoop):
+                peak = loop.peak_kv_bytes
+                beams = tuple(
+                    ResultBeam(self._tokenizer.decode(list(b.token_ids)), b.token_ids, b.score, b.logprob, b.finished)
+                    for b in loop.beams
+                )
+            stats = loop.generation_stats()
+            yield StreamChunk(detok.flush(), (), name, loop.session_id, True, stats, beams, peak)
 
     def _node_share(self) -> int:
         """This step's draft-node allowance of one request: the step budget over the running requests."""
         return max(1, self.config.step_node_budget // max(1, self._admission.running))
 
-    def _prepare(self, params: GenerateParams) -> DecodeLoop:
+    def _prepare(self, params: GenerateParams) -> DecodeLoop | BeamDecodeLoop:
         params.validate(max_new_tokens_cap=self.config.max_new_tokens)
         drafters = self.draft_info.drafters if self.draft_info else ()
         method = resolve_method(params.method, has_draft_service=self._draft is not None, draft_drafters=drafters)
@@ -219,6 +250,19 @@ class Orchestrator:
             raise InvalidArgument(
                 f"prompt ({len(prompt)} tokens) + max_new_tokens ({params.max_new_tokens}) exceeds the "
                 f"target's context of {limits.max_context} tokens"
+            )
+        if method.beams:
+            if not hasattr(self._target, "beam_verify"):
+                raise FailedPrecondition(f"method {method.name!r} needs a target that verifies beams")
+            return BeamDecodeLoop(
+                session_id=uuid.uuid4().hex,
+                target=self._target,
+                draft=self._draft,
+                method=method,
+                params=params,
+                prompt=prompt,
+                limits=limits,
+                eos_token_ids=self.target_info.vocab.eos_token_ids,
             )
         return DecodeLoop(
             session_id=uuid.uuid4().hex,
