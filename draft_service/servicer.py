@@ -9,13 +9,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import grpc
 
-from protos import convert, draft_pb2, draft_pb2_grpc
+from protos import beam_convert, convert, draft_pb2, draft_pb2_grpc
 from protos.serving import session_id_arg, unary_errors
 from spec_decode.api import DraftAPI
-from spec_decode.errors import InvalidArgument
+from spec_decode.beam_api import BeamDraftAPI
+from spec_decode.errors import FailedPrecondition, InvalidArgument
 from specd_metrics.logs import session_context
 from specd_metrics.services import DraftMetrics
 
@@ -88,6 +90,29 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
                 session_id_arg(request.session_id), request.num_draft, request.num_accepted, list(request.target_tokens)
             )
         return draft_pb2.ObserveResponse(next_num_tokens=nxt)
+
+    @unary_errors
+    def ProposeBeams(
+        self, request: draft_pb2.ProposeBeamsRequest, context: grpc.ServicerContext
+    ) -> draft_pb2.ProposeBeamsResponse:
+        with session_context(request.session_id), self._counted("propose_beams"):
+            if not hasattr(self._draft, "propose_beams"):
+                raise FailedPrecondition("this draft service does not draft beams")
+            proposal = cast(BeamDraftAPI, self._draft).propose_beams(
+                session_id_arg(request.session_id),
+                [list(c.tokens) for c in request.contexts],
+                [beam_convert.update_from_pb(u) for u in request.updates],
+                list(request.beam_scores),
+                request.depth,
+                request.width,
+                request.max_nodes,
+                convert.sampling_from_pb(request.sampling),
+                request.draft_top_k,
+                list(request.eos_token_ids),
+            )
+        return draft_pb2.ProposeBeamsResponse(
+            forest=beam_convert.forest_to_pb(proposal.forest), compute_s=proposal.compute_s
+        )
 
     @unary_errors
     def Release(

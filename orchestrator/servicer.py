@@ -12,8 +12,8 @@ from collections.abc import Callable, Generator, Iterator
 import grpc
 
 from orchestrator.request import ChatMessage, GenerateParams, OuroborosParams
-from orchestrator.service import Orchestrator, StreamChunk
-from protos import convert, orchestrator_pb2, orchestrator_pb2_grpc
+from orchestrator.service import Orchestrator, ResultBeam, StreamChunk
+from protos import beam_convert, convert, orchestrator_pb2, orchestrator_pb2_grpc
 from protos.serving import stream_errors, unary_errors
 from specd_metrics.services import OrchestratorMetrics, RequestTracker
 
@@ -41,7 +41,15 @@ def params_from_pb(req: orchestrator_pb2.GenerateRequest) -> GenerateParams:
             no_verification_phrases=req.ouroboros.no_verification_phrases,
             no_history_phrases=req.ouroboros.no_history_phrases,
         ),
+        beam=beam_convert.beam_params_from_pb(req.beam),
     )
+
+
+def _beams_to_pb(beams: tuple[ResultBeam, ...]) -> list[orchestrator_pb2.Beam]:
+    return [
+        orchestrator_pb2.Beam(text=b.text, token_ids=b.token_ids, score=b.score, logprob=b.logprob, finished=b.finished)
+        for b in beams
+    ]
 
 
 def _chunk_to_pb(chunk: StreamChunk) -> orchestrator_pb2.GenerateChunk:
@@ -52,6 +60,8 @@ def _chunk_to_pb(chunk: StreamChunk) -> orchestrator_pb2.GenerateChunk:
         done=chunk.done,
         method=chunk.method,
         session_id=chunk.session_id,
+        beams=_beams_to_pb(chunk.beams),
+        peak_kv_bytes=chunk.peak_kv_bytes,
     )
 
 
@@ -78,6 +88,8 @@ class OrchestratorServicer(orchestrator_pb2_grpc.OrchestratorServicer):
             method=result.method,
             stats=convert.stats_to_pb(result.stats),
             session_id=result.session_id,
+            beams=_beams_to_pb(result.beams),
+            peak_kv_bytes=result.peak_kv_bytes,
         )
 
     @stream_errors

@@ -9,9 +9,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from protos import convert, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
+from protos import beam_convert, convert, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 from protos.security import PeerTls, open_channel
 from protos.serving import CHANNEL_OPTIONS, call
+from spec_decode.beam_types import BeamForest, BeamParams, BeamProposal, BeamUpdate, BeamVerifyResult
 from spec_decode.errors import Unavailable
 from spec_decode.types import (
     DraftInfo,
@@ -96,6 +97,17 @@ class GrpcTargetClient:
         )
         return convert.verify_from_pb(self._call(self._stub.Verify, req, self._t.verify))
 
+    def beam_verify(
+        self, session_id: str, forest: BeamForest, params: BeamParams, eos_token_ids: Sequence[int]
+    ) -> BeamVerifyResult:
+        req = target_pb2.BeamVerifyRequest(
+            session_id=session_id,
+            forest=beam_convert.forest_to_pb(forest),
+            params=beam_convert.beam_params_to_pb(params),
+            eos_token_ids=eos_token_ids,
+        )
+        return beam_convert.beam_verify_from_pb(self._call(self._stub.BeamVerify, req, self._t.verify))
+
     def release(self, session_id: str) -> bool:
         resp = self._call(self._stub.Release, target_pb2.ReleaseRequest(session_id=session_id), self._t.release)
         return bool(resp.released)
@@ -149,6 +161,34 @@ class GrpcDraftClient:
         )
         resp = call(self._stub.Propose, req, self._t.propose)
         return ProposeResult(convert.tree_from_pb(resp.tree), resp.context_len, resp.compute_ms / 1e3)
+
+    def propose_beams(
+        self,
+        session_id: str,
+        contexts: Sequence[Sequence[int]],
+        updates: Sequence[BeamUpdate],
+        beam_scores: Sequence[float],
+        depth: int,
+        width: int,
+        max_nodes: int,
+        sampling: SamplingParams,
+        draft_top_k: int = 0,
+        eos_token_ids: Sequence[int] = (),
+    ) -> BeamProposal:
+        req = draft_pb2.ProposeBeamsRequest(
+            session_id=session_id,
+            contexts=[draft_pb2.TokenList(tokens=c) for c in contexts],
+            updates=[beam_convert.update_to_pb(u) for u in updates],
+            beam_scores=beam_scores,
+            depth=depth,
+            width=width,
+            max_nodes=max_nodes,
+            sampling=convert.sampling_to_pb(sampling),
+            draft_top_k=draft_top_k,
+            eos_token_ids=eos_token_ids,
+        )
+        resp = call(self._stub.ProposeBeams, req, self._t.propose)
+        return BeamProposal(beam_convert.forest_from_pb(resp.forest), resp.compute_s)
 
     def observe(self, session_id: str, num_draft: int, num_accepted: int, target_tokens: Sequence[int] = ()) -> int:
         self._feedback[session_id] = (num_draft, num_accepted, tuple(target_tokens))

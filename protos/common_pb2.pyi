@@ -49,3 +49,51 @@ class VocabInfo(_message.Message):
     vocab_size: int
     eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, model: _Optional[str] = ..., fingerprint: _Optional[str] = ..., vocab_size: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class BeamParams(_message.Message):
+    __slots__ = ("width", "min_width", "threshold", "length_penalty", "keep_best_only")
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    MIN_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_PENALTY_FIELD_NUMBER: _ClassVar[int]
+    KEEP_BEST_ONLY_FIELD_NUMBER: _ClassVar[int]
+    width: int
+    min_width: int
+    threshold: float
+    length_penalty: float
+    keep_best_only: bool
+    def __init__(self, width: _Optional[int] = ..., min_width: _Optional[int] = ..., threshold: _Optional[float] = ..., length_penalty: _Optional[float] = ..., keep_best_only: _Optional[bool] = ...) -> None: ...
+
+class DraftBeamLayer(_message.Message):
+    __slots__ = ("inputs", "input_scores", "q", "candidates")
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SCORES_FIELD_NUMBER: _ClassVar[int]
+    Q_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    inputs: _containers.RepeatedScalarFieldContainer[int]
+    input_scores: _containers.RepeatedScalarFieldContainer[float]
+    q: _containers.RepeatedCompositeFieldContainer[SparseProbs]
+    candidates: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, inputs: _Optional[_Iterable[int]] = ..., input_scores: _Optional[_Iterable[float]] = ..., q: _Optional[_Iterable[_Union[SparseProbs, _Mapping]]] = ..., candidates: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class BeamForest(_message.Message):
+    __slots__ = ("tokens", "parents", "layers")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    PARENTS_FIELD_NUMBER: _ClassVar[int]
+    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedScalarFieldContainer[int]
+    parents: _containers.RepeatedScalarFieldContainer[int]
+    layers: _containers.RepeatedCompositeFieldContainer[DraftBeamLayer]
+    def __init__(self, tokens: _Optional[_Iterable[int]] = ..., parents: _Optional[_Iterable[int]] = ..., layers: _Optional[_Iterable[_Union[DraftBeamLayer, _Mapping]]] = ...) -> None: ...
+
+class BeamUpdate(_message.Message):
+    __slots__ = ("parent", "tokens", "score", "logprob")
+    PARENT_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    LOGPROB_FIELD_NUMBER: _ClassVar[int]
+    parent: int
+    tokens: _containers.RepeatedScalarFieldContainer[int]
+    score: float
+    logprob: float
+    def __init__(self, parent: _Optional[int] = ..., tokens: _Optional[_Iterable[int]] = ..., score: _Optional[float] = ..., logprob: _Optional[float] = ...) -> None: ...

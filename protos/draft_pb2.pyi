@@ -124,3 +124,41 @@ class DraftReleaseResponse(_message.Message):
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     released: bool
     def __init__(self, released: _Optional[bool] = ...) -> None: ...
+
+class TokenList(_message.Message):
+    __slots__ = ("tokens",)
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    tokens: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, tokens: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ProposeBeamsRequest(_message.Message):
+    __slots__ = ("session_id", "contexts", "updates", "beam_scores", "depth", "width", "max_nodes", "sampling", "draft_top_k", "eos_token_ids")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTEXTS_FIELD_NUMBER: _ClassVar[int]
+    UPDATES_FIELD_NUMBER: _ClassVar[int]
+    BEAM_SCORES_FIELD_NUMBER: _ClassVar[int]
+    DEPTH_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    MAX_NODES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_TOP_K_FIELD_NUMBER: _ClassVar[int]
+    EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    contexts: _containers.RepeatedCompositeFieldContainer[TokenList]
+    updates: _containers.RepeatedCompositeFieldContainer[_common_pb2.BeamUpdate]
+    beam_scores: _containers.RepeatedScalarFieldContainer[float]
+    depth: int
+    width: int
+    max_nodes: int
+    sampling: _common_pb2.SamplingParams
+    draft_top_k: int
+    eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_id: _Optional[str] = ..., contexts: _Optional[_Iterable[_Union[TokenList, _Mapping]]] = ..., updates: _Optional[_Iterable[_Union[_common_pb2.BeamUpdate, _Mapping]]] = ..., beam_scores: _Optional[_Iterable[float]] = ..., depth: _Optional[int] = ..., width: _Optional[int] = ..., max_nodes: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., draft_top_k: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ProposeBeamsResponse(_message.Message):
+    __slots__ = ("forest", "compute_s")
+    FOREST_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
+    forest: _common_pb2.BeamForest
+    compute_s: float
+    def __init__(self, forest: _Optional[_Union[_common_pb2.BeamForest, _Mapping]] = ..., compute_s: _Optional[float] = ...) -> None: ...

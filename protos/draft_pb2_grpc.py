@@ -54,6 +54,11 @@ class DraftServiceStub:
                 request_serializer=protos_dot_draft__pb2.DraftReleaseRequest.SerializeToString,
                 response_deserializer=protos_dot_draft__pb2.DraftReleaseResponse.FromString,
                 _registered_method=True)
+        self.ProposeBeams = channel.unary_unary(
+                '/specd.v1.DraftService/ProposeBeams',
+                request_serializer=protos_dot_draft__pb2.ProposeBeamsRequest.SerializeToString,
+                response_deserializer=protos_dot_draft__pb2.ProposeBeamsResponse.FromString,
+                _registered_method=True)
 
 
 class DraftServiceServicer:
@@ -84,6 +89,13 @@ class DraftServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ProposeBeams(self, request, context):
+        """DSBD: advance the session's draft beams and draft a forest of beam sampling layers.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DraftServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -106,6 +118,11 @@ def add_DraftServiceServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=protos_dot_draft__pb2.DraftReleaseRequest.FromString,
                     response_serializer=protos_dot_draft__pb2.DraftReleaseResponse.SerializeToString,
+            ),
+            'ProposeBeams': grpc.unary_unary_rpc_method_handler(
+                    servicer.ProposeBeams,
+                    request_deserializer=protos_dot_draft__pb2.ProposeBeamsRequest.FromString,
+                    response_serializer=protos_dot_draft__pb2.ProposeBeamsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -216,6 +233,33 @@ class DraftService:
             '/specd.v1.DraftService/Release',
             protos_dot_draft__pb2.DraftReleaseRequest.SerializeToString,
             protos_dot_draft__pb2.DraftReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ProposeBeams(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/specd.v1.DraftService/ProposeBeams',
+            protos_dot_draft__pb2.ProposeBeamsRequest.SerializeToString,
+            protos_dot_draft__pb2.ProposeBeamsResponse.FromString,
             options,
             channel_credentials,
             insecure,

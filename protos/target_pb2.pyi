@@ -100,3 +100,33 @@ class ReleaseResponse(_message.Message):
     RELEASED_FIELD_NUMBER: _ClassVar[int]
     released: bool
     def __init__(self, released: _Optional[bool] = ...) -> None: ...
+
+class BeamVerifyRequest(_message.Message):
+    __slots__ = ("session_id", "forest", "params", "eos_token_ids")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    FOREST_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_FIELD_NUMBER: _ClassVar[int]
+    EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    forest: _common_pb2.BeamForest
+    params: _common_pb2.BeamParams
+    eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, session_id: _Optional[str] = ..., forest: _Optional[_Union[_common_pb2.BeamForest, _Mapping]] = ..., params: _Optional[_Union[_common_pb2.BeamParams, _Mapping]] = ..., eos_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class BeamVerifyResponse(_message.Message):
+    __slots__ = ("beams", "finished", "widths", "accepted", "drafted", "compute_s", "kv_bytes")
+    BEAMS_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_FIELD_NUMBER: _ClassVar[int]
+    WIDTHS_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_FIELD_NUMBER: _ClassVar[int]
+    DRAFTED_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
+    KV_BYTES_FIELD_NUMBER: _ClassVar[int]
+    beams: _containers.RepeatedCompositeFieldContainer[_common_pb2.BeamUpdate]
+    finished: _containers.RepeatedCompositeFieldContainer[_common_pb2.BeamUpdate]
+    widths: _containers.RepeatedScalarFieldContainer[int]
+    accepted: int
+    drafted: int
+    compute_s: float
+    kv_bytes: int
+    def __init__(self, beams: _Optional[_Iterable[_Union[_common_pb2.BeamUpdate, _Mapping]]] = ..., finished: _Optional[_Iterable[_Union[_common_pb2.BeamUpdate, _Mapping]]] = ..., widths: _Optional[_Iterable[int]] = ..., accepted: _Optional[int] = ..., drafted: _Optional[int] = ..., compute_s: _Optional[float] = ..., kv_bytes: _Optional[int] = ...) -> None: ...

@@ -54,6 +54,11 @@ class TargetServiceStub:
                 request_serializer=protos_dot_target__pb2.ReleaseRequest.SerializeToString,
                 response_deserializer=protos_dot_target__pb2.ReleaseResponse.FromString,
                 _registered_method=True)
+        self.BeamVerify = channel.unary_unary(
+                '/specd.v1.TargetService/BeamVerify',
+                request_serializer=protos_dot_target__pb2.BeamVerifyRequest.SerializeToString,
+                response_deserializer=protos_dot_target__pb2.BeamVerifyResponse.FromString,
+                _registered_method=True)
 
 
 class TargetServiceServicer:
@@ -85,6 +90,14 @@ class TargetServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def BeamVerify(self, request, context):
+        """Beam methods: score the forest of all the session's beams in one pass, run beam sampling
+        over it, keep the new beams (the session was created by Prefill).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TargetServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -107,6 +120,11 @@ def add_TargetServiceServicer_to_server(servicer, server):
                     servicer.Release,
                     request_deserializer=protos_dot_target__pb2.ReleaseRequest.FromString,
                     response_serializer=protos_dot_target__pb2.ReleaseResponse.SerializeToString,
+            ),
+            'BeamVerify': grpc.unary_unary_rpc_method_handler(
+                    servicer.BeamVerify,
+                    request_deserializer=protos_dot_target__pb2.BeamVerifyRequest.FromString,
+                    response_serializer=protos_dot_target__pb2.BeamVerifyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -217,6 +235,33 @@ class TargetService:
             '/specd.v1.TargetService/Release',
             protos_dot_target__pb2.ReleaseRequest.SerializeToString,
             protos_dot_target__pb2.ReleaseResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def BeamVerify(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/specd.v1.TargetService/BeamVerify',
+            protos_dot_target__pb2.BeamVerifyRequest.SerializeToString,
+            protos_dot_target__pb2.BeamVerifyResponse.FromString,
             options,
             channel_credentials,
             insecure,

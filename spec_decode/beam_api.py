@@ -12,45 +12,12 @@ resends a whole context. Both protocols are implemented in-process (``TargetVeri
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
-from spec_decode.beams import BeamParams
-from spec_decode.forest import BeamForest
+from spec_decode.beam_types import BeamForest, BeamParams, BeamProposal, BeamUpdate, BeamVerifyResult
 from spec_decode.types import SamplingParams
 
-
-@dataclass(frozen=True)
-class BeamUpdate:
-    """A beam after a step: input beam ``parent`` extended by ``tokens`` (its last one is pending).
-
-    ``score`` is the cumulative sampling score (warped target log-probs, what beam sampling ranks
-    by); ``logprob`` the cumulative raw target log-probability (log-softmax of the logits).
-    """
-
-    parent: int
-    tokens: tuple[int, ...]
-    score: float
-    logprob: float
-
-
-@dataclass(frozen=True)
-class BeamVerifyResult:
-    """One beam step: running beams (best first), beams that ended with EOS, and counters."""
-
-    beams: tuple[BeamUpdate, ...]
-    finished: tuple[BeamUpdate, ...]
-    widths: tuple[int, ...]  # beam width used at each layer verified
-    accepted: int  # draft candidates accepted
-    drafted: int  # draft candidates tried
-    compute_s: float
-    kv_bytes: int = 0  # the session's KV memory after the step, all beams
-
-
-@dataclass(frozen=True)
-class BeamProposal:
-    forest: BeamForest
-    compute_s: float
+__all__ = ["BeamDraftAPI", "BeamProposal", "BeamTargetAPI", "BeamUpdate", "BeamVerifyResult"]
 
 
 class BeamTargetAPI(Protocol):

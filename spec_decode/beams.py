@@ -34,30 +34,9 @@ from dataclasses import dataclass
 
 import torch
 
+from spec_decode.beam_types import BeamParams as BeamParams  # re-exported (torch-free home: beam_types)
 from spec_decode.errors import InvalidArgument
 from spec_decode.types import SparseProbs
-
-
-@dataclass(frozen=True)
-class BeamParams:
-    """Per-request beam knobs. ``threshold == 0`` keeps the width fixed at ``width``."""
-
-    width: int = 4
-    min_width: int = 1
-    threshold: float = 0.0
-    length_penalty: float = 1.0
-    keep_best_only: bool = False  # memory-saving DSBD: one beam carried between steps
-
-    def validate(self) -> BeamParams:
-        if not 1 <= self.width <= 64:
-            raise InvalidArgument(f"beam width must be in [1, 64], got {self.width}")
-        if not 1 <= self.min_width <= self.width:
-            raise InvalidArgument(f"min beam width must be in [1, width={self.width}], got {self.min_width}")
-        if not (math.isfinite(self.threshold) and 0.0 <= self.threshold <= 1.0):
-            raise InvalidArgument(f"width threshold must be in [0, 1] (0 = fixed width), got {self.threshold}")
-        if not math.isfinite(self.length_penalty):
-            raise InvalidArgument(f"length penalty must be finite, got {self.length_penalty}")
-        return self
 
 
 @dataclass(frozen=True)

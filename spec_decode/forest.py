@@ -22,6 +22,10 @@ from dataclasses import dataclass
 
 import torch
 
+from spec_decode.beam_types import EMPTY_FOREST as EMPTY_FOREST  # the types are re-exported from beam_types
+from spec_decode.beam_types import BeamForest as BeamForest
+from spec_decode.beam_types import DraftBeamLayer as DraftBeamLayer
+from spec_decode.beam_types import root_ref as root_ref
 from spec_decode.beams import (
     BeamChoice,
     BeamParams,
@@ -34,81 +38,7 @@ from spec_decode.beams import (
     sample_beam_step,
     select_beams,
 )
-from spec_decode.errors import InvalidArgument
-from spec_decode.types import DraftTree, SparseProbs
-
-
-def root_ref(beam: int) -> int:
-    """The node reference of session beam ``beam``'s pending token."""
-    return -1 - beam
-
-
-@dataclass(frozen=True)
-class DraftBeamLayer:
-    """One layer of draft beam sampling. ``inputs`` are node references (``-1 - b`` = session beam b)."""
-
-    inputs: tuple[int, ...]
-    input_scores: tuple[float, ...]  # the draft's cumulative score per input beam
-    q: tuple[SparseProbs, ...]  # the draft's (sparse) next-token distribution per input beam
-    candidates: tuple[int, ...]  # forest nodes drawn from these inputs, in sampling order
-
-
-@dataclass(frozen=True)
-class BeamForest:
-    """Draft trees of all session beams: ``tokens[g]``, ``parents[g]`` (a node < g, or a root ref)."""
-
-    tokens: tuple[int, ...] = ()
-    parents: tuple[int, ...] = ()
-    layers: tuple[DraftBeamLayer, ...] = ()
-
-    @property
-    def size(self) -> int:
-        return len(self.tokens)
-
-    def trees(self, num_beams: int) -> tuple[list[DraftTree], list[tuple[int, int]]]:
-        """One :class:`DraftTree` per session beam, and ``(beam, local node)`` per global node."""
-        where: list[tuple[int, int]] = []
-        tokens: list[list[int]] = [[] for _ in range(num_beams)]
-        parents: list[list[int]] = [[] for _ in range(num_beams)]
-        for tok, par in zip(self.tokens, self.parents, strict=True):
-            if par < 0:
-                beam, local_parent = -1 - par, -1
-            else:
-                beam, local_parent = where[par]
-            where.append((beam, len(tokens[beam])))
-            tokens[beam].append(tok)
-            parents[beam].append(local_parent)
-        return [DraftTree(tuple(t), tuple(p)) for t, p in zip(tokens, parents, strict=True)], where
-
-    def validate(self, num_beams: int, vocab_size: int, max_nodes: int) -> None:
-        """Raise :class:`InvalidArgument` naming what is wrong with this forest, if anything."""
-        n = self.size
-        if len(self.parents) != n:
-            raise InvalidArgument(f"beam forest has {n} tokens but {len(self.parents)} parents")
-        if n > max_nodes:
-            raise InvalidArgument(f"beam forest has {n} nodes; the limit is {max_nodes}")
-        for g, (tok, par) in enumerate(zip(self.tokens, self.parents, strict=True)):
-            if not 0 <= tok < vocab_size:
-                raise InvalidArgument(f"beam forest node {g}: token {tok} is outside the vocabulary [0, {vocab_size})")
-            if par >= g or par < -num_beams:
-                raise InvalidArgument(
-                    f"beam forest node {g}: parent {par} must be an earlier node or a root -1..-{num_beams}"
-                )
-        for j, layer in enumerate(self.layers):
-            if not len(layer.inputs) == len(layer.input_scores) == len(layer.q):
-                raise InvalidArgument(f"beam forest layer {j}: inputs, input_scores and q differ in length")
-            if len(set(layer.candidates)) != len(layer.candidates):
-                raise InvalidArgument(f"beam forest layer {j}: candidates repeat (they are drawn without replacement)")
-            for ref in layer.inputs:
-                if not -num_beams <= ref < n:
-                    raise InvalidArgument(f"beam forest layer {j}: input {ref} is not a node or a root")
-            inputs = set(layer.inputs)
-            for g in layer.candidates:
-                if not 0 <= g < n or self.parents[g] not in inputs:
-                    raise InvalidArgument(f"beam forest layer {j}: candidate {g} is not a child of the layer's inputs")
-
-
-EMPTY_FOREST = BeamForest()
+from spec_decode.types import SparseProbs
 
 
 def draft_forest(

@@ -9,12 +9,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import grpc
 
-from protos import convert, target_pb2, target_pb2_grpc
+from protos import beam_convert, convert, target_pb2, target_pb2_grpc
 from protos.serving import session_id_arg, unary_errors
 from spec_decode.api import TargetAPI
+from spec_decode.beam_api import BeamTargetAPI
+from spec_decode.errors import FailedPrecondition
 from specd_metrics.logs import session_context
 from specd_metrics.services import TargetMetrics
 
@@ -67,6 +70,24 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
             if self._metrics is not None:
                 self._metrics.verify_nodes.inc(tree.size)
         return convert.verify_to_pb(result)
+
+    @unary_errors
+    def BeamVerify(
+        self, request: target_pb2.BeamVerifyRequest, context: grpc.ServicerContext
+    ) -> target_pb2.BeamVerifyResponse:
+        with self._call("beam_verify", request.session_id):
+            if not hasattr(self._target, "beam_verify"):
+                raise FailedPrecondition("this target service does not verify beams")
+            forest = beam_convert.forest_from_pb(request.forest)
+            result = cast(BeamTargetAPI, self._target).beam_verify(
+                session_id_arg(request.session_id),
+                forest,
+                beam_convert.beam_params_from_pb(request.params),
+                list(request.eos_token_ids),
+            )
+            if self._metrics is not None:
+                self._metrics.verify_nodes.inc(forest.size)
+        return beam_convert.beam_verify_to_pb(result)
 
     @unary_errors
     def Release(self, request: target_pb2.ReleaseRequest, context: grpc.ServicerContext) -> target_pb2.ReleaseResponse:
