@@ -403,7 +403,56 @@ def _generate_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         phrase_top_k=args.phrase_top_k,
         phrase_length=args.phrase_length,
         disable_parts=[p for p in args.ouroboros_disable.split(",") if p],
+        **_beam_kwargs(args),
     )
+
+
+def _add_beam_flags(p: argparse.ArgumentParser) -> None:
+    """Knobs of the beam methods (beam-sample, hf-beam-sample, dsbd)."""
+    p.add_argument("--beam-width", type=int, default=0, help="beam methods: beams W (0 = 4)")
+    p.add_argument("--min-beam-width", type=int, default=0, help="dsbd: the dynamic width's floor (0 = 1)")
+    p.add_argument(
+        "--width-threshold",
+        type=float,
+        default=0.0,
+        help="dsbd: dynamic width, the largest k with P(#accepted >= k) >= this (0 = fixed width W; paper: 0.7, 0.9)",
+    )
+    p.add_argument("--length-penalty", type=float, default=None, help="beam methods: score / length ** this (1.0)")
+    p.add_argument(
+        "--keep-best-beam", action="store_true", help="dsbd: memory-saving variant, one beam carried between steps"
+    )
+
+
+def _beam_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(
+        beam_width=args.beam_width,
+        min_beam_width=args.min_beam_width,
+        width_threshold=args.width_threshold,
+        length_penalty=args.length_penalty,
+        keep_best_beam=args.keep_best_beam,
+    )
+
+
+def _beam_params(kwargs: dict[str, Any]) -> Any:
+    """BeamParams from (and out of) the generate kwargs; zero values mean the defaults."""
+    from spec_decode.beam_types import BeamParams
+
+    default = BeamParams()
+    penalty = kwargs.pop("length_penalty")
+    return BeamParams(
+        width=kwargs.pop("beam_width") or default.width,
+        min_width=kwargs.pop("min_beam_width") or default.min_width,
+        threshold=kwargs.pop("width_threshold"),
+        length_penalty=default.length_penalty if penalty is None else penalty,
+        keep_best_only=kwargs.pop("keep_best_beam"),
+    )
+
+
+def _beams_json(beams: Any) -> list[dict[str, Any]]:
+    return [
+        {"text": b.text, "token_ids": list(b.token_ids), "score": b.score, "logprob": b.logprob, "finished": b.finished}
+        for b in beams
+    ]
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -428,12 +477,14 @@ def _generate_remote(args: argparse.Namespace, kwargs: dict[str, Any]) -> int:
         with client:
             if args.json:
                 result = client.generate(args.prompt, **kwargs)
-                payload = {
+                payload: dict[str, Any] = {
                     "text": result.text,
                     "token_ids": list(result.token_ids),
                     "method": result.method,
                     "stats": result.stats.as_dict(),
                 }
+                if result.beams:
+                    payload.update(beams=_beams_json(result.beams), peak_kv_bytes=result.peak_kv_bytes)
                 print(json.dumps(payload))
                 return 0
             for event in client.stream(args.prompt, **kwargs):
@@ -462,19 +513,19 @@ def _generate_inprocess(args: argparse.Namespace, kwargs: dict[str, Any]) -> int
         ouroboros = dataclasses.replace(
             ouroboros, phrase_top_k=kwargs.pop("phrase_top_k"), phrase_length=kwargs.pop("phrase_length")
         )
-        params = GenerateParams(prompt=args.prompt, sampling=sampling, ouroboros=ouroboros, **kwargs)
+        beam = _beam_params(kwargs)
+        params = GenerateParams(prompt=args.prompt, sampling=sampling, ouroboros=ouroboros, beam=beam, **kwargs)
         if args.json:
             result = orch.generate(params)
-            print(
-                json.dumps(
-                    {
-                        "text": result.text,
-                        "token_ids": list(result.token_ids),
-                        "method": result.method,
-                        "stats": _stats_dict(result.stats),
-                    }
-                )
-            )
+            payload: dict[str, Any] = {
+                "text": result.text,
+                "token_ids": list(result.token_ids),
+                "method": result.method,
+                "stats": _stats_dict(result.stats),
+            }
+            if result.beams:
+                payload.update(beams=_beams_json(result.beams), peak_kv_bytes=result.peak_kv_bytes)
+            print(json.dumps(payload))
             return 0
         for chunk in orch.stream(params):
             print(chunk.text, end="", flush=True)
@@ -609,7 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("generate", help="generate a completion (in-process, or via --address)")
     p.add_argument("prompt")
-    p.add_argument("--method", default="vanilla", help="vanilla | sps | pld | ouroboros")
+    p.add_argument(
+        "--method", default="vanilla", help="vanilla | sps | pld | ouroboros | redrafter | beam-sample | dsbd"
+    )
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--top-k", type=int, default=0)
@@ -628,6 +681,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(lookahead, phrase_extension, verification_phrases, history_phrases)",
     )
     _add_phrase_store_flag(p)
+    _add_beam_flags(p)
     p.add_argument("--ignore-eos", action="store_true")
     p.add_argument("--address", default=None, help="orchestrator HOST:PORT; without it the stack runs in-process")
     p.add_argument(

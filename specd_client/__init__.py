@@ -23,10 +23,11 @@ from specd_client.errors import (
     UnauthenticatedError,
     UnavailableError,
 )
-from specd_client.types import GenerationResult, GenerationStats, Message, PhaseTimes, StreamEvent
+from specd_client.types import Beam, GenerationResult, GenerationStats, Message, PhaseTimes, StreamEvent
 
 __all__ = [
     "AsyncSpecdClient",
+    "Beam",
     "CancelledError",
     "DeadlineExceededError",
     "FailedPreconditionError",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from protos import common_pb2, orchestrator_pb2
-from specd_client.types import GenerationResult, GenerationStats, Message, StreamEvent
+from specd_client.types import Beam, GenerationResult, GenerationStats, Message, StreamEvent
 
 
 def build_request(
@@ -25,11 +25,18 @@ def build_request(
     phrase_top_k: int = 0,
     phrase_length: int = 0,
     disable_parts: Sequence[str] = (),
+    beam_width: int = 0,
+    min_beam_width: int = 0,
+    width_threshold: float = 0.0,
+    length_penalty: float | None = None,
+    keep_best_beam: bool = False,
 ) -> orchestrator_pb2.GenerateRequest:
     """``prompt`` is text, a list of :class:`Message`, or a list of token ids.
 
     ``phrase_top_k``, ``phrase_length`` and ``disable_parts`` (any of "lookahead",
     "phrase_extension", "verification_phrases", "history_phrases") tune method "ouroboros".
+    ``beam_width`` (0 = 4), ``min_beam_width``, ``width_threshold`` (0 = fixed width),
+    ``length_penalty`` and ``keep_best_beam`` tune methods "beam-sample" and "dsbd".
     """
     known = ("lookahead", "phrase_extension", "verification_phrases", "history_phrases")
     unknown = [p for p in disable_parts if p not in known]
@@ -51,6 +58,13 @@ def build_request(
             phrase_length=phrase_length,
             **{f"no_{part}": True for part in disable_parts},
         ),
+        beam=common_pb2.BeamParams(
+            width=beam_width,
+            min_width=min_beam_width,
+            threshold=width_threshold,
+            length_penalty=length_penalty,
+            keep_best_only=keep_best_beam,
+        ),
     )
     if isinstance(prompt, str):
         req.prompt = prompt
@@ -70,7 +84,13 @@ def result_from_pb(resp: orchestrator_pb2.GenerateResponse) -> GenerationResult:
         method=resp.method,
         stats=GenerationStats.from_pb(resp.stats),
         session_id=resp.session_id,
+        beams=_beams(resp.beams),
+        peak_kv_bytes=resp.peak_kv_bytes,
     )
+
+
+def _beams(msgs: Sequence[orchestrator_pb2.Beam]) -> tuple[Beam, ...]:
+    return tuple(Beam(b.text, tuple(b.token_ids), b.score, b.logprob, b.finished) for b in msgs)
 
 
 def event_from_pb(chunk: orchestrator_pb2.GenerateChunk) -> StreamEvent:
@@ -81,4 +101,5 @@ def event_from_pb(chunk: orchestrator_pb2.GenerateChunk) -> StreamEvent:
         stats=GenerationStats.from_pb(chunk.stats) if chunk.HasField("stats") else None,
         method=chunk.method,
         session_id=chunk.session_id,
+        beams=_beams(chunk.beams),
     )

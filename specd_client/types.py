@@ -64,12 +64,25 @@ class GenerationStats:
 
 
 @dataclass(frozen=True)
+class Beam:
+    """A final beam of a beam method (beam-sample, dsbd): ``logprob`` is its target log-probability."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    score: float
+    logprob: float
+    finished: bool
+
+
+@dataclass(frozen=True)
 class GenerationResult:
     text: str
     token_ids: tuple[int, ...]
     method: str
     stats: GenerationStats
     session_id: str = ""
+    beams: tuple[Beam, ...] = ()  # beam methods: every final beam, best first
+    peak_kv_bytes: int = 0  # beam methods: peak target KV memory of the request's beams
 
 
 @dataclass(frozen=True)
@@ -82,3 +95,4 @@ class StreamEvent:
     stats: GenerationStats | None = None
     method: str = ""
     session_id: str = ""
+    beams: tuple[Beam, ...] = ()  # last event of a beam method: every final beam, best first
