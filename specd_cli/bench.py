@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from specd_cli.bench_beams import add_beam_bench_args, is_beam_bench, run_beam_bench
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROMPTS = REPO_ROOT.parent / "shared" / "bench" / "spec_bench.jsonl"
 SPECD_METHODS = ("vanilla", "pld", "sps", "ouroboros", "redrafter")
@@ -38,7 +40,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--methods",
         default="",
-        help="comma-separated; default: hf-generate,vanilla,pld,hf-pld (+ sps,hf-assisted with --draft-model)",
+        help="comma-separated; default: hf-generate,vanilla,pld,hf-pld (+ sps,hf-assisted with --draft-model); "
+        "with any of beam-sample,dsbd,dsbd-keep-best,hf-beam-sample the beam benchmark runs (sampled)",
     )
     p.add_argument(
         "--transport",
@@ -68,6 +71,7 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redrafter-head", default=None, help="ReDrafter head checkpoint for the 'redrafter' method")
     p.add_argument("--engine", default="auto", help="specd target engine: auto | native | hf")
     p.add_argument("--weight-format", default=None, help="native engine weights: auto | dense | packed | q8")
+    add_beam_bench_args(p)  # beam-sample, dsbd, dsbd-keep-best, hf-beam-sample: specd_cli/bench_beams.py
 
 
 @dataclass
@@ -188,6 +192,8 @@ def run_bench(args: argparse.Namespace) -> int:
     prompts = load_prompts(args.prompts, args.per_category, cats)
     default = ["hf-generate", "vanilla", "pld", "hf-pld"] + (["sps", "hf-assisted"] if args.draft_model else [])
     methods = [m for m in args.methods.split(",") if m] or default
+    if is_beam_bench(methods):
+        return run_beam_bench(args, methods, prompts)
     unknown = [m for m in methods if _base(m) not in SPECD_METHODS + HF_METHODS]
     if unknown:
         raise SystemExit(f"specd bench: unknown methods {unknown}; known: {SPECD_METHODS + HF_METHODS}")
