@@ -1,4 +1,4 @@
-"""Draft beams from a draft LM: one batched KV cache row per session beam (DSBD's drafter).
+"""Draft beams for DSBD: from a draft LM (one batched KV cache row per session beam) or a ReDrafter head.
 
 The beams of a beam session always have the same length (every step extends each by the same
 number of tokens), so the draft keeps them as one batch: ``cache`` holds ``n`` rows, row ``b``
@@ -21,9 +21,11 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from draft_service.redrafter_head import ReDrafterHead
 from spec_decode.beam_api import BeamUpdate
 from spec_decode.errors import InvalidArgument
 from spec_decode.forest import BeamForest, draft_forest
+from spec_decode.hidden import hidden_from_bytes
 from spec_decode.sampling import truncate_top_k, warp_probs
 from spec_decode.types import SamplingParams, SparseProbs
 
@@ -132,3 +134,95 @@ def _select_rows(cache: DynamicCache, rows: list[int]) -> DynamicCache:
             idx = torch.tensor(rows, dtype=torch.long, device=keys.device)
             out.update(keys.index_select(0, idx), values.index_select(0, idx), index)  # [k, H, L, D] each
     return out
+
+
+class HeadBeamDrafter:
+    """One session's draft beams from a ReDrafter head (:mod:`draft_service.redrafter_head`).
+
+    The head drafts from the target's hidden state at the row that predicted a beam's pending token
+    (sent with every call, one per session beam) and a recurrent state started at zero, so the only
+    state kept between calls is each beam's pending token. Every draft layer is one batched
+    ``head.step`` over the layer's input beams; q is the request's warping of the head's logits,
+    truncated to the top k and mapped to target token ids.
+    """
+
+    def __init__(self, head: ReDrafterHead, generator: torch.Generator) -> None:
+        self.head = head
+        self.generator = generator
+        self.pending: list[int] = []  # each session beam's pending token
+
+    @property
+    def num_beams(self) -> int:
+        return len(self.pending)
+
+    def restart(self, contexts: Sequence[Sequence[int]]) -> None:
+        if not contexts or any(not c for c in contexts):
+            raise InvalidArgument("beam contexts must be non-empty")
+        self.pending = [int(c[-1]) for c in contexts]
+
+    def advance(self, updates: Sequence[BeamUpdate]) -> None:
+        if not updates or any(not u.tokens for u in updates):
+            raise InvalidArgument("a beam step left no running beam to draft from")
+        self.pending = [int(u.tokens[-1]) for u in updates]
+
+    def draft(
+        self,
+        hidden_states: Sequence[bytes],
+        beam_scores: Sequence[float],
+        depth: int,
+        width: int,
+        max_nodes: int,
+        sampling: SamplingParams,
+        top_k: int,
+        eos_token_ids: Sequence[int],
+    ) -> BeamForest:
+        if len(hidden_states) != self.num_beams or len(beam_scores) != self.num_beams:
+            raise InvalidArgument(
+                f"got {len(hidden_states)} hidden states and {len(beam_scores)} scores for {self.num_beams} beams"
+            )
+        if any(not h for h in hidden_states):
+            return BeamForest()  # no hidden state yet (e.g. a one-token prompt): this step is target-only
+        weight = self.head.w.weight
+        hidden = torch.stack([hidden_from_bytes(h) for h in hidden_states]).to(weight.device, weight.dtype)  # [n, E]
+        if hidden.shape[1] != self.head.config.hidden:
+            need = self.head.config.hidden
+            raise InvalidArgument(f"hidden states have {hidden.shape[1]} values; the head needs {need}")
+        layer = _HeadLayer(self, hidden, sampling, top_k)
+        return draft_forest(beam_scores, layer.next_q, depth, width, eos_token_ids, self.generator, max_nodes)
+
+
+class _HeadLayer:
+    """The head's per-beam inputs while it drafts one forest: (root beam, recurrent state) per ref."""
+
+    def __init__(self, drafter: HeadBeamDrafter, hidden: torch.Tensor, sampling: SamplingParams, top_k: int) -> None:
+        self._head = drafter.head
+        self._hidden = hidden  # [n, E]
+        self._pending = drafter.pending
+        self._sampling = sampling
+        self._top_k = top_k
+        self._state: dict[int, tuple[int, torch.Tensor]] = {}  # ref -> (session beam, s after the ref's token)
+
+    def next_q(self, refs: list[int], forest: BeamForest) -> list[SparseProbs]:
+        roots, states, tokens = [], [], []
+        for ref in refs:
+            if ref < 0:
+                root, state, token = -1 - ref, self._head.initial_state(1)[0], self._pending[-1 - ref]
+            else:
+                root, state = self._state[forest.parents[ref]]
+                token = forest.tokens[ref]
+            roots.append(root)
+            states.append(state)
+            tokens.append(token)
+        device = self._hidden.device
+        with torch.inference_mode():
+            logits, new = self._head.step(
+                self._hidden[roots], torch.stack(states), torch.tensor(tokens, device=device)
+            )  # [k, V'], [k, E]
+        self._state = {ref: (root, new[i]) for i, (ref, root) in enumerate(zip(refs, roots, strict=True))}
+        probs = warp_probs(logits.float(), self._sampling)  # [k, V'] over the head's vocabulary
+        out = []
+        for i in range(len(refs)):
+            q = truncate_top_k(probs[i], self._top_k)
+            ids = self._head.to_token_ids(torch.tensor(q.ids, dtype=torch.long, device=device)).tolist()
+            out.append(SparseProbs(tuple(int(t) for t in ids), q.probs))
+        return out

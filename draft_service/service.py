@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from draft_service.beam_drafter import LMBeamDrafter
+from draft_service.beam_drafter import HeadBeamDrafter, LMBeamDrafter
 from draft_service.drafter import AdaptiveLength, Drafter
 from draft_service.lookahead import DEFAULT_WINDOW, MAX_WINDOW
 from draft_service.model_drafter import DEFAULT_DRAFT_TOP_K, MAX_DRAFT_TOP_K, ModelDrafter
@@ -152,7 +152,8 @@ class DraftWorker:
         if config.redrafter_head:
             self.head, self.head_vocab = _load_head(Path(config.redrafter_head), config)
         self._sessions: OrderedDict[str, _Session] = OrderedDict()
-        self._beams: OrderedDict[str, LMBeamDrafter] = OrderedDict()  # beam sessions (dsbd), LRU order
+        # Beam sessions (dsbd), least recently used first.
+        self._beams: OrderedDict[str, LMBeamDrafter | HeadBeamDrafter] = OrderedDict()
         self._stores: dict[str, PhraseStore] = {}  # namespace (lower case) -> the shared pool
         self._lock = threading.Lock()
         self._model_thread = model_thread()
@@ -309,10 +310,13 @@ class DraftWorker:
         sampling: SamplingParams,
         draft_top_k: int = 0,
         eos_token_ids: Sequence[int] = (),
+        drafter: str = MODEL,
+        hidden_states: Sequence[bytes] = (),
     ) -> BeamProposal:
         """Advance a beam session (``contexts`` restart it, else ``updates`` move it) and draft a forest.
 
-        See :mod:`draft_service.beam_drafter`. Runs on the service's single model thread.
+        ``drafter``: ``model`` (the draft LM) or ``redrafter`` (the head, from ``hidden_states``, one
+        per session beam). See :mod:`draft_service.beam_drafter`. Runs on the service's model thread.
         """
         return self._model_thread.run(
             self._propose_beams,
@@ -326,6 +330,8 @@ class DraftWorker:
             sampling,
             draft_top_k,
             eos_token_ids,
+            drafter,
+            hidden_states,
         )
 
     def _propose_beams(
@@ -340,11 +346,17 @@ class DraftWorker:
         sampling: SamplingParams,
         draft_top_k: int,
         eos_token_ids: Sequence[int],
+        drafter: str,
+        hidden_states: Sequence[bytes],
     ) -> BeamProposal:
         if not session_id:
             raise InvalidArgument("session_id must not be empty")
-        if self.model is None:
+        if drafter not in (MODEL, REDRAFTER):
+            raise InvalidArgument(f"draft beams come from drafter 'model' or 'redrafter', not {drafter!r}")
+        if drafter == MODEL and self.model is None:
             raise FailedPrecondition("draft beams need a draft model; start the draft service with --draft-model")
+        if drafter == REDRAFTER and self.head is None:
+            raise FailedPrecondition("redrafter beams need a head; start the draft service with --redrafter-head DIR")
         sampling.validate()
         if sampling.greedy:
             raise InvalidArgument("draft beam sampling needs temperature > 0")
@@ -356,24 +368,36 @@ class DraftWorker:
         if not 1 <= top_k <= MAX_DRAFT_TOP_K:
             raise InvalidArgument(f"draft_top_k must be in [0, {MAX_DRAFT_TOP_K}] (0 = default), got {draft_top_k}")
         for seq in [*contexts, *(u.tokens for u in updates)]:
-            self._check_request(session_id, MODEL, 0, seq, max_nodes, sampling)  # token ids in the vocabulary
+            self._check_request(session_id, drafter, 0, seq, max_nodes, sampling)  # token ids in the vocabulary
+        kind = LMBeamDrafter if drafter == MODEL else HeadBeamDrafter
         with self._lock:
-            drafter = self._beams.get(session_id)
+            beams = self._beams.get(session_id)
             if contexts:
-                if drafter is None:
+                if not isinstance(beams, kind):
                     while len(self._beams) >= self.config.max_sessions:
                         self._beams.popitem(last=False)
                     generator = make_generator(_draft_seed(sampling.seed))
-                    drafter = LMBeamDrafter(self.model.model, self.device, generator)
-                drafter.restart(contexts)
-                self._beams[session_id] = drafter
-            elif drafter is None:
+                    if drafter == MODEL:
+                        assert self.model is not None
+                        beams = LMBeamDrafter(self.model.model, self.device, generator)
+                    else:
+                        assert self.head is not None
+                        beams = HeadBeamDrafter(self.head, generator)
+                beams.restart(contexts)
+                self._beams[session_id] = beams
+            elif beams is None:
                 raise NotFound(f"draft beam session {session_id!r} does not exist; resend the beam contexts")
+            elif not isinstance(beams, kind):
+                raise FailedPrecondition(f"draft beam session {session_id!r} drafts with another drafter")
             else:
-                drafter.advance(updates)
+                beams.advance(updates)
             self._beams.move_to_end(session_id)
             start = time.perf_counter()
-            forest = drafter.draft(beam_scores, depth, width, max_nodes, sampling, top_k, eos_token_ids)
+            shape = (depth, width, max_nodes, sampling, top_k, eos_token_ids)
+            if isinstance(beams, HeadBeamDrafter):
+                forest = beams.draft(hidden_states, beam_scores, *shape)
+            else:
+                forest = beams.draft(beam_scores, *shape)
             return BeamProposal(forest, time.perf_counter() - start)
 
     def release(self, session_id: str) -> bool:

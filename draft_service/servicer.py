@@ -109,6 +109,8 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
                 convert.sampling_from_pb(request.sampling),
                 request.draft_top_k,
                 list(request.eos_token_ids),
+                request.drafter or "model",
+                list(request.hidden_states),
             )
         return draft_pb2.ProposeBeamsResponse(
             forest=beam_convert.forest_to_pb(proposal.forest), compute_s=proposal.compute_s

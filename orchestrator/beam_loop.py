@@ -79,6 +79,8 @@ class BeamDecodeLoop:
         self._running = [_Beam([], 0.0, 0.0)]
         self._finished: list[_Beam] = []
         self._replica: Replica | None = None
+        self._want_hidden = method.drafter == "redrafter"  # the head drafts from the target's hidden states
+        self._hidden: tuple[bytes, ...] = ()  # per running beam, from the last prefill / verify
         self._updates: tuple[BeamUpdate, ...] | None = None  # the last step's answer, for the drafter
         self.stats = LoopStats()
         self.widths: list[int] = []  # beam width per verified layer
@@ -94,7 +96,10 @@ class BeamDecodeLoop:
         logged = enter_session(self.session_id)
         try:
             with self.stats.time("prefill"):
-                self._target.prefill(self.session_id, self._prompt, self._params.sampling)
+                prefilled = self._target.prefill(
+                    self.session_id, self._prompt, self._params.sampling, self._want_hidden
+                )
+            self._hidden = (prefilled.hidden_state,)
             while self._running and not self._done():
                 forest = self._draft()
                 result = self._verify(forest)
@@ -136,6 +141,8 @@ class BeamDecodeLoop:
                 self._params.sampling,
                 0,
                 self._eos,
+                self._method.drafter or "model",
+                self._hidden if self._want_hidden else (),
             )
         except (NotFound, FailedPrecondition, Unavailable, DeadlineExceeded, Cancelled) as err:
             log.warning("session %s: drafting beams failed (%s); this step is target-only", self.session_id, err)
@@ -150,7 +157,8 @@ class BeamDecodeLoop:
 
     def _verify(self, forest: BeamForest) -> BeamVerifyResult:
         start = time.perf_counter()
-        result = self._beam_target.beam_verify(self.session_id, forest, self._beam_params, self._eos)
+        result = self._beam_target.beam_verify(self.session_id, forest, self._beam_params, self._eos, self._want_hidden)
+        self._hidden = result.hidden_states
         self.stats.phases.verify_s += result.compute_s
         self.stats.add_network(time.perf_counter() - start, result.compute_s)
         self.stats.record_step(result.drafted, result.accepted)

@@ -61,6 +61,14 @@ METHODS: dict[str, Method] = {
             "target beam sampling; dynamic width from a threshold (Qin et al. 2024)",
             beams=True,
         ),
+        Method(
+            "dsbd-redrafter",
+            "redrafter",
+            4,
+            description="DSBD with draft beams from the ReDrafter head (the target's hidden state per beam); "
+            "the draft service needs --redrafter-head",
+            beams=True,
+        ),
     )
 }
 

@@ -77,7 +77,7 @@ class GenerateParams:
             if msg.role not in ("system", "user", "assistant"):
                 raise InvalidArgument(f"messages[{i}].role {msg.role!r} must be system, user or assistant")
         self.sampling.validate()
-        if self.method in ("beam-sample", "dsbd"):
+        if self.method in ("beam-sample", "dsbd", "dsbd-redrafter"):
             self.beam.validate()
             if self.sampling.greedy:
                 raise InvalidArgument(f"method {self.method!r} is beam sampling: it needs temperature > 0")

@@ -98,13 +98,19 @@ class GrpcTargetClient:
         return convert.verify_from_pb(self._call(self._stub.Verify, req, self._t.verify))
 
     def beam_verify(
-        self, session_id: str, forest: BeamForest, params: BeamParams, eos_token_ids: Sequence[int]
+        self,
+        session_id: str,
+        forest: BeamForest,
+        params: BeamParams,
+        eos_token_ids: Sequence[int],
+        return_hidden_states: bool = False,
     ) -> BeamVerifyResult:
         req = target_pb2.BeamVerifyRequest(
             session_id=session_id,
             forest=beam_convert.forest_to_pb(forest),
             params=beam_convert.beam_params_to_pb(params),
             eos_token_ids=eos_token_ids,
+            return_hidden_states=return_hidden_states,
         )
         return beam_convert.beam_verify_from_pb(self._call(self._stub.BeamVerify, req, self._t.verify))
 
@@ -174,6 +180,8 @@ class GrpcDraftClient:
         sampling: SamplingParams,
         draft_top_k: int = 0,
         eos_token_ids: Sequence[int] = (),
+        drafter: str = "model",
+        hidden_states: Sequence[bytes] = (),
     ) -> BeamProposal:
         req = draft_pb2.ProposeBeamsRequest(
             session_id=session_id,
@@ -186,6 +194,8 @@ class GrpcDraftClient:
             sampling=convert.sampling_to_pb(sampling),
             draft_top_k=draft_top_k,
             eos_token_ids=eos_token_ids,
+            drafter=drafter,
+            hidden_states=hidden_states,
         )
         resp = call(self._stub.ProposeBeams, req, self._t.propose)
         return BeamProposal(beam_convert.forest_from_pb(resp.forest), resp.compute_s)

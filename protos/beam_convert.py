@@ -79,6 +79,7 @@ def beam_verify_to_pb(result: BeamVerifyResult) -> target_pb2.BeamVerifyResponse
         drafted=result.drafted,
         compute_s=result.compute_s,
         kv_bytes=result.kv_bytes,
+        hidden_states=result.hidden_states,
     )
 
 
@@ -91,4 +92,5 @@ def beam_verify_from_pb(msg: target_pb2.BeamVerifyResponse) -> BeamVerifyResult:
         drafted=msg.drafted,
         compute_s=msg.compute_s,
         kv_bytes=msg.kv_bytes,
+        hidden_states=tuple(msg.hidden_states),
     )

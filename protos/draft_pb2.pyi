@@ -132,7 +132,7 @@ class TokenList(_message.Message):
     def __init__(self, tokens: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ProposeBeamsRequest(_message.Message):
-    __slots__ = ("session_id", "contexts", "updates", "beam_scores", "depth", "width", "max_nodes", "sampling", "draft_top_k", "eos_token_ids")
+    __slots__ = ("session_id", "contexts", "updates", "beam_scores", "depth", "width", "max_nodes", "sampling", "draft_top_k", "eos_token_ids", "drafter", "hidden_states")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     CONTEXTS_FIELD_NUMBER: _ClassVar[int]
     UPDATES_FIELD_NUMBER: _ClassVar[int]
@@ -143,6 +143,8 @@ class ProposeBeamsRequest(_message.Message):
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     DRAFT_TOP_K_FIELD_NUMBER: _ClassVar[int]
     EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    DRAFTER_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_STATES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     contexts: _containers.RepeatedCompositeFieldContainer[TokenList]
     updates: _containers.RepeatedCompositeFieldContainer[_common_pb2.BeamUpdate]
@@ -153,7 +155,9 @@ class ProposeBeamsRequest(_message.Message):
     sampling: _common_pb2.SamplingParams
     draft_top_k: int
     eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, session_id: _Optional[str] = ..., contexts: _Optional[_Iterable[_Union[TokenList, _Mapping]]] = ..., updates: _Optional[_Iterable[_Union[_common_pb2.BeamUpdate, _Mapping]]] = ..., beam_scores: _Optional[_Iterable[float]] = ..., depth: _Optional[int] = ..., width: _Optional[int] = ..., max_nodes: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., draft_top_k: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    drafter: str
+    hidden_states: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, session_id: _Optional[str] = ..., contexts: _Optional[_Iterable[_Union[TokenList, _Mapping]]] = ..., updates: _Optional[_Iterable[_Union[_common_pb2.BeamUpdate, _Mapping]]] = ..., beam_scores: _Optional[_Iterable[float]] = ..., depth: _Optional[int] = ..., width: _Optional[int] = ..., max_nodes: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., draft_top_k: _Optional[int] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., drafter: _Optional[str] = ..., hidden_states: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class ProposeBeamsResponse(_message.Message):
     __slots__ = ("forest", "compute_s")

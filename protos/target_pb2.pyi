@@ -102,19 +102,21 @@ class ReleaseResponse(_message.Message):
     def __init__(self, released: _Optional[bool] = ...) -> None: ...
 
 class BeamVerifyRequest(_message.Message):
-    __slots__ = ("session_id", "forest", "params", "eos_token_ids")
+    __slots__ = ("session_id", "forest", "params", "eos_token_ids", "return_hidden_states")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FOREST_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_HIDDEN_STATES_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     forest: _common_pb2.BeamForest
     params: _common_pb2.BeamParams
     eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, session_id: _Optional[str] = ..., forest: _Optional[_Union[_common_pb2.BeamForest, _Mapping]] = ..., params: _Optional[_Union[_common_pb2.BeamParams, _Mapping]] = ..., eos_token_ids: _Optional[_Iterable[int]] = ...) -> None: ...
+    return_hidden_states: bool
+    def __init__(self, session_id: _Optional[str] = ..., forest: _Optional[_Union[_common_pb2.BeamForest, _Mapping]] = ..., params: _Optional[_Union[_common_pb2.BeamParams, _Mapping]] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., return_hidden_states: _Optional[bool] = ...) -> None: ...
 
 class BeamVerifyResponse(_message.Message):
-    __slots__ = ("beams", "finished", "widths", "accepted", "drafted", "compute_s", "kv_bytes")
+    __slots__ = ("beams", "finished", "widths", "accepted", "drafted", "compute_s", "kv_bytes", "hidden_states")
     BEAMS_FIELD_NUMBER: _ClassVar[int]
     FINISHED_FIELD_NUMBER: _ClassVar[int]
     WIDTHS_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +124,7 @@ class BeamVerifyResponse(_message.Message):
     DRAFTED_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_S_FIELD_NUMBER: _ClassVar[int]
     KV_BYTES_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_STATES_FIELD_NUMBER: _ClassVar[int]
     beams: _containers.RepeatedCompositeFieldContainer[_common_pb2.BeamUpdate]
     finished: _containers.RepeatedCompositeFieldContainer[_common_pb2.BeamUpdate]
     widths: _containers.RepeatedScalarFieldContainer[int]
@@ -129,4 +132,5 @@ class BeamVerifyResponse(_message.Message):
     drafted: int
     compute_s: float
     kv_bytes: int
-    def __init__(self, beams: _Optional[_Iterable[_Union[_common_pb2.BeamUpdate, _Mapping]]] = ..., finished: _Optional[_Iterable[_Union[_common_pb2.BeamUpdate, _Mapping]]] = ..., widths: _Optional[_Iterable[int]] = ..., accepted: _Optional[int] = ..., drafted: _Optional[int] = ..., compute_s: _Optional[float] = ..., kv_bytes: _Optional[int] = ...) -> None: ...
+    hidden_states: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, beams: _Optional[_Iterable[_Union[_common_pb2.BeamUpdate, _Mapping]]] = ..., finished: _Optional[_Iterable[_Union[_common_pb2.BeamUpdate, _Mapping]]] = ..., widths: _Optional[_Iterable[int]] = ..., accepted: _Optional[int] = ..., drafted: _Optional[int] = ..., compute_s: _Optional[float] = ..., kv_bytes: _Optional[int] = ..., hidden_states: _Optional[_Iterable[bytes]] = ...) -> None: ...

@@ -24,14 +24,24 @@ class BeamTargetAPI(Protocol):
     """The target side of beam decoding (a session is created by ``TargetAPI.prefill``)."""
 
     def beam_verify(
-        self, session_id: str, forest: BeamForest, params: BeamParams, eos_token_ids: Sequence[int]
+        self,
+        session_id: str,
+        forest: BeamForest,
+        params: BeamParams,
+        eos_token_ids: Sequence[int],
+        return_hidden_states: bool = False,
     ) -> BeamVerifyResult:
-        """Score the forest over all beams in one pass, run beam sampling over it, keep the new beams."""
+        """Score the forest over all beams in one pass, run beam sampling over it, keep the new beams.
+
+        With ``return_hidden_states`` the result carries, per running beam, the target's final hidden
+        state at the row that predicted its pending token (float16 bytes), for draft heads.
+        """
         ...
 
 
 class BeamDraftAPI(Protocol):
-    """The draft side: a draft LM's beams, one batched cache row per session beam."""
+    """The draft side: draft beams from a draft LM (``drafter="model"``: one batched cache row per
+    session beam) or a ReDrafter head (``drafter="redrafter"``: from each beam's target hidden state)."""
 
     def propose_beams(
         self,
@@ -45,11 +55,14 @@ class BeamDraftAPI(Protocol):
         sampling: SamplingParams,
         draft_top_k: int = 0,
         eos_token_ids: Sequence[int] = (),
+        drafter: str = "model",
+        hidden_states: Sequence[bytes] = (),
     ) -> BeamProposal:
         """Advance the session's beams and draft a forest of ``depth`` layers from them.
 
         ``contexts`` (each beam's whole token list) (re)starts the session; otherwise ``updates``
         (the target's last answer) move it on. An unknown session without contexts raises NotFound.
+        ``hidden_states`` (one per session beam, float16 bytes) feed the ``redrafter`` source.
         """
         ...
 

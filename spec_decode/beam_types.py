@@ -134,6 +134,7 @@ class BeamVerifyResult:
     drafted: int  # draft candidates tried
     compute_s: float
     kv_bytes: int = 0  # the session's KV memory after the step, all beams
+    hidden_states: tuple[bytes, ...] = ()  # when asked: per running beam, float16 hidden state (draft heads)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from spec_decode.beam_api import BeamUpdate, BeamVerifyResult
 from spec_decode.beams import BeamParams
 from spec_decode.errors import InvalidArgument
 from spec_decode.forest import BeamForest, OutBeam, accept_forest, forest_path
+from spec_decode.hidden import hidden_bytes
 from spec_decode.sampling import warp_probs
 from spec_decode.types import SamplingParams
 from target_service.engine import TargetEngine
@@ -57,6 +58,7 @@ def beam_step(
     *,
     max_nodes_per_beam: int,
     max_context: int,
+    return_hidden_states: bool = False,
 ) -> BeamVerifyResult:
     """Verify ``forest`` for ``session`` and keep the new beams (all, or the best one if
     ``params.keep_best_only``); on any failure every beam's cache is left as it was."""
@@ -88,6 +90,7 @@ def beam_step(
         running = outcome.beams[:1] if params.keep_best_only else outcome.beams
         updates = [_update(b, forest, slots, rows) for b in running]
         finished = tuple(_update(b, forest, slots, rows) for b in outcome.finished)
+        hidden = tuple(_hidden(engine, b, slots, where) for b in running) if return_hidden_states else ()
         session.beams = _fork_and_commit(engine, slots, running, updates, forest, where)
     except BaseException:
         for slot in slots:
@@ -105,6 +108,7 @@ def beam_step(
         outcome.drafted,
         compute_s,
         session.kv_bytes,
+        hidden,
     )
 
 
@@ -140,6 +144,15 @@ def _update(beam: OutBeam, forest: BeamForest, slots: list[BeamSlot], rows: _Row
     refs = (-1 - parent, *path)  # the row that predicted each new token
     logprob = slots[parent].logprob + sum(rows.raw(ref, tok) for ref, tok in zip(refs, tokens, strict=True))
     return BeamUpdate(parent, tokens, beam.score, logprob)
+
+
+def _hidden(engine: TargetEngine, beam: OutBeam, slots: list[BeamSlot], where: list[tuple[int, int]]) -> bytes:
+    """The final hidden state at the row that predicted ``beam``'s pending token (float16 bytes)."""
+    parent = -1 - beam.parent if beam.parent < 0 else where[beam.parent][0]
+    rows = engine.hidden_rows(slots[parent].cache)  # [1 + N_b, E] of this pass
+    if rows is None:
+        return b""
+    return hidden_bytes(rows[0 if beam.parent < 0 else where[beam.parent][1] + 1])
 
 
 def _fork_and_commit(

@@ -84,6 +84,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
                 forest,
                 beam_convert.beam_params_from_pb(request.params),
                 list(request.eos_token_ids),
+                request.return_hidden_states,
             )
             if self._metrics is not None:
                 self._metrics.verify_nodes.inc(forest.size)

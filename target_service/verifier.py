@@ -179,17 +179,29 @@ class TargetVerifier:
         return call.future.result()
 
     def beam_verify(
-        self, session_id: str, forest: BeamForest, params: BeamParams, eos_token_ids: Sequence[int]
+        self,
+        session_id: str,
+        forest: BeamForest,
+        params: BeamParams,
+        eos_token_ids: Sequence[int],
+        return_hidden_states: bool = False,
     ) -> BeamVerifyResult:
         """One beam step (beam-sample, DSBD) of a prefilled session: see :mod:`target_service.beam_step`.
 
         The forest of all beams is scored in one pass of its own (beam sessions do not join the
         verify batches of other sessions). Runs on the service's single model thread.
         """
-        return self._model_thread.run(self._beam_verify, session_id, forest, params, tuple(eos_token_ids))
+        return self._model_thread.run(
+            self._beam_verify, session_id, forest, params, tuple(eos_token_ids), return_hidden_states
+        )
 
     def _beam_verify(
-        self, session_id: str, forest: BeamForest, params: BeamParams, eos_token_ids: tuple[int, ...]
+        self,
+        session_id: str,
+        forest: BeamForest,
+        params: BeamParams,
+        eos_token_ids: tuple[int, ...],
+        return_hidden_states: bool,
     ) -> BeamVerifyResult:
         with self.sessions.checkout(session_id) as session:
             result = beam_step(
@@ -200,6 +212,7 @@ class TargetVerifier:
                 eos_token_ids,
                 max_nodes_per_beam=self.config.max_tree_nodes,
                 max_context=self.config.max_context,
+                return_hidden_states=return_hidden_states,
             )
         with self._stats_lock:
             self._passes += 1

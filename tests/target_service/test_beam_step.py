@@ -123,3 +123,23 @@ def test_beam_step_errors_name_the_problem(make_verifier: MakeVerifier) -> None:
         verifier.beam_verify("s", bad, BeamParams(width=2), ())
     # The failed call left the session usable.
     assert len(verifier.beam_verify("s", EMPTY_FOREST, BeamParams(width=2), ()).beams) == 2
+
+
+def test_hidden_states_are_the_rows_that_predicted_each_pending_token(make_verifier: MakeVerifier) -> None:
+    from spec_decode.hidden import hidden_from_bytes
+
+    verifier = make_verifier()
+    verifier.prefill("s", PROMPT, SAMPLING)
+    beams = Beams()
+    scores = [0.0]
+    for _ in range(2):
+        forest = _self_draft(verifier, beams, scores, depth=1, width=2)
+        result = verifier.beam_verify("s", forest, BeamParams(width=2), (), return_hidden_states=True)
+        beams.apply(result.beams)
+        scores = [u.score for u in result.beams]
+        assert len(result.hidden_states) == len(result.beams)
+        for seq, hidden in zip(beams.seqs, result.hidden_states, strict=True):
+            with torch.inference_mode():
+                out = verifier.loaded.model(input_ids=torch.tensor([PROMPT + seq]), output_hidden_states=True)
+            want = out.hidden_states[-1][0, -2]  # [E] final normed state at the token before the pending one
+            torch.testing.assert_close(hidden_from_bytes(hidden).to(torch.float64), want, atol=2e-3, rtol=2e-3)
