@@ -13,6 +13,7 @@ namespace (the target's vocabulary fingerprint) on first use, in process or in R
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -49,6 +50,7 @@ KNOWN_DRAFTERS = (PROMPT_LOOKUP, MODEL, OUROBOROS, REDRAFTER)
 MAX_SESSIONS_LIMIT = 1_000_000
 MAX_NUM_TOKENS_LIMIT = 256
 MAX_PHRASE_NAMESPACES = 64  # phrase stores one worker keeps open (one per target vocabulary)
+MAX_BEAM_CONTEXT_TOKENS = 32_768  # over all beam contexts of one ProposeBeams (each beam is one batch row)
 
 
 @dataclass(frozen=True)
@@ -367,6 +369,12 @@ class DraftWorker:
         top_k = draft_top_k or self.config.default_draft_top_k
         if not 1 <= top_k <= MAX_DRAFT_TOP_K:
             raise InvalidArgument(f"draft_top_k must be in [0, {MAX_DRAFT_TOP_K}] (0 = default), got {draft_top_k}")
+        if len(contexts) > 64 or len(updates) > 64 or len(beam_scores) > 64 or len(eos_token_ids) > 64:
+            raise InvalidArgument("at most 64 beams (contexts, updates, beam_scores) and 64 eos_token_ids")
+        if sum(len(c) for c in contexts) > MAX_BEAM_CONTEXT_TOKENS:
+            raise InvalidArgument(f"beam contexts hold more than {MAX_BEAM_CONTEXT_TOKENS} tokens in all")
+        if not all(math.isfinite(s) for s in beam_scores):
+            raise InvalidArgument("beam_scores must be finite")
         for seq in [*contexts, *(u.tokens for u in updates)]:
             self._check_request(session_id, drafter, 0, seq, max_nodes, sampling)  # token ids in the vocabulary
         kind = LMBeamDrafter if drafter == MODEL else HeadBeamDrafter

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from protos import common_pb2, target_pb2
 from spec_decode.beam_types import BeamForest, BeamParams, BeamUpdate, BeamVerifyResult, DraftBeamLayer
+from spec_decode.errors import InvalidArgument
 from spec_decode.types import SparseProbs
 
 _DEFAULT = BeamParams()
@@ -31,35 +32,48 @@ def beam_params_from_pb(msg: common_pb2.BeamParams) -> BeamParams:
 
 
 def forest_to_pb(forest: BeamForest) -> common_pb2.BeamForest:
+    """The forest with its layers flattened into parallel lists (see protos/common.proto)."""
+    layers = forest.layers
     return common_pb2.BeamForest(
         tokens=forest.tokens,
         parents=forest.parents,
-        layers=[
-            common_pb2.DraftBeamLayer(
-                inputs=layer.inputs,
-                input_scores=layer.input_scores,
-                q=[common_pb2.SparseProbs(ids=q.ids, probs=q.probs) for q in layer.q],
-                candidates=layer.candidates,
-            )
-            for layer in forest.layers
-        ],
+        layer_inputs=[len(layer.inputs) for layer in layers],
+        layer_candidates=[len(layer.candidates) for layer in layers],
+        inputs=[ref for layer in layers for ref in layer.inputs],
+        input_scores=[score for layer in layers for score in layer.input_scores],
+        q_sizes=[len(q.ids) for layer in layers for q in layer.q],
+        q_ids=[t for layer in layers for q in layer.q for t in q.ids],
+        q_probs=[p for layer in layers for q in layer.q for p in q.probs],
+        candidates=[g for layer in layers for g in layer.candidates],
     )
 
 
 def forest_from_pb(msg: common_pb2.BeamForest) -> BeamForest:
-    return BeamForest(
-        tokens=tuple(msg.tokens),
-        parents=tuple(msg.parents),
-        layers=tuple(
+    """Rebuild the layers; lists whose lengths do not add up raise InvalidArgument."""
+    n_inputs, n_cands, sizes = list(msg.layer_inputs), list(msg.layer_candidates), list(msg.q_sizes)
+    if len(n_inputs) != len(n_cands) or min([*n_inputs, *n_cands, *sizes], default=0) < 0:
+        raise InvalidArgument("beam forest: layer_inputs and layer_candidates must be counts, one per layer")
+    if not sum(n_inputs) == len(msg.inputs) == len(msg.input_scores) == len(sizes):
+        raise InvalidArgument("beam forest: inputs, input_scores and q_sizes must hold sum(layer_inputs) entries")
+    if sum(n_cands) != len(msg.candidates) or not sum(sizes) == len(msg.q_ids) == len(msg.q_probs):
+        raise InvalidArgument("beam forest: candidates or q_ids/q_probs do not match their counts")
+    layers = []
+    i = c = q = 0
+    for count, cands in zip(n_inputs, n_cands, strict=True):
+        qs = []
+        for size in sizes[i : i + count]:
+            qs.append(SparseProbs(tuple(msg.q_ids[q : q + size]), tuple(msg.q_probs[q : q + size])))
+            q += size
+        layers.append(
             DraftBeamLayer(
-                inputs=tuple(layer.inputs),
-                input_scores=tuple(layer.input_scores),
-                q=tuple(SparseProbs(tuple(q.ids), tuple(q.probs)) for q in layer.q),
-                candidates=tuple(layer.candidates),
+                tuple(msg.inputs[i : i + count]),
+                tuple(msg.input_scores[i : i + count]),
+                tuple(qs),
+                tuple(msg.candidates[c : c + cands]),
             )
-            for layer in msg.layers
-        ),
-    )
+        )
+        i, c = i + count, c + cands
+    return BeamForest(tuple(msg.tokens), tuple(msg.parents), tuple(layers))
 
 
 def update_to_pb(update: BeamUpdate) -> common_pb2.BeamUpdate:

@@ -64,27 +64,29 @@ class BeamParams(_message.Message):
     keep_best_only: bool
     def __init__(self, width: _Optional[int] = ..., min_width: _Optional[int] = ..., threshold: _Optional[float] = ..., length_penalty: _Optional[float] = ..., keep_best_only: _Optional[bool] = ...) -> None: ...
 
-class DraftBeamLayer(_message.Message):
-    __slots__ = ("inputs", "input_scores", "q", "candidates")
-    INPUTS_FIELD_NUMBER: _ClassVar[int]
-    INPUT_SCORES_FIELD_NUMBER: _ClassVar[int]
-    Q_FIELD_NUMBER: _ClassVar[int]
-    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
-    inputs: _containers.RepeatedScalarFieldContainer[int]
-    input_scores: _containers.RepeatedScalarFieldContainer[float]
-    q: _containers.RepeatedCompositeFieldContainer[SparseProbs]
-    candidates: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, inputs: _Optional[_Iterable[int]] = ..., input_scores: _Optional[_Iterable[float]] = ..., q: _Optional[_Iterable[_Union[SparseProbs, _Mapping]]] = ..., candidates: _Optional[_Iterable[int]] = ...) -> None: ...
-
 class BeamForest(_message.Message):
-    __slots__ = ("tokens", "parents", "layers")
+    __slots__ = ("tokens", "parents", "layer_inputs", "layer_candidates", "inputs", "input_scores", "q_sizes", "q_ids", "q_probs", "candidates")
     TOKENS_FIELD_NUMBER: _ClassVar[int]
     PARENTS_FIELD_NUMBER: _ClassVar[int]
-    LAYERS_FIELD_NUMBER: _ClassVar[int]
+    LAYER_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    LAYER_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SCORES_FIELD_NUMBER: _ClassVar[int]
+    Q_SIZES_FIELD_NUMBER: _ClassVar[int]
+    Q_IDS_FIELD_NUMBER: _ClassVar[int]
+    Q_PROBS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     tokens: _containers.RepeatedScalarFieldContainer[int]
     parents: _containers.RepeatedScalarFieldContainer[int]
-    layers: _containers.RepeatedCompositeFieldContainer[DraftBeamLayer]
-    def __init__(self, tokens: _Optional[_Iterable[int]] = ..., parents: _Optional[_Iterable[int]] = ..., layers: _Optional[_Iterable[_Union[DraftBeamLayer, _Mapping]]] = ...) -> None: ...
+    layer_inputs: _containers.RepeatedScalarFieldContainer[int]
+    layer_candidates: _containers.RepeatedScalarFieldContainer[int]
+    inputs: _containers.RepeatedScalarFieldContainer[int]
+    input_scores: _containers.RepeatedScalarFieldContainer[float]
+    q_sizes: _containers.RepeatedScalarFieldContainer[int]
+    q_ids: _containers.RepeatedScalarFieldContainer[int]
+    q_probs: _containers.RepeatedScalarFieldContainer[float]
+    candidates: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, tokens: _Optional[_Iterable[int]] = ..., parents: _Optional[_Iterable[int]] = ..., layer_inputs: _Optional[_Iterable[int]] = ..., layer_candidates: _Optional[_Iterable[int]] = ..., inputs: _Optional[_Iterable[int]] = ..., input_scores: _Optional[_Iterable[float]] = ..., q_sizes: _Optional[_Iterable[int]] = ..., q_ids: _Optional[_Iterable[int]] = ..., q_probs: _Optional[_Iterable[float]] = ..., candidates: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class BeamUpdate(_message.Message):
     __slots__ = ("parent", "tokens", "score", "logprob")

@@ -78,13 +78,14 @@ class BeamForest:
             parents[beam].append(local_parent)
         return [DraftTree(tuple(t), tuple(p)) for t, p in zip(tokens, parents, strict=True)], where
 
-    def validate(self, num_beams: int, vocab_size: int, max_nodes: int) -> None:
+    def validate(self, num_beams: int, vocab_size: int, max_nodes: int, max_top_k: int = 1024) -> None:
         """Raise :class:`InvalidArgument` naming what is wrong with this forest, if anything."""
         n = self.size
         if len(self.parents) != n:
             raise InvalidArgument(f"beam forest has {n} tokens but {len(self.parents)} parents")
         if n > max_nodes:
             raise InvalidArgument(f"beam forest has {n} nodes; the limit is {max_nodes}")
+        seen: set[tuple[int, int]] = set()
         for g, (tok, par) in enumerate(zip(self.tokens, self.parents, strict=True)):
             if not 0 <= tok < vocab_size:
                 raise InvalidArgument(f"beam forest node {g}: token {tok} is outside the vocabulary [0, {vocab_size})")
@@ -92,18 +93,51 @@ class BeamForest:
                 raise InvalidArgument(
                     f"beam forest node {g}: parent {par} must be an earlier node or a root -1..-{num_beams}"
                 )
+            if (par, tok) in seen:
+                raise InvalidArgument(f"beam forest node {g}: its parent {par} already has a child with token {tok}")
+            seen.add((par, tok))
         for j, layer in enumerate(self.layers):
-            if not len(layer.inputs) == len(layer.input_scores) == len(layer.q):
-                raise InvalidArgument(f"beam forest layer {j}: inputs, input_scores and q differ in length")
-            if len(set(layer.candidates)) != len(layer.candidates):
-                raise InvalidArgument(f"beam forest layer {j}: candidates repeat (they are drawn without replacement)")
-            for ref in layer.inputs:
-                if not -num_beams <= ref < n:
-                    raise InvalidArgument(f"beam forest layer {j}: input {ref} is not a node or a root")
-            inputs = set(layer.inputs)
-            for g in layer.candidates:
-                if not 0 <= g < n or self.parents[g] not in inputs:
-                    raise InvalidArgument(f"beam forest layer {j}: candidate {g} is not a child of the layer's inputs")
+            _validate_layer(j, layer, num_beams, n, vocab_size, max_top_k, self)
+
+
+def _validate_layer(
+    j: int, layer: DraftBeamLayer, num_beams: int, n: int, vocab_size: int, max_top_k: int, forest: BeamForest
+) -> None:
+    where = f"beam forest layer {j}"
+    if not len(layer.inputs) == len(layer.input_scores) == len(layer.q):
+        raise InvalidArgument(f"{where}: inputs, input_scores and q differ in length")
+    if len(set(layer.inputs)) != len(layer.inputs):
+        raise InvalidArgument(f"{where}: inputs repeat")
+    if len(set(layer.candidates)) != len(layer.candidates):
+        raise InvalidArgument(f"{where}: candidates repeat (they are drawn without replacement)")
+    q_of: dict[int, dict[int, float]] = {}
+    for ref, score, q in zip(layer.inputs, layer.input_scores, layer.q, strict=True):
+        if not -num_beams <= ref < n:
+            raise InvalidArgument(f"{where}: input {ref} is not a node or a root")
+        if not math.isfinite(score):
+            raise InvalidArgument(f"{where}: input {ref} has a non-finite draft score {score}")
+        q_of[ref] = _checked_q(f"{where}, input {ref}", q, vocab_size, max_top_k)
+    for g in layer.candidates:
+        if not 0 <= g < n or forest.parents[g] not in q_of:
+            raise InvalidArgument(f"{where}: candidate {g} is not a child of the layer's inputs")
+        if q_of[forest.parents[g]].get(forest.tokens[g], 0.0) <= 0.0:
+            raise InvalidArgument(f"{where}: candidate {g} has probability 0 under its parent's draft q")
+
+
+def _checked_q(where: str, q: SparseProbs, vocab_size: int, max_top_k: int) -> dict[int, float]:
+    if len(q.ids) != len(q.probs) or not 0 < len(q.ids) <= max_top_k:
+        raise InvalidArgument(f"{where}: draft q needs 1..{max_top_k} ids with one prob each")
+    out = dict(zip(q.ids, q.probs, strict=True))
+    if len(out) != len(q.ids):
+        raise InvalidArgument(f"{where}: draft q ids repeat")
+    for tid, prob in out.items():
+        if not 0 <= tid < vocab_size:
+            raise InvalidArgument(f"{where}: draft q id {tid} is outside the vocabulary [0, {vocab_size})")
+        if not (math.isfinite(prob) and 0.0 <= prob <= 1.0 + 1e-4):
+            raise InvalidArgument(f"{where}: draft q prob {prob} is not in [0, 1]")
+    if abs(sum(out.values()) - 1.0) > 1e-3:
+        raise InvalidArgument(f"{where}: draft q sums to {sum(out.values()):.6f}, not 1")
+    return out
 
 
 EMPTY_FOREST = BeamForest()

@@ -30,6 +30,8 @@ from spec_decode.types import SamplingParams
 from target_service.engine import TargetEngine
 from target_service.sessions import Session
 
+MAX_EOS_IDS = 64
+
 
 @dataclass
 class BeamSlot:
@@ -59,6 +61,7 @@ def beam_step(
     max_nodes_per_beam: int,
     max_context: int,
     return_hidden_states: bool = False,
+    max_top_k: int = 1024,
 ) -> BeamVerifyResult:
     """Verify ``forest`` for ``session`` and keep the new beams (all, or the best one if
     ``params.keep_best_only``); on any failure every beam's cache is left as it was."""
@@ -68,7 +71,9 @@ def beam_step(
     slots = beam_slots(session)
     if not slots:
         raise InvalidArgument("this beam session has no running beam left (every beam finished)")
-    forest.validate(len(slots), engine.vocab_size, max_nodes_per_beam * len(slots))
+    forest.validate(len(slots), engine.vocab_size, max_nodes_per_beam * len(slots), max_top_k)
+    if len(eos_token_ids) > MAX_EOS_IDS or any(not 0 <= t < engine.vocab_size for t in eos_token_ids):
+        raise InvalidArgument(f"eos_token_ids must be at most {MAX_EOS_IDS} ids in the vocabulary")
     trees, where = forest.trees(len(slots))
     for slot, tree in zip(slots, trees, strict=True):
         if slot.prefix_len + 1 + tree.size > max_context:

@@ -213,6 +213,7 @@ class TargetVerifier:
                 max_nodes_per_beam=self.config.max_tree_nodes,
                 max_context=self.config.max_context,
                 return_hidden_states=return_hidden_states,
+                max_top_k=self.config.max_draft_top_k,
             )
         with self._stats_lock:
             self._passes += 1

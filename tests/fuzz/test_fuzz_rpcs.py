@@ -230,10 +230,12 @@ RPCS = [
     ("target", target_pb2_grpc.TargetServiceStub, "Prefill", target_pb2.PrefillRequest, False, FUZZ),
     ("target", target_pb2_grpc.TargetServiceStub, "Verify", target_pb2.VerifyRequest, False, FUZZ),
     ("target", target_pb2_grpc.TargetServiceStub, "Release", target_pb2.ReleaseRequest, False, FUZZ),
+    ("target", target_pb2_grpc.TargetServiceStub, "BeamVerify", target_pb2.BeamVerifyRequest, False, FUZZ),
     ("draft", draft_pb2_grpc.DraftServiceStub, "Info", draft_pb2.DraftInfoRequest, False, FUZZ),
     ("draft", draft_pb2_grpc.DraftServiceStub, "Propose", draft_pb2.ProposeRequest, False, FUZZ),
     ("draft", draft_pb2_grpc.DraftServiceStub, "Observe", draft_pb2.ObserveRequest, False, FUZZ),
     ("draft", draft_pb2_grpc.DraftServiceStub, "Release", draft_pb2.DraftReleaseRequest, False, FUZZ),
+    ("draft", draft_pb2_grpc.DraftServiceStub, "ProposeBeams", draft_pb2.ProposeBeamsRequest, False, FUZZ),
     (
         "orchestrator",
         orchestrator_pb2_grpc.OrchestratorStub,

@@ -72,3 +72,25 @@ def test_beam_errors_reach_the_client_as_statuses(stub) -> None:
         stub.Generate(bad)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "min beam width" in info.value.details()
+
+
+def test_forest_round_trips_through_its_flat_wire_form() -> None:
+    from protos.beam_convert import forest_from_pb, forest_to_pb
+    from spec_decode.errors import InvalidArgument
+    from spec_decode.forest import BeamForest, DraftBeamLayer
+    from spec_decode.types import SparseProbs
+
+    q = SparseProbs((5, 9), (0.75, 0.25))
+    forest = BeamForest(
+        (5, 9, 7),
+        (-1, -2, 0),
+        (
+            DraftBeamLayer((-1, -2), (0.0, -1.5), (q, SparseProbs((9,), (1.0,))), (1, 0)),
+            DraftBeamLayer((0,), (-0.3,), (SparseProbs((7, 8, 2), (0.5, 0.25, 0.25)),), (2,)),
+        ),
+    )
+    assert forest_from_pb(forest_to_pb(forest)) == forest
+    broken = forest_to_pb(forest)
+    del broken.q_probs[-1]
+    with pytest.raises(InvalidArgument, match="q_ids/q_probs"):
+        forest_from_pb(broken)
