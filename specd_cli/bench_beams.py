@@ -1,5 +1,6 @@
-"""``specd bench`` for the beam methods: beam-sample, dsbd (and its memory-saving variant), the peer
-hf-beam-sample, and sampled sps / vanilla, at one or more beam widths, in one process.
+"""``specd bench`` for the beam methods: beam-sample, dsbd (its memory-saving variant dsbd-keep-best,
+and dsbd-redrafter with ``--redrafter-head``), the peer hf-beam-sample, and sampled sps / vanilla,
+at one or more beam widths, in one process.
 
 A benchmark, not a test: it prints and writes numbers and asserts nothing. Per method and width:
 tokens/s and the speedup over ``beam-sample`` at the same width (same prompts), τ, quality as the
@@ -22,7 +23,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass
 from typing import Any
 
-BEAM_METHODS = ("beam-sample", "dsbd", "dsbd-keep-best", "hf-beam-sample")
+BEAM_METHODS = ("beam-sample", "dsbd", "dsbd-keep-best", "dsbd-redrafter", "hf-beam-sample")
 SAMPLED_METHODS = ("sps", "vanilla")
 
 
@@ -120,7 +121,9 @@ class _BeamStack:
         self.target = TargetVerifier.from_config(
             TargetConfig(model=args.target, device=args.device, engine=args.engine, weight_format=args.weight_format)
         )
-        draft = DraftWorker.from_config(DraftConfig(draft_model=args.draft_model, device=args.device or "auto"))
+        draft = DraftWorker.from_config(
+            DraftConfig(draft_model=args.draft_model, device=args.device or "auto", redrafter_head=args.redrafter_head)
+        )
         self.tokenizer, _ = load_tokenizer(args.target)
         self.orch = Orchestrator(self.target, draft, self.tokenizer)
         self.model = self.target.loaded.model  # the transformers model the target was built from

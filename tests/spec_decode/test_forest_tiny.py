@@ -66,10 +66,11 @@ def pair(tiny_target: Path, tiny_draft: Path) -> TinyPair:
     return TinyPair(tiny_target, tiny_draft)
 
 
-def target_beam_sampling(pair: TinyPair, gen: torch.Generator) -> tuple[tuple[int, ...], ...]:
+def target_beam_sampling(pair: TinyPair, gen: torch.Generator, model: str = "target") -> tuple:
+    """Beam sampling of LENGTH tokens with the target's distributions (or the draft's: a control)."""
     beams: list[tuple[tuple[int, ...], float]] = [((), 0.0)]
     for _ in range(LENGTH):
-        joint = torch.cat([score + pair.target[seq] for seq, score in beams])  # [n * V']
+        joint = torch.cat([score + _log_probs(pair, model, seq) for seq, score in beams])  # [n * V']
         choice = sample_beam_step(joint, pair.vocab, WIDTH, (), gen)
         beams = [
             ((*beams[choice.candidates[i] // pair.vocab][0], choice.candidates[i] % pair.vocab), choice.scores[i])
@@ -98,6 +99,15 @@ def dsbd(pair: TinyPair, gen: torch.Generator, params: BeamParams, draft: str = 
 
 
 Beams = list[tuple[tuple[int, ...], float]]
+
+
+def _log_probs(pair: TinyPair, model: str, seq: tuple[int, ...]) -> torch.Tensor:
+    if model == "target":
+        return pair.target[seq]
+    q = pair.draft[seq]
+    out = torch.full((pair.vocab,), float("-inf"), dtype=torch.float64)  # [V']
+    out[list(q.ids)] = torch.log(torch.tensor(q.probs, dtype=torch.float64))
+    return out
 
 
 def _seq_of(ref: int, forest: BeamForest, beams: Beams) -> tuple[int, ...]:
@@ -156,6 +166,10 @@ def test_dsbd_output_beams_follow_target_beam_sampling(pair: TinyPair) -> None:
     # DSBD did speculate: drafts were accepted and steps went past the first layer.
     assert sum(r[2] for r in runs) > 0.3 * sum(r[3] for r in runs)
     assert sum(r[1] for r in runs) < LENGTH * n
+    # The test has power: beam sampling with the draft's distributions instead is told apart.
+    gen_c = torch.Generator().manual_seed(13)
+    control = Counter(target_beam_sampling(pair, gen_c, model="draft") for _ in range(n))
+    assert chi2_contingency(_pooled_table(control, ours)).pvalue < 1e-6
 
 
 def test_dsbd_with_the_target_as_draft_accepts_everything(pair: TinyPair) -> None:
