@@ -74,7 +74,7 @@ def load_head(directory: Path, embedding: torch.Tensor, lm_head: torch.Tensor) -
     head = ReDrafterHead(checkpoint.config, embedding, lm_head)
     state = torch.load(directory / "head.pt", map_location=embedding.device, weights_only=True)
     head.load_state_dict(state)
-    return head.to(embedding.dtype).eval()
+    return head.to(device=embedding.device, dtype=embedding.dtype).eval()
 
 
 class ReDrafterDrafter:
@@ -98,7 +98,7 @@ class ReDrafterDrafter:
             raise InvalidArgument(
                 f"hidden state has {hidden.numel()} values; the ReDrafter head needs {self.head.config.hidden}"
             )
-        self.hidden = hidden
+        self.hidden = hidden.to(device=self.head.embedding.device, dtype=self.head.embedding.dtype)  # [E]
 
     def reset(self) -> None:
         self.hidden = None

@@ -301,6 +301,8 @@ class TargetVerifier:
                     for c, s in ready
                 ]
                 all_logits = self.engine.score_trees(items)  # [1 + N_i, V] per call
+                if self.engine.device.type == "cuda":  # kernels run async: count them as compute, not network
+                    torch.cuda.synchronize(self.engine.device)
             except BaseException as exc:
                 for call, session in ready:
                     self.engine.truncate(session.cache, session.prefix_len)  # leave each session as it was
