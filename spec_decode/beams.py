@@ -118,11 +118,29 @@ def sample_beam_step(
     generator: torch.Generator | None,
 ) -> BeamChoice:
     """One step of target beam sampling, transformers' semantics (see the module docstring)."""
-    probs = torch.softmax(joint.to(torch.float64), dim=0)  # [n * V]
-    count = min(num_candidates(width, len(eos_ids)), int((probs > 0).sum()))
-    drawn = torch.multinomial(probs, count, replacement=False, generator=generator).tolist()
+    logp = torch.log_softmax(joint.to(torch.float64), dim=0)  # [n * V]
+    drawn = draw_without_replacement(logp, num_candidates(width, len(eos_ids)), generator)
     scores = joint[drawn].tolist()
     return select_beams(drawn, scores, vocab_size, width, eos_ids)
+
+
+def draw_without_replacement(
+    logp: torch.Tensor,  # [M] log-probabilities (-inf = impossible), need not be normalised
+    count: int,
+    generator: torch.Generator | None,
+) -> list[int]:
+    """``count`` indices drawn one by one without replacement, in drawing order (at most the support).
+
+    The Gumbel-top-k trick: ordering ``logp + Gumbel noise`` descending gives exactly the law of
+    sequential sampling without replacement (what ``torch.multinomial(replacement=False)`` draws),
+    with one ``topk`` instead of ``count`` passes over ``M``.
+    """
+    count = min(count, int(torch.isfinite(logp).sum()))
+    if count <= 0:
+        return []
+    u = torch.rand(logp.shape, generator=generator, dtype=torch.float64, device=logp.device)  # [M]
+    gumbel = -torch.log(-torch.log(u.clamp_(min=1e-300)))  # [M]
+    return torch.topk(logp.to(torch.float64) + gumbel, count).indices.tolist()
 
 
 @dataclass(frozen=True)
@@ -163,35 +181,39 @@ def accept_beam_candidates(
     q_live = torch.ones(len(draft.ids), dtype=torch.bool)  # drafts not yet drawn
     chosen: list[int] = []
     accepted: list[bool] = []
-    for i in range(count):
-        p_i = p / p.sum()  # P without the chosen candidates (zeroed below), renormalised
-        if i < len(drafts):
-            c = int(drafts[i])
-            q_i = torch.where(q_live, q_all, torch.zeros_like(q_all))
-            q_i = q_i / q_i.sum()
-            q_c = float(q_i[q_pos[c]]) if c in q_pos else 0.0
-            if q_c <= 0.0:
-                raise InvalidArgument(f"draft candidate {c} has probability 0 under its own draft distribution")
-            u = float(torch.rand((), generator=generator, dtype=torch.float64))
-            if u * q_c < float(p_i[c]):
-                pick, ok = c, True
-            else:
-                residual = p_i.clone()
-                residual[q_ids] = torch.clamp(residual[q_ids] - q_i, min=0.0)
-                total = float(residual.sum())
-                pick = _draw(residual / total if total > 0.0 else p_i, generator)
-                ok = False
-            q_live[q_pos[c]] = False
+    mass = float(p.sum())  # of the candidates not chosen yet: P_i = p / mass
+    for i in range(min(count, len(drafts))):
+        c = int(drafts[i])
+        q_i = torch.where(q_live, q_all, torch.zeros_like(q_all))
+        q_i = q_i / q_i.sum()
+        q_c = float(q_i[q_pos[c]]) if c in q_pos else 0.0
+        if q_c <= 0.0:
+            raise InvalidArgument(f"draft candidate {c} has probability 0 under its own draft distribution")
+        u = float(torch.rand((), generator=generator, dtype=torch.float64))
+        if u * q_c < float(p[c]) / mass:
+            pick, ok = c, True
         else:
-            pick, ok = _draw(p_i, generator), False
+            residual = p / mass  # [M] a new tensor: P_i
+            residual[q_ids] = torch.clamp(residual[q_ids] - q_i, min=0.0)
+            total = float(residual.sum())
+            pick, ok = _draw(residual if total > 0.0 else p, generator), False
+        q_live[q_pos[c]] = False
         chosen.append(pick)
         accepted.append(ok)
+        mass -= float(p[pick])
         p[pick] = 0.0
-    return CandidateDraw(tuple(chosen), tuple(accepted))
+    # No draft left: the rest of the candidates straight from P without the chosen ones.
+    rest = draw_without_replacement(torch.log(p), count - len(chosen), generator)
+    return CandidateDraw((*chosen, *rest), (*accepted, *(False for _ in rest)))
 
 
-def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> int:
-    return int(torch.multinomial(probs, 1, generator=generator).item())
+def _draw(weights: torch.Tensor, generator: torch.Generator | None) -> int:
+    """One index drawn with probability proportional to ``weights`` (``[M]``, >= 0): inverse CDF."""
+    cdf = torch.cumsum(weights, dim=0)  # [M]
+    u = float(torch.rand((), generator=generator, dtype=torch.float64)) * float(cdf[-1])
+    index = int(torch.searchsorted(cdf, torch.tensor([u], dtype=cdf.dtype), right=True)[0])
+    # right=True lands on an entry with weight > 0; round-off at the very top falls back to the last one.
+    return index if index < len(weights) else int(torch.nonzero(weights).flatten()[-1])
 
 
 def accepted_count_distribution(
