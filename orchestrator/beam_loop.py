@@ -157,7 +157,10 @@ class BeamDecodeLoop:
 
     def _verify(self, forest: BeamForest) -> BeamVerifyResult:
         start = time.perf_counter()
-        result = self._beam_target.beam_verify(self.session_id, forest, self._beam_params, self._eos, self._want_hidden)
+        left = self._params.max_new_tokens - len(self._running[0].tokens)
+        result = self._beam_target.beam_verify(
+            self.session_id, forest, self._beam_params, self._eos, self._want_hidden, left
+        )
         self._hidden = result.hidden_states
         self.stats.phases.verify_s += result.compute_s
         self.stats.add_network(time.perf_counter() - start, result.compute_s)
@@ -190,7 +193,8 @@ class BeamDecodeLoop:
 
     def _finish(self) -> None:
         eos = set(self._eos)
-        pool = sorted(self._finished + self._running, key=self._norm, reverse=True)[: self._beam_params.width]
+        keep = 1 if self._beam_params.keep_best_only else self._beam_params.width  # memory-saving: one answer
+        pool = sorted(self._finished + self._running, key=self._norm, reverse=True)[:keep]
         self.beams = tuple(
             FinalBeam(tuple(b.tokens), b.score, b.logprob, bool(b.tokens) and b.tokens[-1] in eos) for b in pool
         )

@@ -104,6 +104,7 @@ class GrpcTargetClient:
         params: BeamParams,
         eos_token_ids: Sequence[int],
         return_hidden_states: bool = False,
+        tokens_left: int = 0,
     ) -> BeamVerifyResult:
         req = target_pb2.BeamVerifyRequest(
             session_id=session_id,
@@ -111,6 +112,7 @@ class GrpcTargetClient:
             params=beam_convert.beam_params_to_pb(params),
             eos_token_ids=eos_token_ids,
             return_hidden_states=return_hidden_states,
+            tokens_left=tokens_left,
         )
         return beam_convert.beam_verify_from_pb(self._call(self._stub.BeamVerify, req, self._t.verify))
 

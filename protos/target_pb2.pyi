@@ -102,18 +102,20 @@ class ReleaseResponse(_message.Message):
     def __init__(self, released: _Optional[bool] = ...) -> None: ...
 
 class BeamVerifyRequest(_message.Message):
-    __slots__ = ("session_id", "forest", "params", "eos_token_ids", "return_hidden_states")
+    __slots__ = ("session_id", "forest", "params", "eos_token_ids", "return_hidden_states", "tokens_left")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     FOREST_FIELD_NUMBER: _ClassVar[int]
     PARAMS_FIELD_NUMBER: _ClassVar[int]
     EOS_TOKEN_IDS_FIELD_NUMBER: _ClassVar[int]
     RETURN_HIDDEN_STATES_FIELD_NUMBER: _ClassVar[int]
+    TOKENS_LEFT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     forest: _common_pb2.BeamForest
     params: _common_pb2.BeamParams
     eos_token_ids: _containers.RepeatedScalarFieldContainer[int]
     return_hidden_states: bool
-    def __init__(self, session_id: _Optional[str] = ..., forest: _Optional[_Union[_common_pb2.BeamForest, _Mapping]] = ..., params: _Optional[_Union[_common_pb2.BeamParams, _Mapping]] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., return_hidden_states: _Optional[bool] = ...) -> None: ...
+    tokens_left: int
+    def __init__(self, session_id: _Optional[str] = ..., forest: _Optional[_Union[_common_pb2.BeamForest, _Mapping]] = ..., params: _Optional[_Union[_common_pb2.BeamParams, _Mapping]] = ..., eos_token_ids: _Optional[_Iterable[int]] = ..., return_hidden_states: _Optional[bool] = ..., tokens_left: _Optional[int] = ...) -> None: ...
 
 class BeamVerifyResponse(_message.Message):
     __slots__ = ("beams", "finished", "widths", "accepted", "drafted", "compute_s", "kv_bytes", "hidden_states")

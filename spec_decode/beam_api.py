@@ -30,8 +30,12 @@ class BeamTargetAPI(Protocol):
         params: BeamParams,
         eos_token_ids: Sequence[int],
         return_hidden_states: bool = False,
+        tokens_left: int = 0,
     ) -> BeamVerifyResult:
         """Score the forest over all beams in one pass, run beam sampling over it, keep the new beams.
+
+        ``tokens_left`` (0 = no limit): tokens the request may still add; the layer that reaches it
+        ends the generation the way transformers' ``max_new_tokens`` does (no beam runs on).
 
         With ``return_hidden_states`` the result carries, per running beam, the target's final hidden
         state at the row that predicted its pending token (float16 bytes), for draft heads.

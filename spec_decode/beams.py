@@ -95,16 +95,24 @@ def joint_draft(
 
 
 def select_beams(
-    candidates: Sequence[int], scores: Sequence[float], vocab_size: int, width: int, eos_ids: Sequence[int]
+    candidates: Sequence[int],
+    scores: Sequence[float],
+    vocab_size: int,
+    width: int,
+    eos_ids: Sequence[int],
+    last: bool = False,
 ) -> BeamChoice:
     """transformers' selection: EOS among the first ``width`` drawn finish, the best ``width`` others run.
+
+    ``last``: this step reaches ``max_new_tokens``, so every candidate hits a stopping criterion and,
+    as in transformers, the first ``width`` drawn finish and none runs on.
 
     Example:
         V = 10, width 1, eos (2,): candidates [12, 5] (beam 1 token 2 = EOS, beam 0 token 5), scores
         [-1.0, -2.0] -> finished (0,), running (1,).
     """
     eos = set(eos_ids)
-    is_eos = [c % vocab_size in eos for c in candidates]
+    is_eos = [c % vocab_size in eos or last for c in candidates]
     finished = tuple(i for i in range(min(width, len(candidates))) if is_eos[i])
     alive = sorted((i for i in range(len(candidates)) if not is_eos[i]), key=lambda i: -scores[i])
     return BeamChoice(tuple(candidates), tuple(scores), tuple(alive[:width]), finished)
@@ -116,12 +124,14 @@ def sample_beam_step(
     width: int,
     eos_ids: Sequence[int],
     generator: torch.Generator | None,
+    last: bool = False,
 ) -> BeamChoice:
-    """One step of target beam sampling, transformers' semantics (see the module docstring)."""
+    """One step of target beam sampling, transformers' semantics (see the module docstring and
+    :func:`select_beams` for ``last``)."""
     logp = torch.log_softmax(joint.to(torch.float64), dim=0)  # [n * V]
     drawn = draw_without_replacement(logp, num_candidates(width, len(eos_ids)), generator)
     scores = joint[drawn].tolist()
-    return select_beams(drawn, scores, vocab_size, width, eos_ids)
+    return select_beams(drawn, scores, vocab_size, width, eos_ids, last)
 
 
 def draw_without_replacement(

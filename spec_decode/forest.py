@@ -114,6 +114,7 @@ def accept_forest(
     eos_ids: Sequence[int],
     vocab_size: int,
     generator: torch.Generator | None,
+    tokens_left: int = 0,
 ) -> ForestOutcome:
     """Target beam sampling over the forest's layers (exact given each layer's width).
 
@@ -123,6 +124,8 @@ def accept_forest(
     :func:`~spec_decode.beams.accept_beam_candidates`, beams by
     :func:`~spec_decode.beams.select_beams`. When every kept beam is a forest node the next layer
     follows (after the last one, a target-only layer on their rows); otherwise the step ends.
+    ``tokens_left`` (0 = no limit): the layer that reaches it is the generation's last, where the
+    first ``width`` candidates drawn finish (transformers' ``max_new_tokens`` rule) and none runs on.
     """
     node_of = {(par, tok): g for g, (tok, par) in enumerate(zip(forest.tokens, forest.parents, strict=True))}
     refs = [root_ref(b) for b in range(len(beam_scores))]
@@ -130,7 +133,8 @@ def accept_forest(
     finished: list[OutBeam] = []
     widths: list[int] = []
     accepted = drafted = 0
-    for layer in (*forest.layers, None):
+    for depth, layer in enumerate((*forest.layers, None)):
+        last = 0 < tokens_left <= depth + 1
         slots = {ref: i for i, ref in enumerate(refs)}
         for ref in layer.inputs if layer is not None else ():
             slots.setdefault(ref, len(slots))
@@ -139,7 +143,7 @@ def accept_forest(
             joint[i * vocab_size : (i + 1) * vocab_size] = scores[i] + log_probs(ref).to(torch.float64)
         if layer is None:
             width = params.width
-            choice = sample_beam_step(joint, vocab_size, width, eos_ids, generator)
+            choice = sample_beam_step(joint, vocab_size, width, eos_ids, generator, last)
         else:
             q = joint_draft(
                 layer.input_scores,
@@ -156,13 +160,14 @@ def accept_forest(
             draw = accept_beam_candidates(joint, drafts, q, num_candidates(width, len(eos_ids)), generator)
             accepted += draw.num_accepted
             drafted += min(len(drafts), len(draw.candidates))
-            choice = select_beams(draw.candidates, joint[list(draw.candidates)].tolist(), vocab_size, width, eos_ids)
+            scores_drawn = joint[list(draw.candidates)].tolist()
+            choice = select_beams(draw.candidates, scores_drawn, vocab_size, width, eos_ids, last)
         widths.append(width)
         slot_ref = list(slots)
         out = [_out_beam(choice, i, slot_ref, vocab_size) for i in choice.running]
         finished.extend(_out_beam(choice, i, slot_ref, vocab_size) for i in choice.finished)
         nodes = [node_of.get((b.parent, b.token)) for b in out]
-        if layer is None or not out or any(g is None for g in nodes):
+        if layer is None or last or not out or any(g is None for g in nodes):
             return ForestOutcome(tuple(out), tuple(finished), tuple(widths), accepted, drafted)
         refs = [g for g in nodes if g is not None]
         scores = [b.score for b in out]

@@ -62,6 +62,7 @@ def beam_step(
     max_context: int,
     return_hidden_states: bool = False,
     max_top_k: int = 1024,
+    tokens_left: int = 0,
 ) -> BeamVerifyResult:
     """Verify ``forest`` for ``session`` and keep the new beams (all, or the best one if
     ``params.keep_best_only``); on any failure every beam's cache is left as it was."""
@@ -72,6 +73,8 @@ def beam_step(
     if not slots:
         raise InvalidArgument("this beam session has no running beam left (every beam finished)")
     forest.validate(len(slots), engine.vocab_size, max_nodes_per_beam * len(slots), max_top_k)
+    if tokens_left < 0:
+        raise InvalidArgument(f"tokens_left must be >= 0 (0 = no limit), got {tokens_left}")
     if len(eos_token_ids) > MAX_EOS_IDS or any(not 0 <= t < engine.vocab_size for t in eos_token_ids):
         raise InvalidArgument(f"eos_token_ids must be at most {MAX_EOS_IDS} ids in the vocabulary")
     trees, where = forest.trees(len(slots))
@@ -90,7 +93,14 @@ def beam_step(
         logits = engine.score_trees(items)  # [1 + N_b, V] per beam, one pass
         rows = _Rows(logits, where, session.sampling)
         outcome = accept_forest(
-            [s.score for s in slots], rows.warped, forest, params, eos_token_ids, engine.vocab_size, session.generator
+            [s.score for s in slots],
+            rows.warped,
+            forest,
+            params,
+            eos_token_ids,
+            engine.vocab_size,
+            session.generator,
+            tokens_left,
         )
         running = outcome.beams[:1] if params.keep_best_only else outcome.beams
         updates = [_update(b, forest, slots, rows) for b in running]

@@ -85,6 +85,7 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
                 beam_convert.beam_params_from_pb(request.params),
                 list(request.eos_token_ids),
                 request.return_hidden_states,
+                request.tokens_left,
             )
             if self._metrics is not None:
                 self._metrics.verify_nodes.inc(forest.size)

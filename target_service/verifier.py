@@ -185,6 +185,7 @@ class TargetVerifier:
         params: BeamParams,
         eos_token_ids: Sequence[int],
         return_hidden_states: bool = False,
+        tokens_left: int = 0,
     ) -> BeamVerifyResult:
         """One beam step (beam-sample, DSBD) of a prefilled session: see :mod:`target_service.beam_step`.
 
@@ -192,7 +193,7 @@ class TargetVerifier:
         verify batches of other sessions). Runs on the service's single model thread.
         """
         return self._model_thread.run(
-            self._beam_verify, session_id, forest, params, tuple(eos_token_ids), return_hidden_states
+            self._beam_verify, session_id, forest, params, tuple(eos_token_ids), return_hidden_states, tokens_left
         )
 
     def _beam_verify(
@@ -202,6 +203,7 @@ class TargetVerifier:
         params: BeamParams,
         eos_token_ids: tuple[int, ...],
         return_hidden_states: bool,
+        tokens_left: int,
     ) -> BeamVerifyResult:
         with self.sessions.checkout(session_id) as session:
             result = beam_step(
@@ -214,6 +216,7 @@ class TargetVerifier:
                 max_context=self.config.max_context,
                 return_hidden_states=return_hidden_states,
                 max_top_k=self.config.max_draft_top_k,
+                tokens_left=tokens_left,
             )
         with self._stats_lock:
             self._passes += 1
