@@ -25,6 +25,7 @@ import torch
 
 from draft_service.beam_drafter import HeadBeamDrafter, LMBeamDrafter
 from draft_service.drafter import AdaptiveLength, Drafter
+from draft_service.hybrid import HybridDrafter
 from draft_service.lookahead import DEFAULT_WINDOW, MAX_WINDOW
 from draft_service.model_drafter import DEFAULT_DRAFT_TOP_K, MAX_DRAFT_TOP_K, ModelDrafter
 from draft_service.ouroboros import OuroborosDrafter
@@ -46,7 +47,9 @@ PROMPT_LOOKUP = "prompt_lookup"
 MODEL = "model"
 OUROBOROS = "ouroboros"
 REDRAFTER = "redrafter"
-KNOWN_DRAFTERS = (PROMPT_LOOKUP, MODEL, OUROBOROS, REDRAFTER)
+HYBRID = "hybrid"  # phrase drafts + ReDrafter beams in one tree (draft_service/hybrid.py)
+KNOWN_DRAFTERS = (PROMPT_LOOKUP, MODEL, OUROBOROS, REDRAFTER, HYBRID)
+_PHRASE_DRAFTERS = (OUROBOROS, HYBRID)  # drafters that read and feed the phrase pool
 MAX_SESSIONS_LIMIT = 1_000_000
 MAX_NUM_TOKENS_LIMIT = 256
 MAX_PHRASE_NAMESPACES = 64  # phrase stores one worker keeps open (one per target vocabulary)
@@ -175,7 +178,7 @@ class DraftWorker:
     def drafters(self) -> tuple[str, ...]:
         """Drafter names this worker can serve (Ouroboros runs with or without a draft model)."""
         names = [PROMPT_LOOKUP, MODEL, OUROBOROS] if self.model is not None else [PROMPT_LOOKUP, OUROBOROS]
-        return (*names, REDRAFTER) if self.head is not None else tuple(names)
+        return (*names, REDRAFTER, HYBRID) if self.head is not None else tuple(names)
 
     def info(self) -> DraftInfo:
         with self._lock:
@@ -231,21 +234,23 @@ class DraftWorker:
         """
         new_tokens = self._check_request(session_id, drafter, offset, tokens, max_nodes, sampling)
         length = self._check_length(options)
-        if drafter == OUROBOROS and not options.phrase_namespace:
+        if drafter in _PHRASE_DRAFTERS and not options.phrase_namespace:
             raise InvalidArgument(
-                "the ouroboros drafter needs options.phrase_namespace (the target's vocabulary fingerprint)"
+                f"the {drafter} drafter needs options.phrase_namespace (the target's vocabulary fingerprint)"
             )
         with self._lock:
-            store = self._store_for(options.phrase_namespace) if drafter == OUROBOROS else None
+            store = self._store_for(options.phrase_namespace) if drafter in _PHRASE_DRAFTERS else None
             known = self._sessions.get(session_id)
             impl = (known.drafters.get(drafter) if known else None) or self._new_drafter(drafter, store)
             impl.configure(options)  # validates the drafter's own knobs before any session changes
-            if isinstance(impl, ReDrafterDrafter) and hidden_state:
+            if isinstance(impl, ReDrafterDrafter | HybridDrafter) and hidden_state:
                 assert self.head is not None
                 hidden = hidden_from_bytes(hidden_state).to(self.head.w.weight.device, self.head.w.weight.dtype)
                 impl.set_hidden_state(hidden)  # [E]
             if isinstance(impl, OuroborosDrafter) and store is not None:
                 impl.store = store  # a later request may name another namespace
+            if isinstance(impl, HybridDrafter) and store is not None:
+                impl.phrases.store = store
             session = self._session_at(session_id, offset, sampling)
             session.drafters[drafter] = impl
             session.history.extend(new_tokens)
@@ -448,8 +453,10 @@ class DraftWorker:
             raise InvalidArgument(f"unknown drafter {drafter!r}; known drafters: {', '.join(KNOWN_DRAFTERS)}")
         if drafter == MODEL and self.model is None:
             raise FailedPrecondition("this draft service has no draft model; start it with --draft-model")
-        if drafter == REDRAFTER and self.head is None:
-            raise FailedPrecondition("this draft service has no ReDrafter head; start it with --redrafter-head DIR")
+        if drafter in (REDRAFTER, HYBRID) and self.head is None:
+            raise FailedPrecondition(
+                f"the {drafter} drafter needs a ReDrafter head; start the draft service with --redrafter-head DIR"
+            )
         if offset < 0:
             raise InvalidArgument(f"offset must be >= 0, got {offset}")
         if max_nodes < 0:
@@ -530,6 +537,12 @@ class DraftWorker:
         if name == REDRAFTER:
             assert self.head is not None  # checked by _check_request
             return ReDrafterDrafter(self.head)
+        if name == HYBRID:
+            assert self.head is not None and store is not None  # checked by _check_request, opened by propose
+            phrases = OuroborosDrafter(
+                store, None, window=self.config.lookahead_window, verify_lookahead=self.config.verify_lookahead
+            )
+            return HybridDrafter(phrases, ReDrafterDrafter(self.head))
         return PromptLookupDrafter()
 
     def _store_for(self, namespace: str) -> PhraseStore:

@@ -71,9 +71,11 @@ class DecodeLoop:
         self._eos = set() if params.ignore_eos else set(eos_token_ids)
         self._options = params.draft_options(method.default_num_tokens, phrase_namespace)
         # Ouroboros learns corrected phrases from the target's own tokens over the tree.
-        self._want_target_tokens = method.name == "ouroboros" and not params.ouroboros.no_verification_phrases
+        self._want_target_tokens = (
+            method.drafter in ("ouroboros", "hybrid") and not params.ouroboros.no_verification_phrases
+        )
         # ReDrafter drafts from the target's hidden state at the last accepted position.
-        self._want_hidden = method.drafter == "redrafter"
+        self._want_hidden = method.drafter in ("redrafter", "hybrid")
         self._hidden = b""  # the latest one (float16 bytes), forwarded with the next propose
         self.tokens: list[int] = []  # generated so far
         self.stats = LoopStats()

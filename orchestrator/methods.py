@@ -46,6 +46,13 @@ METHODS: dict[str, Method] = {
             "packed into one tree (Zhang et al. 2024); the draft service needs --redrafter-head",
         ),
         Method(
+            "hybrid",
+            "hybrid",
+            8,
+            description="Ouroboros phrase drafts and ReDrafter beams merged into one tree per step (phrases where "
+            "the text repeats, the head elsewhere); the draft service needs --redrafter-head",
+        ),
+        Method(
             "beam-sample",
             None,
             0,

@@ -22,7 +22,7 @@ from specd_cli.bench_beams import add_beam_bench_args, is_beam_bench, run_beam_b
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROMPTS = REPO_ROOT.parent / "shared" / "bench" / "spec_bench.jsonl"
-SPECD_METHODS = ("vanilla", "pld", "sps", "ouroboros", "redrafter")
+SPECD_METHODS = ("vanilla", "pld", "sps", "ouroboros", "redrafter", "hybrid")
 ABLATION = "ouroboros-without-"  # e.g. ouroboros-without-history_phrases+verification_phrases
 HF_METHODS = ("hf-generate", "hf-pld", "hf-assisted")
 
@@ -68,7 +68,11 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--verify-lookahead", action="store_true", help="model-free Ouroboros: the Jacobi window rides in verify"
     )
-    p.add_argument("--redrafter-head", default=None, help="ReDrafter head checkpoint for the 'redrafter' method")
+    p.add_argument(
+        "--redrafter-head",
+        default=None,
+        help="ReDrafter head checkpoint for the 'redrafter' method (default: the head shipped for the target)",
+    )
     p.add_argument("--engine", default="auto", help="specd target engine: auto | native | hf")
     p.add_argument("--weight-format", default=None, help="native engine weights: auto | dense | packed | q8")
     add_beam_bench_args(p)  # beam-sample, dsbd, dsbd-keep-best, hf-beam-sample: specd_cli/bench_beams.py
@@ -192,6 +196,10 @@ def run_bench(args: argparse.Namespace) -> int:
     prompts = load_prompts(args.prompts, args.per_category, cats)
     default = ["hf-generate", "vanilla", "pld", "hf-pld"] + (["sps", "hf-assisted"] if args.draft_model else [])
     methods = [m for m in args.methods.split(",") if m] or default
+    if any(_base(m) in ("redrafter", "hybrid", "dsbd-redrafter") for m in methods):  # the shipped head by default
+        from draft_service.redrafter import resolve_head
+
+        args.redrafter_head = resolve_head(args.redrafter_head, args.target)
     if is_beam_bench(methods):
         return run_beam_bench(args, methods, prompts)
     unknown = [m for m in methods if _base(m) not in SPECD_METHODS + HF_METHODS]

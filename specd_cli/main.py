@@ -202,7 +202,9 @@ def _add_phrase_store_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--redrafter-head",
         default=None,
-        help="a ReDrafter head checkpoint directory (specd train-redrafter): enables the 'redrafter' method",
+        help="a ReDrafter head checkpoint directory (specd train-redrafter): enables the 'redrafter' method; "
+        "`specd up` defaults to the head shipped for the target (SmolLM2: draft_service/heads/smollm2), "
+        "'none' turns it off",
     )
 
 
@@ -309,6 +311,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     import signal
     import threading
 
+    from draft_service.redrafter import resolve_head
     from specd_cli.stack import ProcessSecurity, start_process_stack
 
     extra = [
@@ -344,7 +347,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         drafters=args.drafters,
         extra_draft_args=[
             *(["--verify-lookahead"] if args.verify_lookahead else []),
-            *(["--redrafter-head", args.redrafter_head] if args.redrafter_head else []),
+            *(["--redrafter-head", head] if (head := resolve_head(args.redrafter_head, args.target)) else []),
         ],
         metrics_port_base=args.metrics_port_base,
         log_format=args.log_format,

@@ -74,6 +74,53 @@ def test_redrafter_is_lossless_and_drafts_beams(tiny_target: Path, head_dir: Pat
     assert accepted > 0  # the identity-projection head guesses the target's next token now and then
 
 
+def test_hybrid_merges_phrases_and_beams_losslessly(tiny_target: Path, head_dir: Path) -> None:
+    """The hybrid's trees hold both the phrase drafter's and the head's drafts; greedy output is
+    the target's own, sampling runs, and the phrase pool learns from the rows of its own nodes."""
+    orch = build_inprocess(_with_head(tiny_target, head_dir))
+    accepted = 0
+    for prompt in ([1000, 2000, 3000, 1000, 2000, 3000, 1000], [42, 43, 44, 45, 42, 43], [777] * 6):
+        expected = greedy_reference(tiny_target, prompt, 24, torch.float64)
+        params = GenerateParams(prompt_token_ids=tuple(prompt), method="hybrid", max_new_tokens=24)
+        result = orch.generate(params)
+        assert list(result.token_ids) == expected
+        assert result.stats.draft_tokens > 24
+        accepted += result.stats.accepted_tokens
+        sampled = orch.generate(dataclasses.replace(params, sampling=SamplingParams(temperature=0.8, seed=4)))
+        assert len(sampled.token_ids) == 24
+    assert accepted > 0
+
+
+def test_hybrid_tree_maps_the_phrase_rows_back(tiny_target: Path, head_dir: Path) -> None:
+    """Merged trees keep every path of both drafters, the phrase drafter's nodes map to merged
+    nodes with the same token path, and its feedback has exactly one row per node of its own tree."""
+    from draft_service.hybrid import HybridDrafter, node_index, tree_paths
+    from draft_service.ouroboros import OuroborosDrafter
+    from draft_service.redrafter import ReDrafterDrafter, load_head
+    from phrase_store import InMemoryPhraseStore
+
+    target = load_model(str(tiny_target), device="cpu", dtype="float32")
+    model = target.model
+    head = load_head(head_dir, model.get_input_embeddings().weight, model.get_output_embeddings().weight)
+    phrases = OuroborosDrafter(InMemoryPhraseStore(target.vocab.fingerprint), None, verify_lookahead=False)
+    beams = ReDrafterDrafter(head)
+    hybrid = HybridDrafter(phrases, beams)
+    context = [11, 12, 13, 14, 15, 11, 12, 13, 14, 15, 11, 12]  # prompt lookup finds 13, 14, 15, ...
+    with torch.inference_mode():
+        state = model(torch.tensor([context]), output_hidden_states=True).hidden_states[-1][0, -1]  # [E]
+    hybrid.set_hidden_state(state)
+    tree = hybrid.propose(context, 6, 24, SamplingParams(), None)
+    phrase_tree = phrases.last_tree
+    head_tree = beams.propose(context, 4, 24 - phrase_tree.size, SamplingParams(), None)  # deterministic beams
+    assert phrase_tree.size > 0 and head_tree.size > 0
+    assert {tuple(p) for p in tree_paths(tree)} >= {tuple(p) for p in tree_paths(phrase_tree)}
+    assert set(node_index(tree)) == set(node_index(phrase_tree)) | set(node_index(head_tree))
+    where = node_index(tree)
+    assert hybrid._phrase_rows == [where[path] for path in node_index(phrase_tree)]
+    assert hybrid.last_phrase_nodes == phrase_tree.size <= 12  # half the budget while the head can draft
+    hybrid.observe(tree.size, 2, list(range(1 + tree.size)))  # the phrase drafter checks its row count
+
+
 def test_redrafter_over_grpc(tiny_target: Path, head_dir: Path) -> None:
     stack = start_thread_stack(_with_head(tiny_target, head_dir))
     try:
@@ -84,3 +131,35 @@ def test_redrafter_over_grpc(tiny_target: Path, head_dir: Path) -> None:
             assert result.stats.draft_tokens > 0
     finally:
         stack.stop()
+
+
+def test_the_shipped_smollm2_head_loads_and_agrees_with_the_target() -> None:
+    """The fp16 head in draft_service/heads/smollm2 loads over SmolLM2 and drafts the target's
+    own next tokens far more often than chance on a general prompt (teacher-forced)."""
+    from draft_service.redrafter import load_head, resolve_head, shipped_head
+
+    directory = shipped_head("smollm2")
+    assert directory is not None and shipped_head("SmolLM2") == directory
+    assert resolve_head(None, "smollm2") == str(directory) == resolve_head("auto", "default")
+    assert resolve_head("none", "smollm2") is None and resolve_head(None, "/some/model") is None
+    assert resolve_head("/my/head", "smollm2") == "/my/head"
+    checkpoint = read_checkpoint(directory)
+    target = load_model("smollm2", device="cpu", dtype="float32")
+    assert checkpoint.vocab_fingerprint == target.vocab.fingerprint
+    model = target.model
+    head = load_head(directory, model.get_input_embeddings().weight, model.get_output_embeddings().weight)
+    assert next(head.parameters()).dtype == torch.float32
+    from orchestrator.request import GenerateParams as Params
+    from orchestrator.text import prompt_tokens
+
+    prompt = prompt_tokens(target.tokenizer, Params(prompt="Explain in a few sentences why the sky is blue."))
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False)
+    seq = out[0].tolist()
+    with torch.inference_mode():
+        hidden = model(torch.tensor([seq]), output_hidden_states=True).hidden_states[-1][0]  # [T, E]
+        first, last = len(prompt) - 1, len(seq) - 3
+        ids = torch.tensor(seq)
+        tokens = ids.unfold(0, 3, 1)[first + 1 : last + 1]  # [n, 3]: g0 and the two tokens after it
+        logits = head(hidden[first:last], tokens)  # [n, 2, V]
+    agree = (logits.argmax(-1) == tokens[:, 1:]).float().mean(0)  # top-1 per offset
+    assert float(agree[0]) > 0.05, agree  # chance is 1/49152; in-domain held-out text gives 0.5 (MANIFEST.md)
