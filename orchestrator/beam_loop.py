@@ -24,7 +24,14 @@ from orchestrator.request import GenerateParams
 from spec_decode.api import TargetAPI
 from spec_decode.beam_api import BeamDraftAPI, BeamTargetAPI, BeamUpdate, BeamVerifyResult
 from spec_decode.beams import normalized_score
-from spec_decode.errors import Cancelled, DeadlineExceeded, FailedPrecondition, NotFound, Unavailable
+from spec_decode.errors import (
+    Cancelled,
+    DeadlineExceeded,
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
 from spec_decode.forest import EMPTY_FOREST, BeamForest
 from spec_decode.stats import LoopStats
 from spec_decode.types import GenerationStats, TargetLimits
@@ -158,9 +165,15 @@ class BeamDecodeLoop:
     def _verify(self, forest: BeamForest) -> BeamVerifyResult:
         start = time.perf_counter()
         left = self._params.max_new_tokens - len(self._running[0].tokens)
-        result = self._beam_target.beam_verify(
-            self.session_id, forest, self._beam_params, self._eos, self._want_hidden, left
-        )
+        try:
+            result = self._beam_target.beam_verify(
+                self.session_id, forest, self._beam_params, self._eos, self._want_hidden, left
+            )
+        except NotFound as err:  # evicted under load: W caches cannot be rebuilt by one re-prefill
+            raise ResourceExhausted(
+                "the target evicted this beam request's session (it holds more sessions than its "
+                "--max-sessions / KV budget allow); retry later"
+            ) from err
         self._hidden = result.hidden_states
         self.stats.phases.verify_s += result.compute_s
         self.stats.add_network(time.perf_counter() - start, result.compute_s)
