@@ -17,6 +17,7 @@ A head checkpoint is a directory:
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -73,6 +74,25 @@ def save_head(directory: Path, head: ReDrafterHead, target: str, vocab_fingerpri
     meta["vocab_ids"] = list(head.config.vocab_ids)
     (directory / "config.json").write_text(json.dumps(meta, indent=1))
     torch.save({k: v.detach().cpu() for k, v in head.state_dict().items()}, directory / "head.pt")
+
+
+def restrict_vocabulary(source: Path, out: Path, vocab_ids: Sequence[int]) -> HeadCheckpoint:
+    """Copy checkpoint ``source`` to ``out`` with its LM head limited to ``vocab_ids``.
+
+    The trained weights are unchanged (the head's logits over the kept tokens are exactly the
+    full head's); drafting gets cheaper by ``V / len(vocab_ids)`` in the LM-head matmul and loses
+    every draft whose token is outside the set.
+    """
+    checkpoint = read_checkpoint(source)
+    ids = sorted({int(t) for t in vocab_ids})
+    config = HeadConfig(checkpoint.config.hidden, checkpoint.config.vocab, checkpoint.config.blocks, tuple(ids))
+    config.validate()
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {**asdict(config), "target": checkpoint.target, "vocab_fingerprint": checkpoint.vocab_fingerprint}
+    meta["vocab_ids"] = list(config.vocab_ids)
+    (out / "config.json").write_text(json.dumps(meta))
+    shutil.copyfile(source / "head.pt", out / "head.pt")
+    return HeadCheckpoint(config, checkpoint.target, checkpoint.vocab_fingerprint)
 
 
 def read_checkpoint(directory: Path) -> HeadCheckpoint:

@@ -580,6 +580,12 @@ def cmd_train_prompts(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_redrafter_subvocab(args: argparse.Namespace) -> int:
+    from specd_cli.train_redrafter import run_subvocab
+
+    return run_subvocab(args)
+
+
 def cmd_train_redrafter(args: argparse.Namespace) -> int:
     from specd_cli.train_redrafter import run_train_redrafter
 
@@ -728,6 +734,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=3000, help="prompts to write (fewer if the library runs out)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_train_prompts)
+
+    p = sub.add_parser(
+        "redrafter-subvocab", help="limit a ReDrafter head's LM head to the most frequent tokens of some text"
+    )
+    from specd_cli.train_redrafter import add_subvocab_args
+
+    add_subvocab_args(p)
+    p.set_defaults(fn=cmd_redrafter_subvocab)
 
     p = sub.add_parser("train-redrafter", help="self-distil a ReDrafter draft head for a target")
     from specd_cli.train_redrafter import add_train_redrafter_args

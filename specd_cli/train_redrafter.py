@@ -102,3 +102,54 @@ def _chat_ids(tokenizer: object, text: str) -> list[int]:
     from orchestrator.text import prompt_tokens
 
     return prompt_tokens(tokenizer, GenerateParams(prompt=text))
+
+
+def add_subvocab_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--head", type=Path, required=True, help="a ReDrafter head checkpoint directory")
+    p.add_argument("--out", type=Path, required=True, help="where to write the restricted checkpoint")
+    p.add_argument("--size", type=int, default=8192, help="tokens to keep: the most frequent in --text")
+    p.add_argument(
+        "--text", type=Path, nargs="+", required=True, help="JSONL prompt files ({turns}) or plain text to count"
+    )
+
+
+def run_subvocab(args: argparse.Namespace) -> int:
+    """``specd redrafter-subvocab``: keep the ``--size`` most frequent tokens of ``--text`` in the LM head."""
+    from collections import Counter
+
+    from transformers import AutoTokenizer
+
+    from draft_service.redrafter import read_checkpoint, restrict_vocabulary
+    from spec_decode.models import materialize
+
+    checkpoint = read_checkpoint(args.head)
+    if not 1 <= args.size <= checkpoint.config.vocab:
+        raise SystemExit(f"specd redrafter-subvocab: --size must be in [1, {checkpoint.config.vocab}]")
+    directory, _ = materialize(checkpoint.target)
+    tokenizer = AutoTokenizer.from_pretrained(str(directory))
+    counts: Counter[int] = Counter()
+    for path in args.text:
+        if not path.is_file():
+            raise SystemExit(f"specd redrafter-subvocab: {path} not found")
+        lines = path.read_text().splitlines()
+        for line in lines:
+            try:
+                turns = json.loads(line)["turns"] if path.suffix == ".jsonl" else [line]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                turns = [line]
+            for turn in turns:
+                counts.update(tokenizer.encode(str(turn), add_special_tokens=False))
+    total = sum(counts.values())
+    # Special tokens (end of turn) are drafted too: keep them whatever their count.
+    keep = {int(t) for t in tokenizer.all_special_ids}
+    for token, _ in counts.most_common():
+        if len(keep) >= args.size:
+            break
+        keep.add(token)
+    covered = sum(c for t, c in counts.items() if t in keep)
+    restrict_vocabulary(args.head, args.out, sorted(keep))
+    print(
+        f"kept {len(keep)} of {checkpoint.config.vocab} tokens; they cover {covered / max(total, 1):.4f} of the "
+        f"{total} tokens counted in {len(args.text)} file(s); wrote {args.out}"
+    )
+    return 0

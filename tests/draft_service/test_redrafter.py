@@ -163,3 +163,31 @@ def test_the_shipped_smollm2_head_loads_and_agrees_with_the_target() -> None:
         logits = head(hidden[first:last], tokens)  # [n, 2, V]
     agree = (logits.argmax(-1) == tokens[:, 1:]).float().mean(0)  # top-1 per offset
     assert float(agree[0]) > 0.05, agree  # chance is 1/49152; in-domain held-out text gives 0.5 (MANIFEST.md)
+
+
+def test_subvocabulary_head_keeps_the_full_heads_logits(head_dir: Path, tiny_target: Path, tmp_path: Path) -> None:
+    """`specd redrafter-subvocab` keeps the most frequent tokens of the text (and the special
+    tokens); the restricted head's logits are the full head's at those tokens."""
+    from draft_service.redrafter import load_head
+    from specd_cli.main import main
+
+    text = tmp_path / "text.jsonl"
+    text.write_text('{"turns": ["the cat sat on the mat, the cat sat on the hat"]}\n' * 3)
+    out = tmp_path / "sub"
+    assert (
+        main(["redrafter-subvocab", "--head", str(head_dir), "--out", str(out), "--size", "12", "--text", str(text)])
+        == 0
+    )
+    sub = read_checkpoint(out)
+    ids = list(sub.config.vocab_ids)
+    assert 0 < len(ids) <= 12 and ids == sorted(ids)
+    target = load_model(str(tiny_target), device="cpu", dtype="float32")
+    tokenizer = target.tokenizer
+    assert set(tokenizer.encode(" the cat", add_special_tokens=False)) <= set(ids)
+    emb, lm = target.model.get_input_embeddings().weight, target.model.get_output_embeddings().weight
+    full, small = load_head(head_dir, emb, lm), load_head(out, emb, lm)
+    h, tokens = torch.randn(3, full.config.hidden), torch.tensor([[5, 6], [7, 8], [9, 10]])
+    with torch.no_grad():
+        torch.testing.assert_close(small(h, tokens), full(h, tokens)[..., ids])
+    with pytest.raises(SystemExit, match="--size"):
+        main(["redrafter-subvocab", "--head", str(head_dir), "--out", str(out), "--size", "0", "--text", str(text)])
