@@ -39,3 +39,18 @@ def test_math_answers_are_read_from_the_last_number() -> None:
     assert _math_correct("It costs 1000 or maybe 999", row) is False
     assert _math_correct("no idea", row) is False
     assert _math_correct("1000", {"reference": []}) is None
+
+
+def test_generate_cli_prints_every_beam(tiny_target, tiny_draft):
+    cmd = [
+        sys.executable, "-m", "specd_cli.main", "generate", "Hello there", "--target", str(tiny_target),
+        "--draft-model", str(tiny_draft), "--device", "cpu", "--method", "dsbd", "--beam-width", "3",
+        "--width-threshold", "0.9", "--min-beam-width", "2", "--temperature", "1", "--seed", "3",
+        "--max-new-tokens", "6", "--ignore-eos", "--json",
+    ]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["method"] == "dsbd" and 2 <= len(result["beams"]) <= 3
+    assert result["token_ids"] == result["beams"][0]["token_ids"] and len(result["token_ids"]) == 6
+    assert all(b["logprob"] < 0 for b in result["beams"]) and result["peak_kv_bytes"] > 0
