@@ -85,7 +85,8 @@ class BeamDecodeLoop:
         self._gamma = params.num_draft_tokens or method.default_num_tokens
         self._running = [_Beam([], 0.0, 0.0)]
         self._finished: list[_Beam] = []
-        self._replica: Replica | None = None
+        self._replica: Replica | None = None  # the replica whose draft beams follow the session now
+        self._holders: dict[str, Replica] = {}  # every replica that got this session's beams (released at the end)
         self._want_hidden = method.drafter == "redrafter"  # the head drafts from the target's hidden states
         self._hidden: tuple[bytes, ...] = ()  # per running beam, from the last prefill / verify
         self._updates: tuple[BeamUpdate, ...] | None = None  # the last step's answer, for the drafter
@@ -126,14 +127,13 @@ class BeamDecodeLoop:
         length = len(self._running[0].tokens)
         remaining = self._params.max_new_tokens - length
         depth = min(self._gamma, remaining - 1, self._limits.max_context - len(self._prompt) - length - 1)
-        if depth <= 0:
-            return EMPTY_FOREST
-        replica = self._drafters.pick(self.session_id)
+        replica = self._drafters.pick(self.session_id) if depth > 0 else None
         if replica is None:
+            self._replica = None  # the drafter misses this step's update: the next call resends contexts
             return EMPTY_FOREST
         api = cast(BeamDraftAPI, replica.api)
-        if replica is not self._replica:
-            self._updates = None  # a new replica starts from the beams' whole contexts
+        if self._replica is None or replica.address != self._replica.address:
+            self._updates = None  # a new replica (or one that missed a step) starts from whole contexts
         contexts = [] if self._updates is not None else [self._prompt + b.tokens for b in self._running]
         start = time.perf_counter()
         try:
@@ -157,7 +157,7 @@ class BeamDecodeLoop:
                 self._drafters.report_failure(replica, err)
             self._replica, self._updates = None, None
             return EMPTY_FOREST
-        self._replica = replica
+        self._replica = self._holders[replica.address] = replica
         self.stats.phases.draft_s += proposal.compute_s
         self.stats.add_network(time.perf_counter() - start, proposal.compute_s)
         return proposal.forest
@@ -220,11 +220,12 @@ class BeamDecodeLoop:
             self._target.release(self.session_id)
         except Exception as err:  # releasing must never mask the request's own outcome
             log.warning("session %s: releasing the target session failed: %s", self.session_id, err)
-        if self._replica is not None:
+        for replica in self._holders.values():
             try:
-                self._replica.api.release(self.session_id)
-            except Exception as err:
-                log.warning("session %s: releasing the draft beams failed: %s", self.session_id, err)
+                replica.api.release(self.session_id)
+            except Exception as err:  # a replica that left or fails must not fail the request
+                where = replica.address
+                log.warning("session %s: releasing the draft beams on %s failed: %s", self.session_id, where, err)
 
     # ---------------------------------------------------------------- results
     def generation_stats(self) -> GenerationStats:

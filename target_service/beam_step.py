@@ -112,6 +112,8 @@ def beam_step(
             engine.truncate(slot.cache, slot.prefix_len)
         raise
     compute_s = time.perf_counter() - start
+    if not session.beams:  # every beam finished: nothing runs on; the session keeps its first beam's prefix
+        engine.truncate(slots[0].cache, slots[0].prefix_len)
     best = session.beams[0] if session.beams else slots[0]
     session.cache, session.prefix_len, session.pending_token = best.cache, best.prefix_len, best.pending_token
     session.kv_bytes = sum(engine.kv_bytes(s.cache) for s in session.beams)

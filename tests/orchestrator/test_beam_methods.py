@@ -87,3 +87,18 @@ def test_beam_methods_refuse_greedy_and_bad_widths(orch: Orchestrator) -> None:
         orch.generate(GenerateParams(prompt="x", method="beam-sample", max_new_tokens=4))
     with pytest.raises(InvalidArgument, match="min beam width"):
         _generate(orch, "dsbd", BeamParams(width=2, min_width=3))
+
+
+def test_beam_sessions_are_released_on_both_services(tiny_target: Path, tiny_draft: Path) -> None:
+    from draft_service.service import DraftWorker
+    from spec_decode.models import load_tokenizer
+    from target_service.verifier import TargetVerifier
+
+    config = stack_config(tiny_target, tiny_draft)
+    target, draft = TargetVerifier.from_config(config.target), DraftWorker.from_config(config.draft)
+    orch = Orchestrator(target, draft, load_tokenizer(str(tiny_target))[0], config.orchestrator)
+    for keep in (False, True):
+        result = _generate(orch, "dsbd", BeamParams(width=2, keep_best_only=keep), num_draft_tokens=2)
+        assert result.stats.draft_tokens > 0
+        assert not target.release(result.session_id) and not draft.release(result.session_id)
+    assert len(target.sessions) == 0
