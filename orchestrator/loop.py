@@ -33,8 +33,12 @@ from spec_decode.errors import (
     Unavailable,
 )
 from spec_decode.stats import LoopStats
-from spec_decode.types import EMPTY_TREE, DraftTree, GenerationStats, TargetLimits, VerifyResult
+from spec_decode.tree import truncate_tree
+from spec_decode.types import EMPTY_TREE, DraftTree, GenerationStats, HeadDraft, TargetLimits, VerifyResult
 from specd_metrics.logs import enter_session, exit_session
+
+REDRAFTER_WIDTH = 10  # the co-located head's default beam shape: the draft service's (redrafter_head.py)
+REDRAFTER_TOP_K = 50
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +61,15 @@ class DecodeLoop:
         eos_token_ids: tuple[int, ...],
         phrase_namespace: str = "",
         node_share: Callable[[], int] | None = None,
+        colocated_head: bool = False,
     ) -> None:
         self.session_id = session_id
+        # ReDrafter co-located with the target: every Prefill/Verify also drafts the next tree there.
+        self._colocated = colocated_head and method.drafter == "redrafter"
+        self._next_tree: DraftTree | None = None  # the tree the target drafted with the last result
         self._node_share = node_share  # this step's draft-node allowance under load (None: no budget)
         self._target = target
-        self._drafters = draft if method.drafter is not None else None
+        self._drafters = draft if method.drafter is not None and not self._colocated else None
         self._replica: Replica | None = None  # the replica holding this session's drafter state
         self._failed: set[str] = set()  # replicas that failed this request; never picked again
         self._method = method
@@ -75,7 +83,7 @@ class DecodeLoop:
             method.drafter in ("ouroboros", "hybrid") and not params.ouroboros.no_verification_phrases
         )
         # ReDrafter drafts from the target's hidden state at the last accepted position.
-        self._want_hidden = method.drafter in ("redrafter", "hybrid")
+        self._want_hidden = method.drafter in ("redrafter", "hybrid") and not self._colocated
         self._hidden = b""  # the latest one (float16 bytes), forwarded with the next propose
         self.tokens: list[int] = []  # generated so far
         self.stats = LoopStats()
@@ -109,22 +117,35 @@ class DecodeLoop:
     # ---------------------------------------------------------------- phases
     def _prefill(self) -> None:
         with self.stats.time("prefill"):
-            result = self._target.prefill(self.session_id, self._prompt, self._params.sampling, self._want_hidden)
+            result = self._target.prefill(
+                self.session_id, self._prompt, self._params.sampling, self._want_hidden, self._head_draft()
+            )
         self._hidden = result.hidden_state
+        self._next_tree = result.next_tree
+
+    def _head_draft(self) -> HeadDraft | None:
+        """What to ask a co-located head for: the request's beam shape within this step's node allowance."""
+        if not self._colocated:
+            return None
+        max_nodes = self._limits.max_tree_nodes
+        if self._node_share is not None:
+            max_nodes = min(max_nodes, self._node_share())
+        options = self._options
+        return HeadDraft(
+            width=options.num_branches or REDRAFTER_WIDTH,
+            length=options.num_tokens or self._method.default_num_tokens,
+            max_nodes=max_nodes,
+            top_k=options.draft_top_k or REDRAFTER_TOP_K,
+        )
 
     def _draft(self) -> DraftTree:
         """Ask the session's drafter for a tree that fits the context and the remaining token budget."""
+        if self._colocated:  # the target drafted it with the last result: trim it to this step's budget
+            return truncate_tree(self._next_tree or EMPTY_TREE, self._max_nodes())
         if self._drafters is None or self._method.drafter is None:
             return EMPTY_TREE
         context_len = len(self._prompt) + len(self.tokens)
-        remaining = self._params.max_new_tokens - len(self.tokens)
-        max_nodes = min(
-            self._limits.max_tree_nodes,
-            self._limits.max_context - context_len - 1,
-            remaining - 1,  # the target always adds one token of its own
-        )
-        if self._node_share is not None:
-            max_nodes = min(max_nodes, self._node_share())
+        max_nodes = self._max_nodes()
         if max_nodes <= 0:
             return EMPTY_TREE
         failed = False
@@ -141,6 +162,19 @@ class DecodeLoop:
         if failed:
             log.warning("session %s: no drafter left; continuing target-only", self.session_id)
         return EMPTY_TREE  # this step is target-only
+
+    def _max_nodes(self) -> int:
+        """Draft nodes this step may use: the target's cap, the context left, the token budget, the load share."""
+        context_len = len(self._prompt) + len(self.tokens)
+        remaining = self._params.max_new_tokens - len(self.tokens)
+        max_nodes = min(
+            self._limits.max_tree_nodes,
+            self._limits.max_context - context_len - 1,
+            remaining - 1,  # the target always adds one token of its own
+        )
+        if self._node_share is not None:
+            max_nodes = min(max_nodes, self._node_share())
+        return max(0, max_nodes)
 
     def _route(self) -> Replica | None:
         """The replica for this step; moves the session when the router now names another one."""
@@ -208,7 +242,11 @@ class DecodeLoop:
         for attempt in range(TARGET_REBUILDS_PER_STEP + 1):
             try:
                 result = self._target.verify(
-                    self.session_id, tree, self._want_target_tokens and tree.size > 0, self._want_hidden
+                    self.session_id,
+                    tree,
+                    self._want_target_tokens and tree.size > 0,
+                    self._want_hidden,
+                    self._head_draft(),
                 )
                 break
             except NotFound as err:
@@ -221,6 +259,7 @@ class DecodeLoop:
         self.stats.phases.verify_s += result.compute_s
         self.stats.add_network(time.perf_counter() - start, result.compute_s)
         self._hidden = result.hidden_state
+        self._next_tree = result.next_tree
         return result
 
     def _rebuild_target_session(self, err: NotFound) -> None:
@@ -236,8 +275,11 @@ class DecodeLoop:
         if sampling.seed is not None:
             sampling = dataclasses.replace(sampling, seed=(sampling.seed + len(self.tokens)) % 2**63)
         with self.stats.time("prefill"):
-            rebuilt = self._target.prefill(self.session_id, self._prompt + self.tokens, sampling, self._want_hidden)
+            rebuilt = self._target.prefill(
+                self.session_id, self._prompt + self.tokens, sampling, self._want_hidden, self._head_draft()
+            )
         self._hidden = rebuilt.hidden_state
+        self._next_tree = rebuilt.next_tree
 
     def _accept(self, tree: DraftTree, result: VerifyResult) -> list[int]:
         """The tokens this step emits: accepted + recovered/bonus, cut at EOS and the budget."""

@@ -33,8 +33,16 @@ class OrchestratorConfig:
     # batched verify pass scores every request's tree, so big trees for many requests make each
     # pass compute-bound; each request then gets budget / running nodes (at least 1).
     step_node_budget: int = 48
+    # Where `redrafter` drafts: "target" (the target's co-located head drafts the next tree with
+    # every verify result: no draft round trip), "draft" (a draft service), "auto" (target when
+    # the target has a head, else a draft service).
+    redrafter_placement: str = "auto"
 
     def validate(self) -> OrchestratorConfig:
+        if self.redrafter_placement not in ("auto", "draft", "target"):
+            raise InvalidArgument(
+                f"redrafter_placement must be auto, draft or target, got {self.redrafter_placement!r}"
+            )
         if self.max_new_tokens <= 0:
             raise InvalidArgument(f"max_new_tokens cap must be > 0, got {self.max_new_tokens}")
         if self.max_prompt_tokens < 0:
@@ -170,7 +178,19 @@ class Orchestrator:
     @property
     def methods(self) -> list[str]:
         drafters = self.draft_info.drafters if self.draft_info else ()
-        return available_methods(self._draft is not None, drafters)
+        methods = available_methods(self._draft is not None, drafters)
+        if self._colocated_redrafter() and "redrafter" not in methods:
+            methods.append("redrafter")
+        return methods
+
+    def _colocated_redrafter(self) -> bool:
+        """Whether `redrafter` requests draft on the target (its co-located head) rather than a draft service."""
+        placement = self.config.redrafter_placement
+        if placement == "target" and not self.target_info.draft_head:
+            raise FailedPrecondition(
+                "redrafter placement 'target' needs a target service with a head (specd target --redrafter-head DIR)"
+            )
+        return placement != "draft" and self.target_info.draft_head
 
     def generate(self, params: GenerateParams, is_active: Callable[[], bool] = lambda: True) -> GenerationResult:
         """Run a request to the end; stops early (Cancelled) once ``is_active()`` is False."""
@@ -229,7 +249,12 @@ class Orchestrator:
     def _prepare(self, params: GenerateParams) -> DecodeLoop | BeamDecodeLoop:
         params.validate(max_new_tokens_cap=self.config.max_new_tokens)
         drafters = self.draft_info.drafters if self.draft_info else ()
-        method = resolve_method(params.method, has_draft_service=self._draft is not None, draft_drafters=drafters)
+        colocated = params.method == "redrafter" and self._colocated_redrafter()
+        if colocated:  # no draft service involved: the target drafts
+            drafters = (*drafters, "redrafter")
+        method = resolve_method(
+            params.method, has_draft_service=self._draft is not None or colocated, draft_drafters=drafters
+        )
         prompt = prompt_tokens(self._tokenizer, params)
         limits = self.target_info.limits
         vocab_size = self.target_info.vocab.vocab_size
@@ -274,5 +299,6 @@ class Orchestrator:
             limits=limits,
             eos_token_ids=self.target_info.vocab.eos_token_ids,
             phrase_namespace=self.target_info.vocab.fingerprint,
+            colocated_head=colocated,
             node_share=self._node_share if self.config.step_node_budget else None,
         )

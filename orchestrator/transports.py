@@ -18,6 +18,7 @@ from spec_decode.types import (
     DraftInfo,
     DraftOptions,
     DraftTree,
+    HeadDraft,
     PrefillResult,
     ProposeResult,
     SamplingParams,
@@ -76,24 +77,35 @@ class GrpcTargetClient:
         prompt_tokens: Sequence[int],
         sampling: SamplingParams,
         return_hidden_state: bool = False,
+        head_draft: HeadDraft | None = None,
     ) -> PrefillResult:
         req = target_pb2.PrefillRequest(
             session_id=session_id,
             prompt_tokens=prompt_tokens,
             sampling=convert.sampling_to_pb(sampling),
             return_hidden_state=return_hidden_state,
+            head_draft=convert.head_draft_to_pb(head_draft),
         )
         resp = self._call(self._stub.Prefill, req, self._t.prefill)
-        return PrefillResult(resp.context_len, resp.compute_ms / 1e3, resp.evicted_sessions, resp.hidden_state)
+        next_tree = convert.tree_from_pb(resp.next_tree) if resp.HasField("next_tree") else None
+        return PrefillResult(
+            resp.context_len, resp.compute_ms / 1e3, resp.evicted_sessions, resp.hidden_state, next_tree
+        )
 
     def verify(
-        self, session_id: str, tree: DraftTree, return_target_tokens: bool = False, return_hidden_state: bool = False
+        self,
+        session_id: str,
+        tree: DraftTree,
+        return_target_tokens: bool = False,
+        return_hidden_state: bool = False,
+        head_draft: HeadDraft | None = None,
     ) -> VerifyResult:
         req = target_pb2.VerifyRequest(
             session_id=session_id,
             tree=convert.tree_to_pb(tree),
             return_target_tokens=return_target_tokens,
             return_hidden_state=return_hidden_state,
+            head_draft=convert.head_draft_to_pb(head_draft),
         )
         return convert.verify_from_pb(self._call(self._stub.Verify, req, self._t.verify))
 

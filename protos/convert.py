@@ -14,6 +14,7 @@ from spec_decode.types import (
     DraftOptions,
     DraftTree,
     GenerationStats,
+    HeadDraft,
     PhaseTimes,
     SamplingParams,
     SparseProbs,
@@ -87,6 +88,7 @@ def target_info_to_pb(info: TargetInfo) -> target_pb2.TargetInfo:
         active_sessions=info.active_sessions,
         max_draft_top_k=info.limits.max_draft_top_k,
         hidden_size=info.hidden_size,
+        draft_head=info.draft_head,
     )
 
 
@@ -95,7 +97,7 @@ def target_info_from_pb(msg: target_pb2.TargetInfo) -> TargetInfo:
     if vocab is None:
         raise ValueError("target service reported no vocabulary")
     limits = TargetLimits(msg.max_sessions, msg.max_tree_nodes, msg.max_context, msg.max_draft_top_k)
-    return TargetInfo(vocab, msg.device, msg.dtype, limits, msg.active_sessions, msg.hidden_size)
+    return TargetInfo(vocab, msg.device, msg.dtype, limits, msg.active_sessions, msg.hidden_size, msg.draft_head)
 
 
 def verify_to_pb(result: VerifyResult) -> target_pb2.VerifyResponse:
@@ -109,12 +111,28 @@ def verify_to_pb(result: VerifyResult) -> target_pb2.VerifyResponse:
         compute_ms=result.compute_s * 1e3,
         target_tokens=result.target_tokens,
         hidden_state=result.hidden_state,
+        next_tree=None if result.next_tree is None else tree_to_pb(result.next_tree),
     )
 
 
 def verify_from_pb(msg: target_pb2.VerifyResponse) -> VerifyResult:
     acc = Acceptance(tuple(msg.accepted_nodes), tuple(msg.accepted_tokens), msg.next_token, msg.bonus)
-    return VerifyResult(acc, msg.context_len, msg.compute_ms / 1e3, tuple(msg.target_tokens), msg.hidden_state)
+    next_tree = tree_from_pb(msg.next_tree) if msg.HasField("next_tree") else None
+    return VerifyResult(
+        acc, msg.context_len, msg.compute_ms / 1e3, tuple(msg.target_tokens), msg.hidden_state, next_tree
+    )
+
+
+def head_draft_to_pb(spec: HeadDraft | None) -> target_pb2.HeadDraft | None:
+    if spec is None:
+        return None
+    return target_pb2.HeadDraft(width=spec.width, length=spec.length, max_nodes=spec.max_nodes, top_k=spec.top_k)
+
+
+def head_draft_from_pb(msg: target_pb2.HeadDraft, present: bool) -> HeadDraft | None:
+    if not present:
+        return None
+    return HeadDraft(msg.width, msg.length, msg.max_nodes, msg.top_k or 50).validate()
 
 
 _OPTION_FIELDS = tuple(f.name for f in dataclasses.fields(DraftOptions))

@@ -12,7 +12,7 @@ class TargetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TargetInfo(_message.Message):
-    __slots__ = ("vocab", "device", "dtype", "max_sessions", "max_tree_nodes", "max_context", "active_sessions", "max_draft_top_k", "hidden_size")
+    __slots__ = ("vocab", "device", "dtype", "max_sessions", "max_tree_nodes", "max_context", "active_sessions", "max_draft_top_k", "hidden_size", "draft_head")
     VOCAB_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,7 @@ class TargetInfo(_message.Message):
     ACTIVE_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     MAX_DRAFT_TOP_K_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_HEAD_FIELD_NUMBER: _ClassVar[int]
     vocab: _common_pb2.VocabInfo
     device: str
     dtype: str
@@ -31,46 +32,65 @@ class TargetInfo(_message.Message):
     active_sessions: int
     max_draft_top_k: int
     hidden_size: int
-    def __init__(self, vocab: _Optional[_Union[_common_pb2.VocabInfo, _Mapping]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_sessions: _Optional[int] = ..., max_tree_nodes: _Optional[int] = ..., max_context: _Optional[int] = ..., active_sessions: _Optional[int] = ..., max_draft_top_k: _Optional[int] = ..., hidden_size: _Optional[int] = ...) -> None: ...
+    draft_head: bool
+    def __init__(self, vocab: _Optional[_Union[_common_pb2.VocabInfo, _Mapping]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_sessions: _Optional[int] = ..., max_tree_nodes: _Optional[int] = ..., max_context: _Optional[int] = ..., active_sessions: _Optional[int] = ..., max_draft_top_k: _Optional[int] = ..., hidden_size: _Optional[int] = ..., draft_head: _Optional[bool] = ...) -> None: ...
+
+class HeadDraft(_message.Message):
+    __slots__ = ("width", "length", "max_nodes", "top_k")
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    LENGTH_FIELD_NUMBER: _ClassVar[int]
+    MAX_NODES_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    width: int
+    length: int
+    max_nodes: int
+    top_k: int
+    def __init__(self, width: _Optional[int] = ..., length: _Optional[int] = ..., max_nodes: _Optional[int] = ..., top_k: _Optional[int] = ...) -> None: ...
 
 class PrefillRequest(_message.Message):
-    __slots__ = ("session_id", "prompt_tokens", "sampling", "return_hidden_state")
+    __slots__ = ("session_id", "prompt_tokens", "sampling", "return_hidden_state", "head_draft")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     RETURN_HIDDEN_STATE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_DRAFT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     prompt_tokens: _containers.RepeatedScalarFieldContainer[int]
     sampling: _common_pb2.SamplingParams
     return_hidden_state: bool
-    def __init__(self, session_id: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., return_hidden_state: _Optional[bool] = ...) -> None: ...
+    head_draft: HeadDraft
+    def __init__(self, session_id: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., return_hidden_state: _Optional[bool] = ..., head_draft: _Optional[_Union[HeadDraft, _Mapping]] = ...) -> None: ...
 
 class PrefillResponse(_message.Message):
-    __slots__ = ("context_len", "compute_ms", "evicted_sessions", "hidden_state")
+    __slots__ = ("context_len", "compute_ms", "evicted_sessions", "hidden_state", "next_tree")
     CONTEXT_LEN_FIELD_NUMBER: _ClassVar[int]
     COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
     EVICTED_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_STATE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_TREE_FIELD_NUMBER: _ClassVar[int]
     context_len: int
     compute_ms: float
     evicted_sessions: int
     hidden_state: bytes
-    def __init__(self, context_len: _Optional[int] = ..., compute_ms: _Optional[float] = ..., evicted_sessions: _Optional[int] = ..., hidden_state: _Optional[bytes] = ...) -> None: ...
+    next_tree: _common_pb2.DraftTree
+    def __init__(self, context_len: _Optional[int] = ..., compute_ms: _Optional[float] = ..., evicted_sessions: _Optional[int] = ..., hidden_state: _Optional[bytes] = ..., next_tree: _Optional[_Union[_common_pb2.DraftTree, _Mapping]] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("session_id", "tree", "return_target_tokens", "return_hidden_state")
+    __slots__ = ("session_id", "tree", "return_target_tokens", "return_hidden_state", "head_draft")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TREE_FIELD_NUMBER: _ClassVar[int]
     RETURN_TARGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RETURN_HIDDEN_STATE_FIELD_NUMBER: _ClassVar[int]
+    HEAD_DRAFT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     tree: _common_pb2.DraftTree
     return_target_tokens: bool
     return_hidden_state: bool
-    def __init__(self, session_id: _Optional[str] = ..., tree: _Optional[_Union[_common_pb2.DraftTree, _Mapping]] = ..., return_target_tokens: _Optional[bool] = ..., return_hidden_state: _Optional[bool] = ...) -> None: ...
+    head_draft: HeadDraft
+    def __init__(self, session_id: _Optional[str] = ..., tree: _Optional[_Union[_common_pb2.DraftTree, _Mapping]] = ..., return_target_tokens: _Optional[bool] = ..., return_hidden_state: _Optional[bool] = ..., head_draft: _Optional[_Union[HeadDraft, _Mapping]] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
-    __slots__ = ("accepted_tokens", "accepted_nodes", "next_token", "bonus", "context_len", "compute_ms", "target_tokens", "hidden_state")
+    __slots__ = ("accepted_tokens", "accepted_nodes", "next_token", "bonus", "context_len", "compute_ms", "target_tokens", "hidden_state", "next_tree")
     ACCEPTED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_NODES_FIELD_NUMBER: _ClassVar[int]
     NEXT_TOKEN_FIELD_NUMBER: _ClassVar[int]
@@ -79,6 +99,7 @@ class VerifyResponse(_message.Message):
     COMPUTE_MS_FIELD_NUMBER: _ClassVar[int]
     TARGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_STATE_FIELD_NUMBER: _ClassVar[int]
+    NEXT_TREE_FIELD_NUMBER: _ClassVar[int]
     accepted_tokens: _containers.RepeatedScalarFieldContainer[int]
     accepted_nodes: _containers.RepeatedScalarFieldContainer[int]
     next_token: int
@@ -87,7 +108,8 @@ class VerifyResponse(_message.Message):
     compute_ms: float
     target_tokens: _containers.RepeatedScalarFieldContainer[int]
     hidden_state: bytes
-    def __init__(self, accepted_tokens: _Optional[_Iterable[int]] = ..., accepted_nodes: _Optional[_Iterable[int]] = ..., next_token: _Optional[int] = ..., bonus: _Optional[bool] = ..., context_len: _Optional[int] = ..., compute_ms: _Optional[float] = ..., target_tokens: _Optional[_Iterable[int]] = ..., hidden_state: _Optional[bytes] = ...) -> None: ...
+    next_tree: _common_pb2.DraftTree
+    def __init__(self, accepted_tokens: _Optional[_Iterable[int]] = ..., accepted_nodes: _Optional[_Iterable[int]] = ..., next_token: _Optional[int] = ..., bonus: _Optional[bool] = ..., context_len: _Optional[int] = ..., compute_ms: _Optional[float] = ..., target_tokens: _Optional[_Iterable[int]] = ..., hidden_state: _Optional[bytes] = ..., next_tree: _Optional[_Union[_common_pb2.DraftTree, _Mapping]] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("session_id",)

@@ -147,6 +147,16 @@ def path_to(node: int, parents: tuple[int, ...] | list[int]) -> list[int]:
     return path
 
 
+def truncate_tree(tree: DraftTree, max_nodes: int) -> DraftTree:
+    """The first ``max_nodes`` nodes of ``tree`` (a valid tree: parents come before children)."""
+    if tree.size <= max_nodes:
+        return tree
+    keep = max(0, max_nodes)
+    if any(p >= i for i, p in enumerate(tree.parents[:keep])):
+        raise ValueError("truncate_tree needs every parent before its children")
+    return DraftTree(tuple(tree.tokens[:keep]), tuple(tree.parents[:keep]))
+
+
 def merge_paths(paths: list[list[int]]) -> DraftTree:
     """A tree holding each token sequence as a root-to-node path, sharing common prefixes."""
     tokens: list[int] = []

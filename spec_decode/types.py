@@ -118,6 +118,7 @@ class VerifyResult:
     compute_s: float
     target_tokens: tuple[int, ...] = ()
     hidden_state: bytes = b""  # float16 LE, the final hidden state at the last accepted row (when asked)
+    next_tree: DraftTree | None = None  # the co-located draft head's tree for the next step (when asked)
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,30 @@ class TargetInfo:
     limits: TargetLimits
     active_sessions: int = 0
     hidden_size: int = 0
+    draft_head: bool = False  # a ReDrafter head runs inside the target service (co-located drafting)
+
+
+@dataclass(frozen=True)
+class HeadDraft:
+    """Ask the target to draft the next step itself with its co-located ReDrafter head.
+
+    After the pass it runs beam search (``width`` beams of ``length`` tokens, top-``top_k``
+    warping) from the hidden state of the last accepted row and returns the packed tree (at
+    most ``max_nodes`` nodes), saving the round trip to a draft service.
+    """
+
+    width: int
+    length: int
+    max_nodes: int
+    top_k: int = 50
+
+    def validate(self) -> HeadDraft:
+        if not (1 <= self.width <= 64 and 1 <= self.length <= 16 and self.max_nodes >= 0 and 1 <= self.top_k <= 1000):
+            raise InvalidArgument(
+                f"head draft needs 1 <= width <= 64, 1 <= length <= 16, max_nodes >= 0 and 1 <= top_k <= 1000; got "
+                f"width={self.width}, length={self.length}, max_nodes={self.max_nodes}, top_k={self.top_k}"
+            )
+        return self
 
 
 @dataclass(frozen=True)
@@ -229,3 +254,4 @@ class PrefillResult:
     compute_s: float
     evicted_sessions: int = 0
     hidden_state: bytes = b""  # float16 LE, the final hidden state before the pending token (when asked)
+    next_tree: DraftTree | None = None  # the co-located draft head's first tree (when asked)

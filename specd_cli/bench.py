@@ -53,6 +53,9 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft-model", default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--num-draft-tokens", type=int, default=0, help="γ for specd methods (0 = method default)")
+    p.add_argument(
+        "--num-branches", type=int, default=0, help="specd methods: branches/beams per tree (0 = method default)"
+    )
     p.add_argument("--hf-pld-tokens", type=int, default=10, help="prompt_lookup_num_tokens for hf-pld")
     p.add_argument("--phrase-store", default=None, help="Ouroboros pool URL for the stack (default: embedded)")
     p.add_argument("--passes", type=int, default=1, help="run the prompt set N times (cold vs warm phrase pool)")
@@ -72,6 +75,12 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         "--redrafter-head",
         default=None,
         help="ReDrafter head checkpoint for the 'redrafter' method (default: the head shipped for the target)",
+    )
+    p.add_argument(
+        "--redrafter-placement",
+        default="draft",
+        choices=("draft", "target"),
+        help="where the redrafter head drafts: the draft service, or co-located in the target service",
     )
     p.add_argument("--engine", default="auto", help="specd target engine: auto | native | hf")
     p.add_argument("--weight-format", default=None, help="native engine weights: auto | dense | packed | q8")
@@ -215,6 +224,7 @@ def run_bench(args: argparse.Namespace) -> int:
     stack = None
     clients: dict[str, Any] = {}
     if "grpc" in transports and any(_base(m) in SPECD_METHODS for m in methods):
+        head, colocate = args.redrafter_head, args.redrafter_placement == "target"
         stack = start_process_stack(
             phrase_store=args.phrase_store,
             target=args.target,
@@ -223,13 +233,14 @@ def run_bench(args: argparse.Namespace) -> int:
             target_port=free_port(),
             draft_port=free_port(),
             device=args.device,
-            extra_target_args=_engine_args(args),
+            extra_target_args=[*_engine_args(args), *(["--redrafter-head", head] if head and colocate else [])],
             extra_draft_args=[
                 *(["--verify-lookahead"] if args.verify_lookahead else []),
-                *(["--redrafter-head", args.redrafter_head] if args.redrafter_head else []),
+                *(["--redrafter-head", head] if head and not colocate else []),
             ],
         )
         clients["grpc"] = SpecdClient(stack.address, timeout=1800)
+    head, colocate = args.redrafter_head, args.redrafter_placement == "target"
     if "inproc" in transports and any(_base(m) in SPECD_METHODS for m in methods):
         from draft_service.service import DraftConfig
         from target_service.verifier import TargetConfig
@@ -237,14 +248,18 @@ def run_bench(args: argparse.Namespace) -> int:
         clients["inproc"] = build_inprocess(
             StackConfig(
                 TargetConfig(
-                    model=args.target, device=args.device, engine=args.engine, weight_format=args.weight_format
+                    model=args.target,
+                    device=args.device,
+                    engine=args.engine,
+                    weight_format=args.weight_format,
+                    redrafter_head=head if colocate else None,
                 ),
                 DraftConfig(
                     draft_model=args.draft_model,
                     device=args.device or "auto",
                     phrase_store_url=args.phrase_store,
                     verify_lookahead=args.verify_lookahead,
-                    redrafter_head=args.redrafter_head,
+                    redrafter_head=None if colocate else head,
                 ),
             )
         )
@@ -257,6 +272,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 method=_base(method),
                 max_new_tokens=args.max_new_tokens,
                 num_draft_tokens=args.num_draft_tokens,
+                num_branches=args.num_branches,
                 disable_parts=disabled,
             )
             return list(res.token_ids), res.stats
@@ -266,6 +282,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 method=_base(method),
                 max_new_tokens=args.max_new_tokens,
                 num_draft_tokens=args.num_draft_tokens,
+                num_branches=args.num_branches,
                 ouroboros=OuroborosParams.without(disabled),
             )
         )

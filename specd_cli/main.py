@@ -143,7 +143,21 @@ def _target_config(args: argparse.Namespace) -> Any:
         engine=args.engine,
         weight_format=args.weight_format,
         cuda_graphs=args.cuda_graphs,
+        redrafter_head=_target_head(args),
     ).validate()
+
+
+def _target_head(args: argparse.Namespace) -> str | None:
+    """The co-located head of `specd target --redrafter-head` ('auto': the shipped one for the target)."""
+    value = getattr(args, "target_redrafter_head", None)
+    if value is None:
+        return None
+    from draft_service.redrafter import resolve_head
+
+    head = resolve_head(value, args.target)
+    if head is None and value.lower() == "auto":
+        raise SystemExit(f"specd: no ReDrafter head ships for target {args.target!r}; pass a directory")
+    return head
 
 
 def _draft_config(args: argparse.Namespace) -> Any:
@@ -157,6 +171,16 @@ def _draft_config(args: argparse.Namespace) -> Any:
         verify_lookahead=getattr(args, "verify_lookahead", False),
         redrafter_head=getattr(args, "redrafter_head", None),
     ).validate()
+
+
+def _add_placement_flag(p: argparse.ArgumentParser, choices: tuple[str, ...]) -> None:
+    p.add_argument(
+        "--redrafter-placement",
+        default=choices[0],
+        choices=choices,
+        help="where the 'redrafter' head drafts: in the draft service, or co-located in the target service "
+        "(no draft round trip per step)" + ("; auto = target when the target has a head" if "auto" in choices else ""),
+    )
 
 
 def _add_load_flags(p: argparse.ArgumentParser) -> None:
@@ -291,8 +315,12 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
             return 1
     tokenizer, _ = load_tokenizer(args.target)
     config = OrchestratorConfig(
-        args.max_new_tokens, args.max_prompt_tokens, args.max_concurrent_requests, args.step_node_budget
-    )
+        args.max_new_tokens,
+        args.max_prompt_tokens,
+        args.max_concurrent_requests,
+        args.step_node_budget,
+        redrafter_placement=args.redrafter_placement,
+    ).validate()
     orch = Orchestrator(GrpcTargetClient(args.target_address, tls=peer), draft, tokenizer, config)
     registry = CollectorRegistry()
     metrics = OrchestratorMetrics(registry)
@@ -333,6 +361,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         "--cuda-graphs",
         args.cuda_graphs,
     ]
+    head = resolve_head(args.redrafter_head, args.target)
+    if head and args.redrafter_placement == "target":  # co-located: the target drafts, the orchestrator asks it
+        extra += ["--redrafter-head", head]
     stack = start_process_stack(
         target=args.target,
         draft_model=args.draft_model,
@@ -347,7 +378,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         drafters=args.drafters,
         extra_draft_args=[
             *(["--verify-lookahead"] if args.verify_lookahead else []),
-            *(["--redrafter-head", head] if (head := resolve_head(args.redrafter_head, args.target)) else []),
+            *(["--redrafter-head", head] if head and args.redrafter_placement == "draft" else []),
         ],
         metrics_port_base=args.metrics_port_base,
         log_format=args.log_format,
@@ -618,6 +649,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("target", help="run the target service")
     _add_model_flags(p, draft=False)
     _add_limit_flags(p)
+    p.add_argument(
+        "--redrafter-head",
+        dest="target_redrafter_head",
+        default=None,
+        help="co-located ReDrafter head (a checkpoint directory, or 'auto' for the one shipped for the "
+        "target): Prefill/Verify draft the next tree on request, saving the round trip to a draft service",
+    )
     _add_server_flags(p, 50052)
     _add_observability_flags(p)
     p.set_defaults(fn=cmd_target)
@@ -645,6 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prompt-tokens", type=int, default=0, help="cap on a request's prompt tokens (0 = context)")
     p.add_argument("--wait", type=float, default=300.0, help="seconds to wait for the backends to be healthy")
     _add_load_flags(p)
+    _add_placement_flag(p, ("auto", "draft", "target"))
     _add_server_flags(p, DEFAULT_PORT)
     _add_peer_flags(p)
     _add_auth_flags(p)
@@ -661,6 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=2048, help="cap on a request's max_new_tokens")
     p.add_argument("--max-prompt-tokens", type=int, default=0, help="cap on a request's prompt tokens (0 = context)")
     _add_load_flags(p)
+    _add_placement_flag(p, ("draft", "target"))
     _add_phrase_store_flag(p)
     _add_peer_flags(p)
     _add_auth_flags(p)

@@ -50,22 +50,33 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
     def Prefill(self, request: target_pb2.PrefillRequest, context: grpc.ServicerContext) -> target_pb2.PrefillResponse:
         with self._call("prefill", request.session_id):
             sampling = convert.sampling_from_pb(request.sampling).validate()
+            head_draft = convert.head_draft_from_pb(request.head_draft, request.HasField("head_draft"))
             result = self._target.prefill(
-                session_id_arg(request.session_id), list(request.prompt_tokens), sampling, request.return_hidden_state
+                session_id_arg(request.session_id),
+                list(request.prompt_tokens),
+                sampling,
+                request.return_hidden_state,
+                head_draft,
             )
         return target_pb2.PrefillResponse(
             context_len=result.context_len,
             compute_ms=result.compute_s * 1e3,
             evicted_sessions=result.evicted_sessions,
             hidden_state=result.hidden_state,
+            next_tree=None if result.next_tree is None else convert.tree_to_pb(result.next_tree),
         )
 
     @unary_errors
     def Verify(self, request: target_pb2.VerifyRequest, context: grpc.ServicerContext) -> target_pb2.VerifyResponse:
         with self._call("verify", request.session_id):
             tree = convert.tree_from_pb(request.tree)
+            head_draft = convert.head_draft_from_pb(request.head_draft, request.HasField("head_draft"))
             result = self._target.verify(
-                session_id_arg(request.session_id), tree, request.return_target_tokens, request.return_hidden_state
+                session_id_arg(request.session_id),
+                tree,
+                request.return_target_tokens,
+                request.return_hidden_state,
+                head_draft,
             )
             if self._metrics is not None:
                 self._metrics.verify_nodes.inc(tree.size)

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ import torch
 from spec_decode.acceptance import accept_greedy, accept_sampling
 from spec_decode.beam_api import BeamVerifyResult
 from spec_decode.beams import BeamParams
-from spec_decode.errors import InvalidArgument
+from spec_decode.errors import FailedPrecondition, InvalidArgument
 from spec_decode.forest import BeamForest
 from spec_decode.hidden import hidden_bytes
 from spec_decode.model_thread import model_thread
@@ -30,7 +31,9 @@ from spec_decode.models import LoadedModel, load_model
 from spec_decode.sampling import make_generator, warp_probs
 from spec_decode.tree import validate_tree
 from spec_decode.types import (
+    EMPTY_TREE,
     DraftTree,
+    HeadDraft,
     PrefillResult,
     SamplingParams,
     TargetInfo,
@@ -64,6 +67,7 @@ class TargetConfig:
     engine: str = "auto"  # "native" (specd's Llama-family forward), "hf" (transformers), "auto"
     weight_format: str | None = None  # native engine: "dense", "packed" (MKL-prepacked fp32), None/"auto"
     cuda_graphs: str = "auto"  # native engine: "on"/"auto" replay one-session passes as CUDA graphs on CUDA
+    redrafter_head: str | None = None  # a ReDrafter head run here (co-located drafting), over this model
 
     def validate(self) -> TargetConfig:
         if not self.model:
@@ -82,6 +86,10 @@ class TargetConfig:
             raise InvalidArgument(
                 f"unknown weight format {self.weight_format!r}; use one of {', '.join(WEIGHT_FORMATS)}"
             )
+        if self.redrafter_head is not None:
+            from draft_service.redrafter import read_checkpoint
+
+            read_checkpoint(Path(self.redrafter_head))  # a clear error before the model loads
         if self.cuda_graphs not in CUDA_GRAPH_MODES:
             raise InvalidArgument(f"cuda_graphs must be one of {', '.join(CUDA_GRAPH_MODES)}, got {self.cuda_graphs!r}")
         return self
@@ -120,6 +128,46 @@ class TargetVerifier:
         self._passes = 0
         self._verify_calls = 0
         self._batch_sizes: collections.Counter[int] = collections.Counter()
+        self._head = self._load_head(self.config.redrafter_head) if self.config.redrafter_head else None
+
+    def _load_head(self, directory: str) -> Any:
+        """The co-located ReDrafter head over this model's own embedding and LM head (no second copy)."""
+        from draft_service.redrafter import load_head, read_checkpoint
+
+        checkpoint = read_checkpoint(Path(directory))
+        if checkpoint.vocab_fingerprint and checkpoint.vocab_fingerprint != self.loaded.vocab.fingerprint:
+            raise FailedPrecondition(
+                f"ReDrafter head {directory} was trained on vocabulary {checkpoint.vocab_fingerprint}, but this "
+                f"target ({self.config.model}) has {self.loaded.vocab.fingerprint}"
+            )
+        if checkpoint.config.hidden != self._hidden_size:
+            raise FailedPrecondition(
+                f"ReDrafter head {directory} drafts from {checkpoint.config.hidden}-wide hidden states; this "
+                f"target's are {self._hidden_size}"
+            )
+        model = self.loaded.model
+        return load_head(
+            Path(directory), model.get_input_embeddings().weight.detach(), model.get_output_embeddings().weight.detach()
+        )
+
+    def _head_tree(self, hidden: torch.Tensor | None, token: int, spec: HeadDraft) -> DraftTree:
+        """The co-located head's packed beams after ``token`` from ``hidden`` ([E]); empty without a state."""
+        from draft_service.redrafter_head import beam_search, pack_beams
+
+        if hidden is None or spec.max_nodes <= 0 or self._head is None:
+            return EMPTY_TREE
+        beams = beam_search(self._head, hidden, token, spec.width, spec.length, spec.top_k)
+        return pack_beams(beams, spec.max_nodes)
+
+    def _check_head_draft(self, spec: HeadDraft | None) -> None:
+        if spec is None:
+            return
+        spec.validate()
+        if self._head is None:
+            raise FailedPrecondition(
+                "this target service has no co-located draft head; start it with --redrafter-head DIR "
+                "(or draft in a draft service)"
+            )
 
     @classmethod
     def from_config(cls, config: TargetConfig) -> TargetVerifier:
@@ -143,6 +191,7 @@ class TargetVerifier:
             limits=TargetLimits(cfg.max_sessions, cfg.max_tree_nodes, cfg.max_context, cfg.max_draft_top_k),
             active_sessions=len(self.sessions),
             hidden_size=self._hidden_size,
+            draft_head=self._head is not None,
         )
 
     def prefill(
@@ -151,16 +200,26 @@ class TargetVerifier:
         prompt_tokens: Sequence[int],
         sampling: SamplingParams,
         return_hidden_state: bool = False,
+        head_draft: HeadDraft | None = None,
     ) -> PrefillResult:
         """Create ``session_id`` and feed the prompt; its last token stays pending.
 
         With ``return_hidden_state`` the result carries the final hidden state before the pending
-        token (float16 bytes; empty for a one-token prompt).
+        token (float16 bytes; empty for a one-token prompt); with ``head_draft`` the co-located
+        head's first tree (``next_tree``).
         """
-        return self._model_thread.run(self._prefill, session_id, prompt_tokens, sampling, return_hidden_state)
+        self._check_head_draft(head_draft)
+        return self._model_thread.run(
+            self._prefill, session_id, prompt_tokens, sampling, return_hidden_state, head_draft
+        )
 
     def verify(
-        self, session_id: str, tree: DraftTree, return_target_tokens: bool = False, return_hidden_state: bool = False
+        self,
+        session_id: str,
+        tree: DraftTree,
+        return_target_tokens: bool = False,
+        return_hidden_state: bool = False,
+        head_draft: HeadDraft | None = None,
     ) -> VerifyResult:
         """Score ``tree`` in one pass, accept, commit the pending token + accepted path.
 
@@ -170,7 +229,8 @@ class TargetVerifier:
         ``max_batch``, see :mod:`target_service.batching`); the result of each is exactly what a
         pass of its own would give. Runs on the service's single model thread.
         """
-        call = VerifyCall(session_id, tree, return_target_tokens, return_hidden_state)
+        self._check_head_draft(head_draft)
+        call = VerifyCall(session_id, tree, return_target_tokens, return_hidden_state, head_draft)
         self._batcher.submit(call)
         # Wait for this call's result, not for the drain queued here: an earlier drain may take
         # the call, and waiting for one's own (then empty) drain held every caller behind the
@@ -239,7 +299,12 @@ class TargetVerifier:
             )
 
     def _prefill(
-        self, session_id: str, prompt_tokens: Sequence[int], sampling: SamplingParams, return_hidden_state: bool
+        self,
+        session_id: str,
+        prompt_tokens: Sequence[int],
+        sampling: SamplingParams,
+        return_hidden_state: bool,
+        head_draft: HeadDraft | None = None,
     ) -> PrefillResult:
         if not session_id:
             raise InvalidArgument("session id is empty")
@@ -268,10 +333,13 @@ class TargetVerifier:
             finally:
                 self.sessions.finish(session)
         hidden = b""
-        if return_hidden_state:
-            rows = self.engine.hidden_rows(session.cache)
-            hidden = b"" if rows is None else hidden_bytes(rows[-1])
-        return PrefillResult(session.context_len, compute_s, evicted, hidden)
+        rows = self.engine.hidden_rows(session.cache) if return_hidden_state or head_draft else None
+        if return_hidden_state and rows is not None:
+            hidden = hidden_bytes(rows[-1])
+        next_tree = None
+        if head_draft is not None:
+            next_tree = self._head_tree(None if rows is None else rows[-1], session.pending_token, head_draft)
+        return PrefillResult(session.context_len, compute_s, evicted, hidden, next_tree)
 
     def _run_batch(self, calls: list[VerifyCall]) -> None:
         """One forward pass over the trees of ``calls`` (distinct sessions); completes every future.
@@ -347,11 +415,17 @@ class TargetVerifier:
         session.kv_bytes = self.engine.kv_bytes(session.cache)
         target_tokens = tuple(argmax) if call.return_target_tokens else ()
         hidden = b""
-        if call.return_hidden_state:
+        row = None
+        if call.return_hidden_state or call.head_draft is not None:
             rows = self.engine.hidden_rows(session.cache)  # [1 + N, E] of this pass
             if rows is not None:
-                hidden = hidden_bytes(rows[acceptance.path[-1] + 1 if acceptance.path else 0])
-        return VerifyResult(acceptance, session.context_len, compute_s, target_tokens, hidden)
+                row = rows[acceptance.path[-1] + 1 if acceptance.path else 0]  # [E], its output: next_token
+        if call.return_hidden_state and row is not None:
+            hidden = hidden_bytes(row)
+        next_tree = None
+        if call.head_draft is not None:
+            next_tree = self._head_tree(row, acceptance.next_token, call.head_draft)
+        return VerifyResult(acceptance, session.context_len, compute_s, target_tokens, hidden, next_tree)
 
     def release(self, session_id: str) -> bool:
         """Free the session; False when it did not exist."""

@@ -17,7 +17,7 @@ from draft_service.redrafter import read_checkpoint, save_head
 from draft_service.redrafter_head import HeadConfig, ReDrafterHead
 from draft_service.service import DraftConfig, DraftWorker
 from orchestrator.request import GenerateParams
-from spec_decode.errors import FailedPrecondition
+from spec_decode.errors import FailedPrecondition, InvalidArgument
 from spec_decode.models import load_model
 from spec_decode.types import DraftOptions, SamplingParams
 from specd_cli.stack import build_inprocess, start_thread_stack
@@ -191,3 +191,68 @@ def test_subvocabulary_head_keeps_the_full_heads_logits(head_dir: Path, tiny_tar
         torch.testing.assert_close(small(h, tokens), full(h, tokens)[..., ids])
     with pytest.raises(SystemExit, match="--size"):
         main(["redrafter-subvocab", "--head", str(head_dir), "--out", str(out), "--size", "0", "--text", str(text)])
+
+
+def _colocated(tiny_target: Path, head_dir: Path, placement: str = "auto"):
+    config = stack_config(tiny_target, None)
+    return dataclasses.replace(
+        config,
+        target=dataclasses.replace(config.target, redrafter_head=str(head_dir)),
+        orchestrator=dataclasses.replace(config.orchestrator, redrafter_placement=placement),
+    )
+
+
+def test_colocated_head_drafts_the_same_trees_without_a_draft_service(tiny_target: Path, head_dir: Path) -> None:
+    """The head inside the target service drafts exactly what it drafts in a draft service (same
+    trees, so the same acceptance), the output stays the target's own, and no draft session opens."""
+    colocated = build_inprocess(_colocated(tiny_target, head_dir))
+    remote = build_inprocess(_with_head(tiny_target, head_dir))
+    assert colocated.target_info.draft_head and "redrafter" in colocated.methods
+    for prompt in ([1000, 2000, 3000, 1000, 2000], [42, 43, 44, 45, 42, 43]):
+        params = GenerateParams(prompt_token_ids=tuple(prompt), method="redrafter", max_new_tokens=20)
+        here, there = colocated.generate(params), remote.generate(params)
+        assert list(here.token_ids) == greedy_reference(tiny_target, prompt, 20, torch.float64)
+        assert list(here.token_ids) == list(there.token_ids)
+        assert (here.stats.draft_tokens, here.stats.accepted_tokens, here.stats.target_steps) == (
+            there.stats.draft_tokens,
+            there.stats.accepted_tokens,
+            there.stats.target_steps,
+        )
+        sampled = colocated.generate(dataclasses.replace(params, sampling=SamplingParams(temperature=0.8, seed=3)))
+        assert len(sampled.token_ids) == 20
+    assert colocated._draft is not None and colocated._draft.info().active_sessions == 0  # never asked
+
+
+def test_colocated_head_over_grpc_and_its_refusals(tiny_target: Path, head_dir: Path) -> None:
+    from spec_decode.errors import FailedPrecondition as Precondition
+    from spec_decode.types import DraftTree, HeadDraft
+
+    stack = start_thread_stack(_colocated(tiny_target, head_dir, placement="target"))
+    try:
+        with SpecdClient(stack.address, timeout=120) as client:
+            prompt = [5, 6, 7, 5, 6]
+            result = client.generate(prompt, method="redrafter", max_new_tokens=16)
+            assert list(result.token_ids) == greedy_reference(tiny_target, prompt, 16, torch.float64)
+            assert result.stats.draft_tokens > 0
+        target_client = stack.clients[0]
+        first = target_client.prefill("s1", prompt, SamplingParams(), head_draft=HeadDraft(4, 3, 9))
+        assert first.next_tree is not None and 0 < first.next_tree.size <= 9
+        step = target_client.verify("s1", first.next_tree, head_draft=HeadDraft(2, 2, 4))
+        assert step.next_tree is not None and step.next_tree.size <= 4
+        with pytest.raises(InvalidArgument, match="width"):
+            target_client.verify("s1", DraftTree((), ()), head_draft=HeadDraft(0, 2, 4))
+    finally:
+        stack.stop()
+    plain = build_inprocess(stack_config(tiny_target, None))
+    with pytest.raises(Precondition, match="co-located draft head"):
+        plain._target.prefill("s2", [1, 2, 3], SamplingParams(), head_draft=HeadDraft(4, 3, 9))
+    no_head = build_inprocess(
+        dataclasses.replace(
+            stack_config(tiny_target, None),
+            orchestrator=dataclasses.replace(
+                stack_config(tiny_target, None).orchestrator, redrafter_placement="target"
+            ),
+        )
+    )
+    with pytest.raises(Precondition, match="placement 'target'"):
+        no_head.generate(GenerateParams(prompt_token_ids=(1, 2, 3), method="redrafter", max_new_tokens=4))
