@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -303,12 +304,17 @@ class DecodeLoop:
                 log.warning("session %s: drafter feedback failed: %s", self.session_id, err)
 
     def _release(self) -> None:
+        # The drafter first: a target that is down or restarting can hold its Release for the
+        # whole deadline, and the draft state must not wait for it.
+        if self._replica is not None:
+            if self._replica.address not in self._failed:
+                self._release_draft(self._replica)
+            else:  # it failed a call but may still hold the state (a late Propose): free it without waiting
+                threading.Thread(target=self._release_draft, args=(self._replica,), daemon=True).start()
         try:
             self._target.release(self.session_id)
         except Exception as err:  # releasing must never mask the request's own outcome
             log.warning("session %s: releasing the target session failed: %s", self.session_id, err)
-        if self._replica is not None and self._replica.address not in self._failed:
-            self._release_draft(self._replica)
 
     def _release_draft(self, replica: Replica) -> None:
         try:
@@ -335,4 +341,6 @@ class DecodeLoop:
             accepted_length_histogram=tuple(self.stats.accepted_hist),
             finish_reason=self.finish_reason,
             drafter_switches=self.stats.drafter_switches,
+            draft_timeouts=self.draft_timeouts,
+            target_rebuilds=self.target_rebuilds,
         )

@@ -190,6 +190,8 @@ def stats_to_pb(stats: GenerationStats) -> orchestrator_pb2.GenerationStats:
         accepted_length_histogram=stats.accepted_length_histogram,
         finish_reason=stats.finish_reason,
         drafter_switches=stats.drafter_switches,
+        draft_timeouts=stats.draft_timeouts,
+        target_rebuilds=stats.target_rebuilds,
     )
 
 
@@ -206,4 +208,6 @@ def stats_from_pb(msg: orchestrator_pb2.GenerationStats) -> GenerationStats:
         accepted_length_histogram=tuple(msg.accepted_length_histogram),
         finish_reason=msg.finish_reason,
         drafter_switches=msg.drafter_switches,
+        draft_timeouts=msg.draft_timeouts,
+        target_rebuilds=msg.target_rebuilds,
     )

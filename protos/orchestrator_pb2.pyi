@@ -76,7 +76,7 @@ class PhaseTimes(_message.Message):
     def __init__(self, draft_s: _Optional[float] = ..., verify_s: _Optional[float] = ..., orchestrate_s: _Optional[float] = ..., network_s: _Optional[float] = ..., prefill_s: _Optional[float] = ...) -> None: ...
 
 class GenerationStats(_message.Message):
-    __slots__ = ("prompt_tokens", "new_tokens", "target_steps", "draft_tokens", "accepted_tokens", "tau", "acceptance_rate", "wall_s", "tokens_per_s", "phases", "accepted_length_histogram", "finish_reason", "drafter_switches")
+    __slots__ = ("prompt_tokens", "new_tokens", "target_steps", "draft_tokens", "accepted_tokens", "tau", "acceptance_rate", "wall_s", "tokens_per_s", "phases", "accepted_length_histogram", "finish_reason", "drafter_switches", "draft_timeouts", "target_rebuilds")
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     NEW_TOKENS_FIELD_NUMBER: _ClassVar[int]
     TARGET_STEPS_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,8 @@ class GenerationStats(_message.Message):
     ACCEPTED_LENGTH_HISTOGRAM_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     DRAFTER_SWITCHES_FIELD_NUMBER: _ClassVar[int]
+    DRAFT_TIMEOUTS_FIELD_NUMBER: _ClassVar[int]
+    TARGET_REBUILDS_FIELD_NUMBER: _ClassVar[int]
     prompt_tokens: int
     new_tokens: int
     target_steps: int
@@ -103,7 +105,9 @@ class GenerationStats(_message.Message):
     accepted_length_histogram: _containers.RepeatedScalarFieldContainer[int]
     finish_reason: str
     drafter_switches: int
-    def __init__(self, prompt_tokens: _Optional[int] = ..., new_tokens: _Optional[int] = ..., target_steps: _Optional[int] = ..., draft_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., tau: _Optional[float] = ..., acceptance_rate: _Optional[float] = ..., wall_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., phases: _Optional[_Union[PhaseTimes, _Mapping]] = ..., accepted_length_histogram: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., drafter_switches: _Optional[int] = ...) -> None: ...
+    draft_timeouts: int
+    target_rebuilds: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., new_tokens: _Optional[int] = ..., target_steps: _Optional[int] = ..., draft_tokens: _Optional[int] = ..., accepted_tokens: _Optional[int] = ..., tau: _Optional[float] = ..., acceptance_rate: _Optional[float] = ..., wall_s: _Optional[float] = ..., tokens_per_s: _Optional[float] = ..., phases: _Optional[_Union[PhaseTimes, _Mapping]] = ..., accepted_length_histogram: _Optional[_Iterable[int]] = ..., finish_reason: _Optional[str] = ..., drafter_switches: _Optional[int] = ..., draft_timeouts: _Optional[int] = ..., target_rebuilds: _Optional[int] = ...) -> None: ...
 
 class Beam(_message.Message):
     __slots__ = ("text", "token_ids", "score", "logprob", "finished")

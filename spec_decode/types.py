@@ -234,6 +234,8 @@ class GenerationStats:
     accepted_length_histogram: tuple[int, ...] = ()
     finish_reason: str = "length"
     drafter_switches: int = 0  # times the session moved to another draft replica (failover, rebalance)
+    draft_timeouts: int = 0  # draft calls past the drafter deadline (those steps went target-only)
+    target_rebuilds: int = 0  # times the target evicted the session and it was prefilled again
 
     @property
     def tau(self) -> float:

@@ -37,6 +37,8 @@ class GenerationStats:
     accepted_length_histogram: tuple[int, ...] = ()
     finish_reason: str = ""
     drafter_switches: int = 0  # times the session moved to another draft replica
+    draft_timeouts: int = 0  # draft calls past the drafter deadline (those steps went target-only)
+    target_rebuilds: int = 0  # times the target evicted the session and it was prefilled again
 
     @classmethod
     def from_pb(cls, msg: orchestrator_pb2.GenerationStats) -> GenerationStats:
@@ -55,6 +57,8 @@ class GenerationStats:
             accepted_length_histogram=tuple(msg.accepted_length_histogram),
             finish_reason=msg.finish_reason,
             drafter_switches=msg.drafter_switches,
+            draft_timeouts=msg.draft_timeouts,
+            target_rebuilds=msg.target_rebuilds,
         )
 
     def as_dict(self) -> dict[str, object]:

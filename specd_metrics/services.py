@@ -98,6 +98,12 @@ class OrchestratorMetrics:
         self.drafter_switches = Counter(
             p + "drafter_switches", "Sessions moved to another draft replica (failover, rebalance)", registry=r
         )
+        self.draft_timeouts = Counter(
+            p + "draft_timeouts", "Draft calls past --draft-timeout-ms (the step went target-only)", registry=r
+        )
+        self.target_rebuilds = Counter(
+            p + "target_rebuilds", "Target sessions evicted mid-request and prefilled again", registry=r
+        )
 
     def track(self, method: str) -> RequestTracker:
         return RequestTracker(self, method)
@@ -118,6 +124,8 @@ class OrchestratorMetrics:
         for phase in PHASES:
             self.phase.labels(phase).observe(getattr(stats.phases, f"{phase}_s"))
         self.drafter_switches.inc(stats.drafter_switches)
+        self.draft_timeouts.inc(stats.draft_timeouts)
+        self.target_rebuilds.inc(stats.target_rebuilds)
 
 
 class RequestTracker:

@@ -423,8 +423,10 @@ class TargetVerifier:
         if call.return_hidden_state and row is not None:
             hidden = hidden_bytes(row)
         next_tree = None
-        if call.head_draft is not None:
+        if call.head_draft is not None:  # its time counts as this call's compute (it runs on the model thread)
+            start = time.perf_counter()
             next_tree = self._head_tree(row, acceptance.next_token, call.head_draft)
+            compute_s += time.perf_counter() - start
         return VerifyResult(acceptance, session.context_len, compute_s, target_tokens, hidden, next_tree)
 
     def release(self, session_id: str) -> bool:

@@ -48,8 +48,11 @@ def test_session_evicted_mid_request_is_rebuilt(
         before = target.sessions.evictions
         tokens: list[int] = []
         intruders = 0
+        rebuilds = 0
         for event in client.stream(PROMPTS[0], method="sps", max_new_tokens=LONG, ignore_eos=True):
             tokens.extend(event.token_ids)
+            if event.stats is not None:
+                rebuilds = event.stats.target_rebuilds
             if intruders < 3 and event.token_ids:  # two other sessions push the request's idle one out
                 for name in ("intruder-a", "intruder-b"):
                     with contextlib.suppress(ResourceExhausted):  # the request's session was busy
@@ -57,6 +60,7 @@ def test_session_evicted_mid_request_is_rebuilt(
                 intruders += 1
     assert target.sessions.evictions > before
     assert "prefilling the context again" in caplog.text  # the request's own session was evicted
+    assert rebuilds >= 1  # and the response says so
     assert tuple(tokens) == reference
     for i in range(3):
         for name in ("intruder-a", "intruder-b"):

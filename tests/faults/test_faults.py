@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fault_stack import FaultStack, Tally, start_fault_stack
@@ -78,7 +79,9 @@ def reference(client: SpecdClient) -> tuple[int, ...]:
     return client.generate(PROMPT, method="vanilla", max_new_tokens=NEW, ignore_eos=True).token_ids
 
 
-def generate_ok(client: SpecdClient, tally: Tally, reference: tuple[int, ...], method: str) -> int:
+def generate_ok(
+    client: SpecdClient, tally: Tally, reference: tuple[int, ...], method: str, stats: list[Any] | None = None
+) -> int:
     """One Generate that must complete with the reference tokens; returns its draft tokens."""
     tally.sent += 1
     try:
@@ -90,6 +93,8 @@ def generate_ok(client: SpecdClient, tally: Tally, reference: tuple[int, ...], m
         tally.lost += 1
         raise AssertionError(f"{method}: wrong output {result.token_ids} != {reference}")
     tally.completed += 1
+    if stats is not None:
+        stats.append(result.stats)
     return result.stats.draft_tokens
 
 
@@ -127,11 +132,13 @@ def test_slow_drafter_is_skipped_after_the_draft_timeout(
     stack.draft.freeze()  # a drafter that answers nothing: every Propose runs into the deadline
     try:
         start = time.monotonic()
-        draft_tokens = generate_ok(client, tally, reference, "sps")
+        seen: list[Any] = []
+        draft_tokens = generate_ok(client, tally, reference, "sps", seen)
         elapsed = time.monotonic() - start
     finally:
         stack.draft.thaw()
     assert draft_tokens == 0  # the whole request went on target-only
+    assert seen[0].draft_timeouts == 1  # reported in the response: one timed-out Propose
     # one timed-out Propose, then the drafter is out of the ring: not one timeout per step
     assert elapsed < DRAFT_TIMEOUT_MS / 1e3 + 3.0, elapsed
     wait_drafting(client, tally, reference)  # a health probe lets it back in
