@@ -21,11 +21,11 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from draft_service.redrafter_head import ReDrafterHead
 from spec_decode.beam_api import BeamUpdate
 from spec_decode.errors import InvalidArgument
 from spec_decode.forest import BeamForest, draft_forest
 from spec_decode.hidden import hidden_from_bytes
+from spec_decode.redrafter_head import ReDrafterHead
 from spec_decode.sampling import truncate_top_k, warp_probs
 from spec_decode.types import SamplingParams, SparseProbs
 
@@ -137,7 +137,7 @@ def _select_rows(cache: DynamicCache, rows: list[int]) -> DynamicCache:
 
 
 class HeadBeamDrafter:
-    """One session's draft beams from a ReDrafter head (:mod:`draft_service.redrafter_head`).
+    """One session's draft beams from a ReDrafter head (:mod:`spec_decode.redrafter_head`).
 
     The head drafts from the target's hidden state at the row that predicted a beam's pending token
     (sent with every call, one per session beam) and a recurrent state started at zero, so the only

@@ -23,7 +23,7 @@ import torch
 
 from draft_service.ouroboros import OuroborosDrafter
 from draft_service.redrafter import ReDrafterDrafter
-from draft_service.redrafter_head import DEFAULT_LENGTH
+from spec_decode.redrafter_head import DEFAULT_LENGTH
 from spec_decode.tree import merge_paths, path_to
 from spec_decode.types import DraftOptions, DraftTree, SamplingParams
 

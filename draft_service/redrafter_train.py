@@ -28,8 +28,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from draft_service.redrafter import save_head
-from draft_service.redrafter_head import HeadConfig, ReDrafterHead
+from spec_decode.redrafter_checkpoint import save_head
+from spec_decode.redrafter_head import HeadConfig, ReDrafterHead
 
 
 @dataclass(frozen=True)

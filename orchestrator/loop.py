@@ -38,7 +38,7 @@ from spec_decode.tree import truncate_tree
 from spec_decode.types import EMPTY_TREE, DraftTree, GenerationStats, HeadDraft, TargetLimits, VerifyResult
 from specd_metrics.logs import enter_session, exit_session
 
-REDRAFTER_WIDTH = 10  # the co-located head's default beam shape: the draft service's (redrafter_head.py)
+REDRAFTER_WIDTH = 10  # the co-located head's default beam width (DEFAULT_WIDTH, spec_decode/redrafter_head.py)
 REDRAFTER_TOP_K = 50
 
 log = logging.getLogger(__name__)

@@ -152,7 +152,7 @@ def _target_head(args: argparse.Namespace) -> str | None:
     value = getattr(args, "target_redrafter_head", None)
     if value is None:
         return None
-    from draft_service.redrafter import resolve_head
+    from draft_service.shipped_heads import resolve_head
 
     head = resolve_head(value, args.target)
     if head is None and value.lower() == "auto":
@@ -339,7 +339,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     import signal
     import threading
 
-    from draft_service.redrafter import resolve_head
+    from draft_service.shipped_heads import resolve_head
     from specd_cli.stack import ProcessSecurity, start_process_stack
 
     extra = [

@@ -119,8 +119,8 @@ def run_subvocab(args: argparse.Namespace) -> int:
 
     from transformers import AutoTokenizer
 
-    from draft_service.redrafter import read_checkpoint, restrict_vocabulary
     from spec_decode.models import materialize
+    from spec_decode.redrafter_checkpoint import read_checkpoint, restrict_vocabulary
 
     checkpoint = read_checkpoint(args.head)
     if not 1 <= args.size <= checkpoint.config.vocab:

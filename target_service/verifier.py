@@ -28,6 +28,8 @@ from spec_decode.forest import BeamForest
 from spec_decode.hidden import hidden_bytes
 from spec_decode.model_thread import model_thread
 from spec_decode.models import LoadedModel, load_model
+from spec_decode.redrafter_checkpoint import load_head, read_checkpoint
+from spec_decode.redrafter_head import ReDrafterHead, beam_search, pack_beams
 from spec_decode.sampling import make_generator, warp_probs
 from spec_decode.tree import validate_tree
 from spec_decode.types import (
@@ -87,8 +89,6 @@ class TargetConfig:
                 f"unknown weight format {self.weight_format!r}; use one of {', '.join(WEIGHT_FORMATS)}"
             )
         if self.redrafter_head is not None:
-            from draft_service.redrafter import read_checkpoint
-
             read_checkpoint(Path(self.redrafter_head))  # a clear error before the model loads
         if self.cuda_graphs not in CUDA_GRAPH_MODES:
             raise InvalidArgument(f"cuda_graphs must be one of {', '.join(CUDA_GRAPH_MODES)}, got {self.cuda_graphs!r}")
@@ -130,10 +130,8 @@ class TargetVerifier:
         self._batch_sizes: collections.Counter[int] = collections.Counter()
         self._head = self._load_head(self.config.redrafter_head) if self.config.redrafter_head else None
 
-    def _load_head(self, directory: str) -> Any:
+    def _load_head(self, directory: str) -> ReDrafterHead:
         """The co-located ReDrafter head over this model's own embedding and LM head (no second copy)."""
-        from draft_service.redrafter import load_head, read_checkpoint
-
         checkpoint = read_checkpoint(Path(directory))
         if checkpoint.vocab_fingerprint and checkpoint.vocab_fingerprint != self.loaded.vocab.fingerprint:
             raise FailedPrecondition(
@@ -152,8 +150,6 @@ class TargetVerifier:
 
     def _head_tree(self, hidden: torch.Tensor | None, token: int, spec: HeadDraft) -> DraftTree:
         """The co-located head's packed beams after ``token`` from ``hidden`` ([E]); empty without a state."""
-        from draft_service.redrafter_head import beam_search, pack_beams
-
         if hidden is None or spec.max_nodes <= 0 or self._head is None:
             return EMPTY_TREE
         beams = beam_search(self._head, hidden, token, spec.width, spec.length, spec.top_k)

@@ -10,13 +10,13 @@ import torch
 from testkit import hf_model, stack_config
 
 from draft_service.beam_drafter import HeadBeamDrafter
-from draft_service.redrafter import load_head, save_head
-from draft_service.redrafter_head import HeadConfig, ReDrafterHead
 from orchestrator.request import GenerateParams
 from orchestrator.text import prompt_tokens
 from spec_decode.beams import BeamParams
 from spec_decode.hidden import hidden_bytes
 from spec_decode.models import load_model
+from spec_decode.redrafter_checkpoint import load_head, save_head
+from spec_decode.redrafter_head import HeadConfig, ReDrafterHead
 from spec_decode.sampling import truncate_top_k, warp_probs
 from spec_decode.types import SamplingParams
 from specd_cli.stack import build_inprocess, start_thread_stack

@@ -13,12 +13,12 @@ import pytest
 import torch
 from testkit import greedy_reference, stack_config
 
-from draft_service.redrafter import read_checkpoint, save_head
-from draft_service.redrafter_head import HeadConfig, ReDrafterHead
 from draft_service.service import DraftConfig, DraftWorker
 from orchestrator.request import GenerateParams
 from spec_decode.errors import FailedPrecondition, InvalidArgument
 from spec_decode.models import load_model
+from spec_decode.redrafter_checkpoint import load_head, read_checkpoint, save_head
+from spec_decode.redrafter_head import HeadConfig, ReDrafterHead
 from spec_decode.types import DraftOptions, SamplingParams
 from specd_cli.stack import build_inprocess, start_thread_stack
 from specd_client import SpecdClient
@@ -96,7 +96,7 @@ def test_hybrid_tree_maps_the_phrase_rows_back(tiny_target: Path, head_dir: Path
     nodes with the same token path, and its feedback has exactly one row per node of its own tree."""
     from draft_service.hybrid import HybridDrafter, node_index, tree_paths
     from draft_service.ouroboros import OuroborosDrafter
-    from draft_service.redrafter import ReDrafterDrafter, load_head
+    from draft_service.redrafter import ReDrafterDrafter
     from phrase_store import InMemoryPhraseStore
 
     target = load_model(str(tiny_target), device="cpu", dtype="float32")
@@ -136,7 +136,7 @@ def test_redrafter_over_grpc(tiny_target: Path, head_dir: Path) -> None:
 def test_the_shipped_smollm2_head_loads_and_agrees_with_the_target() -> None:
     """The fp16 head in draft_service/heads/smollm2 loads over SmolLM2 and drafts the target's
     own next tokens far more often than chance on a general prompt (teacher-forced)."""
-    from draft_service.redrafter import load_head, resolve_head, shipped_head
+    from draft_service.shipped_heads import resolve_head, shipped_head
 
     directory = shipped_head("smollm2")
     assert directory is not None and shipped_head("SmolLM2") == directory
@@ -168,7 +168,6 @@ def test_the_shipped_smollm2_head_loads_and_agrees_with_the_target() -> None:
 def test_subvocabulary_head_keeps_the_full_heads_logits(head_dir: Path, tiny_target: Path, tmp_path: Path) -> None:
     """`specd redrafter-subvocab` keeps the most frequent tokens of the text (and the special
     tokens); the restricted head's logits are the full head's at those tokens."""
-    from draft_service.redrafter import load_head
     from specd_cli.main import main
 
     text = tmp_path / "text.jsonl"

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 from testkit import greedy_reference, stack_config
 
-from draft_service.redrafter import read_checkpoint
 from orchestrator.request import GenerateParams
+from spec_decode.redrafter_checkpoint import read_checkpoint
 from specd_cli.stack import build_inprocess
 
 

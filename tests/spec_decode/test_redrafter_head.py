@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from draft_service.redrafter_head import Beams, HeadConfig, ReDrafterHead, beam_search, pack_beams
+from spec_decode.redrafter_head import Beams, HeadConfig, ReDrafterHead, beam_search, pack_beams
 from spec_decode.tree import path_to
 
 V, E = 12, 8
