@@ -25,6 +25,7 @@ from orchestrator.drafters import DrafterRouter, Replica
 from orchestrator.methods import Method
 from orchestrator.request import GenerateParams
 from spec_decode.api import TargetAPI
+from spec_decode.budget import TreeBudget
 from spec_decode.errors import (
     Cancelled,
     DeadlineExceeded,
@@ -63,12 +64,15 @@ class DecodeLoop:
         phrase_namespace: str = "",
         node_share: Callable[[], int] | None = None,
         colocated_head: bool = False,
+        budget: TreeBudget | None = None,
     ) -> None:
         self.session_id = session_id
         # ReDrafter co-located with the target: every Prefill/Verify also drafts the next tree there.
         self._colocated = colocated_head and method.drafter == "redrafter"
         self._next_tree: DraftTree | None = None  # the tree the target drafted with the last result
         self._node_share = node_share  # this step's draft-node allowance under load (None: no budget)
+        self._budget = budget  # the cost-model tree budget (None: every step asks for the cap)
+        self._requested = 0  # draft nodes this step asked for
         self._target = target
         self._drafters = draft if method.drafter is not None and not self._colocated else None
         self._replica: Replica | None = None  # the replica holding this session's drafter state
@@ -103,15 +107,22 @@ class DecodeLoop:
         try:
             self._prefill()
             while self.finish_reason == "length" and len(self.tokens) < self._params.max_new_tokens:
+                step_start = time.perf_counter()
                 tree = self._draft()
                 result = self._verify(tree)
                 new_tokens = self._accept(tree, result)
                 self._advance(tree, result, new_tokens)
+                if self._budget is not None:
+                    self._budget.observe(
+                        self._requested, tree.size, result.acceptance.path, time.perf_counter() - step_start
+                    )
                 yield new_tokens
                 if self.finish_reason == "eos":
                     break
         finally:
             self._wall = time.perf_counter() - self._start
+            if self._budget is not None:
+                self._budget.finish()
             self._release()
             exit_session(logged)
 
@@ -141,14 +152,19 @@ class DecodeLoop:
 
     def _draft(self) -> DraftTree:
         """Ask the session's drafter for a tree that fits the context and the remaining token budget."""
+        self._requested = 0
+        if not self._colocated and (self._drafters is None or self._method.drafter is None):
+            return EMPTY_TREE
+        max_nodes = self._max_nodes()
+        if self._budget is not None:
+            max_nodes = self._budget.choose(max_nodes)
+        self._requested = max_nodes
         if self._colocated:  # the target drafted it with the last result: trim it to this step's budget
-            return truncate_tree(self._next_tree or EMPTY_TREE, self._max_nodes())
-        if self._drafters is None or self._method.drafter is None:
+            return truncate_tree(self._next_tree or EMPTY_TREE, max_nodes)
+        drafters = self._drafters
+        if max_nodes <= 0 or drafters is None:
             return EMPTY_TREE
         context_len = len(self._prompt) + len(self.tokens)
-        max_nodes = self._max_nodes()
-        if max_nodes <= 0:
-            return EMPTY_TREE
         failed = False
         while (replica := self._route()) is not None:
             try:
@@ -159,7 +175,7 @@ class DecodeLoop:
                     self.draft_timeouts += 1
                 failed = True
                 self._failed.add(replica.address)
-                self._drafters.report_failure(replica, err)
+                drafters.report_failure(replica, err)
         if failed:
             log.warning("session %s: no drafter left; continuing target-only", self.session_id)
         return EMPTY_TREE  # this step is target-only

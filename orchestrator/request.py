@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from spec_decode.beams import BeamParams
+from spec_decode.budget import TREE_BUDGETS
 from spec_decode.errors import InvalidArgument
 from spec_decode.types import DraftOptions, SamplingParams
 
@@ -54,6 +55,7 @@ class GenerateParams:
     ignore_eos: bool = False
     ouroboros: OuroborosParams = field(default_factory=lambda: OuroborosParams())
     beam: BeamParams = field(default_factory=BeamParams)  # beam-sample / dsbd: width, min width, threshold
+    tree_budget: str = ""  # "cost" | "max" | "" (the orchestrator's default): spec_decode/budget.py
 
     def validate(self, *, max_new_tokens_cap: int) -> GenerateParams:
         given = sum(bool(x) for x in (self.prompt, self.messages, self.prompt_token_ids))
@@ -73,6 +75,11 @@ class GenerateParams:
             raise InvalidArgument("ouroboros phrase_top_k and phrase_length must be >= 0")
         if self.num_branches < 0:
             raise InvalidArgument(f"num_branches must be >= 0, got {self.num_branches}")
+        if self.tree_budget and self.tree_budget not in TREE_BUDGETS:
+            raise InvalidArgument(
+                f"tree_budget must be one of {', '.join(TREE_BUDGETS)} (or empty for the server's default), "
+                f"got {self.tree_budget!r}"
+            )
         for i, msg in enumerate(self.messages):
             if msg.role not in ("system", "user", "assistant"):
                 raise InvalidArgument(f"messages[{i}].role {msg.role!r} must be system, user or assistant")

@@ -13,10 +13,11 @@ from typing import Any
 from orchestrator.beam_loop import BeamDecodeLoop
 from orchestrator.drafters import DrafterRouter, as_router
 from orchestrator.loop import DecodeLoop
-from orchestrator.methods import available_methods, resolve_method
+from orchestrator.methods import Method, available_methods, resolve_method
 from orchestrator.request import GenerateParams
 from orchestrator.text import IncrementalDetokenizer, prompt_tokens
 from spec_decode.api import DraftAPI, TargetAPI
+from spec_decode.budget import TREE_BUDGETS, AcceptanceProfile, StepCost, TreeBudget
 from spec_decode.errors import Cancelled, FailedPrecondition, InvalidArgument, ResourceExhausted
 from spec_decode.models import check_same_vocab, vocab_fingerprint
 from spec_decode.types import DraftInfo, GenerationStats, TargetInfo
@@ -37,8 +38,14 @@ class OrchestratorConfig:
     # every verify result: no draft round trip), "draft" (a draft service), "auto" (target when
     # the target has a head, else a draft service).
     redrafter_placement: str = "auto"
+    # How many draft nodes each step asks for: "cost" picks per step the budget that maximises
+    # tokens per second from the measured step cost and the request's acceptance so far
+    # (spec_decode/budget.py); "max" always asks for the cap (the target's max_tree_nodes).
+    tree_budget: str = "cost"
 
     def validate(self) -> OrchestratorConfig:
+        if self.tree_budget not in TREE_BUDGETS:
+            raise InvalidArgument(f"tree_budget must be one of {', '.join(TREE_BUDGETS)}, got {self.tree_budget!r}")
         if self.redrafter_placement not in ("auto", "draft", "target"):
             raise InvalidArgument(
                 f"redrafter_placement must be auto, draft or target, got {self.redrafter_placement!r}"
@@ -164,6 +171,10 @@ class Orchestrator:
             log.info("serving at most %d requests at once: the target holds %d sessions", sessions, sessions)
             cap = sessions
         self._admission = Admission(cap)
+        # The tree budget's shared state, per method: its step cost and its acceptance prior.
+        self._budget_lock = threading.Lock()
+        self._step_costs: dict[str, StepCost] = {}
+        self._priors: dict[str, AcceptanceProfile] = {}
         self.draft_info: DraftInfo | None = self._draft.info() if self._draft is not None else None
         tok_fp = vocab_fingerprint(tokenizer)
         if tok_fp != self.target_info.vocab.fingerprint:
@@ -242,6 +253,29 @@ class Orchestrator:
             stats = loop.generation_stats()
             yield StreamChunk(detok.flush(), (), name, loop.session_id, True, stats, beams, peak)
 
+    def _tree_budget(self, params: GenerateParams, method: Method, colocated: bool) -> TreeBudget | None:
+        """A request's cost-model budget (None: target-only methods, or ``tree_budget`` "max").
+
+        A seeded sampled request keeps the cap unless it asks for "cost" itself: the cost budget
+        follows measured time, so its trees (and the random draws over them) would differ from
+        run to run; its tokens would still follow the target's distribution, but not repeat.
+        """
+        budget = params.tree_budget or self.config.tree_budget
+        if not params.tree_budget and not params.sampling.greedy and params.sampling.seed is not None:
+            budget = "max"
+        if budget != "cost" or (method.drafter is None and not colocated):
+            return None
+        cost, prior = self.budget_model(f"{method.name}@target" if colocated else method.name)
+        return TreeBudget(prior.cap, cost, prior)
+
+    def budget_model(self, key: str) -> tuple[StepCost, AcceptanceProfile]:
+        """The tree budget's shared state for ``key`` (a method name; ``NAME@target`` when the target
+        drafts): the fitted step cost and the acceptance prior every new request of it starts from."""
+        with self._budget_lock:
+            cost = self._step_costs.setdefault(key, StepCost())
+            prior = self._priors.setdefault(key, AcceptanceProfile(self.target_info.limits.max_tree_nodes))
+        return cost, prior
+
     def _node_share(self) -> int:
         """This step's draft-node allowance of one request: the step budget over the running requests."""
         return max(1, self.config.step_node_budget // max(1, self._admission.running))
@@ -301,4 +335,5 @@ class Orchestrator:
             phrase_namespace=self.target_info.vocab.fingerprint,
             colocated_head=colocated,
             node_share=self._node_share if self.config.step_node_budget else None,
+            budget=self._tree_budget(params, method, colocated),
         )

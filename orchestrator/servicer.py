@@ -32,6 +32,7 @@ def params_from_pb(req: orchestrator_pb2.GenerateRequest) -> GenerateParams:
         num_draft_tokens=req.num_draft_tokens,
         adaptive_draft=req.adaptive_draft,
         num_branches=req.num_branches,
+        tree_budget=req.tree_budget,
         ignore_eos=req.ignore_eos,
         ouroboros=OuroborosParams(
             phrase_top_k=req.ouroboros.phrase_top_k,

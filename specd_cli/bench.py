@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from spec_decode.budget import TREE_BUDGETS
 from specd_cli.bench_beams import add_beam_bench_args, is_beam_bench, run_beam_bench
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -41,7 +42,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         "--methods",
         default="",
         help="comma-separated; default: hf-generate,vanilla,pld,hf-pld (+ sps,hf-assisted with --draft-model); "
-        "with any of beam-sample,dsbd,dsbd-keep-best,hf-beam-sample the beam benchmark runs (sampled)",
+        "with any of beam-sample,dsbd,dsbd-keep-best,hf-beam-sample the beam benchmark runs (sampled); a specd "
+        "method with :max or :cost (e.g. pld:max) runs with that per-request tree budget",
     )
     p.add_argument(
         "--transport",
@@ -214,6 +216,8 @@ def run_bench(args: argparse.Namespace) -> int:
     unknown = [m for m in methods if _base(m) not in SPECD_METHODS + HF_METHODS]
     if unknown:
         raise SystemExit(f"specd bench: unknown methods {unknown}; known: {SPECD_METHODS + HF_METHODS}")
+    for m in methods:
+        _tree_budget(m)  # a bad ':budget' suffix fails before anything starts
     if "hf-generate" not in methods:
         methods.insert(0, "hf-generate")  # the reference every output is compared with
     transports = ["grpc", "inproc"] if args.transport == "both" else [args.transport]
@@ -274,6 +278,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 num_draft_tokens=args.num_draft_tokens,
                 num_branches=args.num_branches,
                 disable_parts=disabled,
+                tree_budget=_tree_budget(method),
             )
             return list(res.token_ids), res.stats
         res = clients["inproc"].generate(
@@ -284,6 +289,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 num_draft_tokens=args.num_draft_tokens,
                 num_branches=args.num_branches,
                 ouroboros=OuroborosParams.without(disabled),
+                tree_budget=_tree_budget(method),
             )
         )
         return list(res.token_ids), res.stats
@@ -370,11 +376,21 @@ def _pool_warmup(
 
 
 def _base(method: str) -> str:
-    return "ouroboros" if method.startswith(ABLATION) else method
+    name = method.partition(":")[0]
+    return "ouroboros" if name.startswith(ABLATION) else name
 
 
 def _disabled_parts(method: str) -> list[str]:
-    return method[len(ABLATION) :].split("+") if method.startswith(ABLATION) else []
+    name = method.partition(":")[0]
+    return name[len(ABLATION) :].split("+") if name.startswith(ABLATION) else []
+
+
+def _tree_budget(method: str) -> str:
+    """The per-request tree budget a method name asks for: ``pld:max`` -> "max", ``pld`` -> "" (the server's)."""
+    budget = method.partition(":")[2]
+    if budget and budget not in TREE_BUDGETS:
+        raise SystemExit(f"specd bench: {method!r}: the tree budget after ':' must be one of {TREE_BUDGETS}")
+    return budget
 
 
 def _key(run: Run) -> str:

@@ -16,6 +16,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from spec_decode.budget import TREE_BUDGETS
+
 DEFAULT_PORT = 50051
 
 
@@ -185,6 +187,14 @@ def _add_placement_flag(p: argparse.ArgumentParser, choices: tuple[str, ...]) ->
 
 def _add_load_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--tree-budget",
+        default="cost",
+        choices=TREE_BUDGETS,
+        help="draft nodes per step: cost = the budget that maximises tokens/s from the measured step cost and "
+        "each request's acceptance so far (small trees where a pass grows with its rows, as on CPUs); "
+        "max = always the cap. A request's tree_budget overrides it",
+    )
+    p.add_argument(
         "--step-node-budget",
         type=int,
         default=48,
@@ -320,6 +330,7 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
         args.max_concurrent_requests,
         args.step_node_budget,
         redrafter_placement=args.redrafter_placement,
+        tree_budget=args.tree_budget,
     ).validate()
     orch = Orchestrator(GrpcTargetClient(args.target_address, tls=peer), draft, tokenizer, config)
     registry = CollectorRegistry()
@@ -404,6 +415,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             str(args.draft_timeout_ms),
             "--step-node-budget",
             str(args.step_node_budget),
+            "--tree-budget",
+            args.tree_budget,
         ],
     )
     print(f"specd is up: orchestrator {stack.address} (logs in {stack.log_dir}); Ctrl-C stops it", flush=True)
@@ -434,6 +447,7 @@ def _generate_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         adaptive_draft=args.adaptive,
         num_branches=args.num_branches,
         ignore_eos=args.ignore_eos,
+        tree_budget=args.tree_budget,
         phrase_top_k=args.phrase_top_k,
         phrase_length=args.phrase_length,
         disable_parts=[p for p in args.ouroboros_disable.split(",") if p],
@@ -721,6 +735,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-draft-tokens", type=int, default=0, help="draft length γ (0 = method default)")
     p.add_argument("--adaptive", action="store_true", help="adaptive draft length")
     p.add_argument("--num-branches", type=int, default=0, help="pld: distinct continuations per tree")
+    p.add_argument(
+        "--tree-budget",
+        default="",
+        choices=("", *TREE_BUDGETS),
+        help="draft nodes per step: cost (chosen per step from measured cost and acceptance) or max (the cap); "
+        "default: the orchestrator's --tree-budget",
+    )
     p.add_argument("--phrase-top-k", type=int, default=0, help="ouroboros: pool phrases per key token (0 = default)")
     p.add_argument("--phrase-length", type=int, default=0, help="ouroboros: phrase length N-1 (0 = default)")
     p.add_argument(

@@ -30,6 +30,7 @@ def build_request(
     width_threshold: float = 0.0,
     length_penalty: float | None = None,
     keep_best_beam: bool = False,
+    tree_budget: str = "",
 ) -> orchestrator_pb2.GenerateRequest:
     """``prompt`` is text, a list of :class:`Message`, or a list of token ids.
 
@@ -37,6 +38,8 @@ def build_request(
     "phrase_extension", "verification_phrases", "history_phrases") tune method "ouroboros".
     ``beam_width`` (0 = 4), ``min_beam_width``, ``width_threshold`` (0 = fixed width),
     ``length_penalty`` and ``keep_best_beam`` tune methods "beam-sample" and "dsbd".
+    ``tree_budget`` ("cost" or "max"; "" = the server's default) sets how many draft nodes
+    each step asks for.
     """
     known = ("lookahead", "phrase_extension", "verification_phrases", "history_phrases")
     unknown = [p for p in disable_parts if p not in known]
@@ -53,6 +56,7 @@ def build_request(
         adaptive_draft=adaptive_draft,
         num_branches=num_branches,
         ignore_eos=ignore_eos,
+        tree_budget=tree_budget,
         ouroboros=orchestrator_pb2.OuroborosOptions(
             phrase_top_k=phrase_top_k,
             phrase_length=phrase_length,

@@ -64,7 +64,9 @@ def test_redrafter_is_lossless_and_drafts_beams(tiny_target: Path, head_dir: Pat
     accepted = 0
     for prompt in ([1000, 2000, 3000, 1000, 2000], [42, 43, 44, 45, 42, 43], [777] * 6):
         expected = greedy_reference(tiny_target, prompt, 20, torch.float64)
-        params = GenerateParams(prompt_token_ids=tuple(prompt), method="redrafter", max_new_tokens=20)
+        params = GenerateParams(
+            prompt_token_ids=tuple(prompt), method="redrafter", max_new_tokens=20, tree_budget="max"
+        )
         result = orch.generate(params)
         assert list(result.token_ids) == expected
         assert result.stats.draft_tokens > 20  # beams from the first step on (the prefill's hidden state)
@@ -81,7 +83,7 @@ def test_hybrid_merges_phrases_and_beams_losslessly(tiny_target: Path, head_dir:
     accepted = 0
     for prompt in ([1000, 2000, 3000, 1000, 2000, 3000, 1000], [42, 43, 44, 45, 42, 43], [777] * 6):
         expected = greedy_reference(tiny_target, prompt, 24, torch.float64)
-        params = GenerateParams(prompt_token_ids=tuple(prompt), method="hybrid", max_new_tokens=24)
+        params = GenerateParams(prompt_token_ids=tuple(prompt), method="hybrid", max_new_tokens=24, tree_budget="max")
         result = orch.generate(params)
         assert list(result.token_ids) == expected
         assert result.stats.draft_tokens > 24
@@ -208,7 +210,9 @@ def test_colocated_head_drafts_the_same_trees_without_a_draft_service(tiny_targe
     remote = build_inprocess(_with_head(tiny_target, head_dir))
     assert colocated.target_info.draft_head and "redrafter" in colocated.methods
     for prompt in ([1000, 2000, 3000, 1000, 2000], [42, 43, 44, 45, 42, 43]):
-        params = GenerateParams(prompt_token_ids=tuple(prompt), method="redrafter", max_new_tokens=20)
+        params = GenerateParams(
+            prompt_token_ids=tuple(prompt), method="redrafter", max_new_tokens=20, tree_budget="max"
+        )
         here, there = colocated.generate(params), remote.generate(params)
         assert list(here.token_ids) == greedy_reference(tiny_target, prompt, 20, torch.float64)
         assert list(here.token_ids) == list(there.token_ids)

@@ -119,6 +119,7 @@ def test_async_client(stack):
         (dict(prompt="word " * 300), "context"),
         (dict(prompt=[1, 2, 60000]), "outside the vocabulary"),
         (dict(max_new_tokens=250), "exceeds"),
+        (dict(method="pld", tree_budget="huge"), "tree_budget must be one of cost, max"),
     ],
 )
 def test_bad_requests(client, kwargs, needle):

@@ -140,7 +140,11 @@ def test_ouroboros_ablations_lossless(orch, tiny_target, disabled):
 def test_ouroboros_pool_outlives_the_request(tiny_target):
     """A second request for the same prompt drafts from phrases the first one left in the pool."""
     fresh = build_inprocess(stack_config(tiny_target, None))
-    params = GenerateParams(prompt_token_ids=(4000, 4100, 4200), method="ouroboros", max_new_tokens=40)
+    # full trees both times: the cost budget would cut the second request's trees to what the cold
+    # first one accepted (tests/orchestrator/test_tree_budget.py covers it); this test is about the pool
+    params = GenerateParams(
+        prompt_token_ids=(4000, 4100, 4200), method="ouroboros", max_new_tokens=40, tree_budget="max"
+    )
     first = fresh.generate(params)
     second = fresh.generate(params)
     assert second.token_ids == first.token_ids
@@ -167,8 +171,9 @@ def test_ouroboros_lookahead_in_the_verify_pass(tiny_target, sampling):
     orch = Orchestrator(TargetVerifier.from_config(config.target), worker, tokenizer, config.orchestrator)
     steps = []
     for prompt in _random_prompts(4, seed=31):
+        # full trees: a cost budget leaves the window out whenever its nodes do not pay for themselves
         params = GenerateParams(
-            prompt_token_ids=tuple(prompt), method="ouroboros", max_new_tokens=48, sampling=sampling
+            prompt_token_ids=tuple(prompt), method="ouroboros", max_new_tokens=48, sampling=sampling, tree_budget="max"
         )
         tokens: list[int] = []
         for chunk in orch.stream(params):
