@@ -91,7 +91,11 @@ def _orchestrator(target, tokenizer, cfg, addresses) -> tuple[Orchestrator, Draf
 
 
 def _params(method: str = "sps") -> GenerateParams:
-    return GenerateParams(prompt_token_ids=PROMPT, method=method, max_new_tokens=NEW, ignore_eos=True)
+    # tree_budget max: every step drafts, so every step shows where the session lives (a cost
+    # budget of 0 nodes skips the draft call, and the session may not exist on any replica yet)
+    return GenerateParams(
+        prompt_token_ids=PROMPT, method=method, max_new_tokens=NEW, ignore_eos=True, tree_budget="max"
+    )
 
 
 def _holder(replicas: list[Replica]) -> Replica | None:
