@@ -65,6 +65,7 @@ class DecodeLoop:
         node_share: Callable[[], int] | None = None,
         colocated_head: bool = False,
         budget: TreeBudget | None = None,
+        concurrency: Callable[[], int] | None = None,
     ) -> None:
         self.session_id = session_id
         # ReDrafter co-located with the target: every Prefill/Verify also drafts the next tree there.
@@ -72,6 +73,7 @@ class DecodeLoop:
         self._next_tree: DraftTree | None = None  # the tree the target drafted with the last result
         self._node_share = node_share  # this step's draft-node allowance under load (None: no budget)
         self._budget = budget  # the cost-model tree budget (None: every step asks for the cap)
+        self._concurrency = concurrency  # requests sharing the target now (the budget weighs rows by it)
         self._requested = 0  # draft nodes this step asked for
         self._target = target
         self._drafters = draft if method.drafter is not None and not self._colocated else None
@@ -157,7 +159,7 @@ class DecodeLoop:
             return EMPTY_TREE
         max_nodes = self._max_nodes()
         if self._budget is not None:
-            max_nodes = self._budget.choose(max_nodes)
+            max_nodes = self._budget.choose(max_nodes, self._concurrency() if self._concurrency else 1)
         self._requested = max_nodes
         if self._colocated:  # the target drafted it with the last result: trim it to this step's budget
             return truncate_tree(self._next_tree or EMPTY_TREE, max_nodes)

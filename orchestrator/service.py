@@ -336,4 +336,5 @@ class Orchestrator:
             colocated_head=colocated,
             node_share=self._node_share if self.config.step_node_budget else None,
             budget=self._tree_budget(params, method, colocated),
+            concurrency=lambda: self._admission.running,
         )

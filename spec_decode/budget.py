@@ -166,11 +166,18 @@ class AcceptanceProfile:
                 other.counts[n] *= scale
 
 
-def best_budget(expected: Sequence[float | None], cost: StepCost) -> int:
-    """The ``n`` maximising ``(1 + expected[n]) / T(1 + n)``; unknown entries are skipped.
+def best_budget(expected: Sequence[float | None], cost: StepCost, sessions: int = 1) -> int:
+    """The ``n`` maximising ``(1 + expected[n]) / (a + sessions * b * (1 + n))``; unknown entries
+    are skipped.
 
     ``expected`` is made non-decreasing first (a bigger tree contains the smaller one, so it
     never accepts less; estimates from different steps can say otherwise by chance).
+
+    ``sessions`` is the number of requests sharing the target. A row a request adds to a batched
+    pass delays every request in it, and when passes are serialized instead every request also
+    waits for the others' passes (which the fitted ``a`` then holds); in both cases the whole
+    server's tokens per second is best when each request weighs its rows ``sessions`` times
+    (for S similar requests, maximising ``S (1 + acc(n)) / (a_pass + S b (1 + n))``).
 
     Example:
         >>> cost = StepCost(decay=1.0, min_steps=2)
@@ -180,6 +187,7 @@ def best_budget(expected: Sequence[float | None], cost: StepCost) -> int:
         2
     """
     a, b = cost.line()
+    b *= max(1, sessions)
     best_n, best_rate, running = 0, -1.0, 0.0
     for n, value in enumerate(expected):
         if value is None:
@@ -203,8 +211,9 @@ class TreeBudget:
         self.config = config
         self._steps = 0
 
-    def choose(self, limit: int) -> int:
-        """This step's node budget, at most ``limit`` (the other caps of the step)."""
+    def choose(self, limit: int, sessions: int = 1) -> int:
+        """This step's node budget, at most ``limit`` (the other caps of the step); ``sessions``:
+        the requests sharing the target now (see :func:`best_budget`)."""
         limit = max(0, min(limit, self.profile.cap))
         self._steps += 1
         if limit == 0:
@@ -213,7 +222,7 @@ class TreeBudget:
         if all(v is None for v in expected[1:]):
             budget = limit  # nothing known yet: see what the whole tree accepts
         else:
-            budget = best_budget(expected, self.cost)
+            budget = best_budget(expected, self.cost, sessions)
             if self._steps % self.config.explore_every == 0:  # explore: would a bigger tree pay now?
                 budget = min(limit, max(2 * budget, budget + EXPLORE_STEP))
         return budget

@@ -117,3 +117,11 @@ def test_budget_config_is_checked():
         BudgetConfig(explore_every=0).validate()
     with pytest.raises(InvalidArgument, match="cost_decay"):
         BudgetConfig(cost_decay=0.0).validate()
+
+
+def test_many_sessions_weigh_each_row_more():
+    expected = [0.0, 0.8, 1.4, 1.8, 2.05, 2.1, 2.15, 2.17, 2.18]
+    cost = _cost(0.02, 0.001)
+    alone, shared = best_budget(expected, cost, sessions=1), best_budget(expected, cost, sessions=16)
+    assert alone > shared >= 0
+    assert best_budget(expected, _cost(0.02, 0.0), sessions=64) == 8  # free rows stay free
