@@ -13,6 +13,7 @@ every running beam. The whole answer comes as one chunk at the end: beams reorde
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -96,6 +97,8 @@ class BeamDecodeLoop:
         self.tokens: list[int] = []  # the best beam's tokens, set at the end
         self.beams: tuple[FinalBeam, ...] = ()
         self.finish_reason = "length"
+        self.draft_timeouts = 0  # ProposeBeams calls that ran past the drafter deadline
+        self._failed: set[str] = set()  # replicas that failed a call of this request
         self._start = 0.0
         self._wall = 0.0
 
@@ -153,7 +156,10 @@ class BeamDecodeLoop:
             )
         except (NotFound, FailedPrecondition, Unavailable, DeadlineExceeded, Cancelled) as err:
             log.warning("session %s: drafting beams failed (%s); this step is target-only", self.session_id, err)
+            if isinstance(err, DeadlineExceeded):
+                self.draft_timeouts += 1
             if isinstance(err, Unavailable | DeadlineExceeded | Cancelled):
+                self._failed.add(replica.address)
                 self._drafters.report_failure(replica, err)
             self._replica, self._updates = None, None
             return EMPTY_FOREST
@@ -216,16 +222,25 @@ class BeamDecodeLoop:
         self.finish_reason = "eos" if best.finished else "length"
 
     def _release(self) -> None:
+        # The drafters first, as in DecodeLoop: a target that is down can hold its Release for the
+        # whole deadline. A replica that failed a call may still hold beams (a late ProposeBeams):
+        # it is freed in the background, so the request does not wait on it.
+        for replica in self._holders.values():
+            if replica.address in self._failed:
+                threading.Thread(target=self._release_draft, args=(replica,), daemon=True).start()
+            else:
+                self._release_draft(replica)
         try:
             self._target.release(self.session_id)
         except Exception as err:  # releasing must never mask the request's own outcome
             log.warning("session %s: releasing the target session failed: %s", self.session_id, err)
-        for replica in self._holders.values():
-            try:
-                replica.api.release(self.session_id)
-            except Exception as err:  # a replica that left or fails must not fail the request
-                where = replica.address
-                log.warning("session %s: releasing the draft beams on %s failed: %s", self.session_id, where, err)
+
+    def _release_draft(self, replica: Replica) -> None:
+        try:
+            replica.api.release(self.session_id)
+        except Exception as err:  # a replica that left or fails must not fail the request
+            where = replica.address
+            log.warning("session %s: releasing the draft beams on %s failed: %s", self.session_id, where, err)
 
     # ---------------------------------------------------------------- results
     def generation_stats(self) -> GenerationStats:
@@ -243,4 +258,5 @@ class BeamDecodeLoop:
             phases=phases,
             accepted_length_histogram=tuple(self.stats.accepted_hist),
             finish_reason=self.finish_reason,
+            draft_timeouts=self.draft_timeouts,
         )

@@ -145,6 +145,26 @@ def test_slow_drafter_is_skipped_after_the_draft_timeout(
     tally.faults.append("slow (frozen) drafter")
 
 
+def test_slow_drafter_under_a_beam_request_is_counted_and_skipped(
+    stack: FaultStack, client: SpecdClient, tally: Tally, reference: tuple[int, ...]
+) -> None:
+    """dsbd with a drafter that answers nothing: the step goes on target-only, the response counts
+    the timed-out ProposeBeams, and the request still returns its beams."""
+    stack.draft.freeze()
+    try:
+        tally.sent += 1
+        result = client.generate(
+            PROMPT, method="dsbd", max_new_tokens=6, temperature=1.0, seed=3, beam_width=2, ignore_eos=True
+        )
+        tally.completed += 1
+    finally:
+        stack.draft.thaw()
+    assert result.stats.draft_timeouts >= 1
+    assert len(result.beams) == 2 and all(len(b.token_ids) == 6 for b in result.beams)
+    wait_drafting(client, tally, reference)
+    tally.faults.append("slow (frozen) drafter, beam request")
+
+
 def test_drafter_killed_mid_stream(
     stack: FaultStack, client: SpecdClient, tally: Tally, reference: tuple[int, ...]
 ) -> None:
