@@ -64,7 +64,10 @@ class ReDrafterDrafter:
         length = min(max_tokens or DEFAULT_LENGTH, max_nodes)
         if self.hidden is None or length <= 0 or not context:
             return EMPTY_TREE
-        beams = beam_search(self.head, self.hidden, int(context[-1]), self.width, length, self.top_k)
+        # The first beam takes ``length`` nodes and every further one at least one more, so a small
+        # node budget (the orchestrator's tree budget) can use only this many beams: search no more.
+        width = min(self.width, max_nodes - length + 1)
+        beams = beam_search(self.head, self.hidden, int(context[-1]), width, length, self.top_k)
         self.last_beam_tokens = sum(len(b) for b in beams.tokens)
         return pack_beams(beams, max_nodes)
 

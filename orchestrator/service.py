@@ -268,6 +268,13 @@ class Orchestrator:
         cost, prior = self.budget_model(f"{method.name}@target" if colocated else method.name)
         return TreeBudget(prior.cap, cost, prior)
 
+    def budget_snapshot(self) -> dict[str, tuple[float, float, int]]:
+        """Per method (``NAME@target`` when the target drafts): the fitted step cost ``(a, b)`` in
+        seconds (a step = a + b * rows) and the steps it was fitted on. Read by the metrics."""
+        with self._budget_lock:
+            costs = dict(self._step_costs)
+        return {key: (*cost.line(), cost.steps) for key, cost in costs.items()}
+
     def budget_model(self, key: str) -> tuple[StepCost, AcceptanceProfile]:
         """The tree budget's shared state for ``key`` (a method name; ``NAME@target`` when the target
         drafts): the fitted step cost and the acceptance prior every new request of it starts from."""

@@ -334,7 +334,7 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
     ).validate()
     orch = Orchestrator(GrpcTargetClient(args.target_address, tls=peer), draft, tokenizer, config)
     registry = CollectorRegistry()
-    metrics = OrchestratorMetrics(registry)
+    metrics = OrchestratorMetrics(registry, budgets=orch)
     handle = serve_orchestrator(orch, host=args.host, port=args.port, tls=tls, auth=auth, metrics=metrics)
     print(f"orchestrator on {args.host}:{handle.port} (methods: {', '.join(orch.methods)})", flush=True)
     metrics_server = _metrics_server(args, registry)

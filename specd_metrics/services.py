@@ -30,7 +30,9 @@ TAU_BUCKETS = (1.0, 1.25, 1.5, 1.75, 2.0, 2.5, 3.0, 3.5, 4.0, 5.0, 6.0, 8.0)
 SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 PHASES = ("prefill", "draft", "verify", "network", "orchestrate")
 # Label values come from requests: anything else is counted as "other" (bounded cardinality).
-METHOD_LABELS = frozenset({"vanilla", "pld", "sps", "ouroboros"})
+METHOD_LABELS = frozenset(
+    {"vanilla", "pld", "sps", "ouroboros", "redrafter", "hybrid", "beam-sample", "dsbd", "dsbd-redrafter"}
+)
 DRAFTER_LABELS = frozenset({"prompt_lookup", "model", "ouroboros"})
 
 
@@ -53,8 +55,10 @@ def status_of(err: BaseException | None) -> str:
 class OrchestratorMetrics:
     """Requests, latencies and the speculative-decoding counters of the front door."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, budgets: BudgetSource | None = None) -> None:
         p, r = PREFIX, registry
+        if budgets is not None:
+            registry.register(_BudgetCollector(budgets))
         self.requests = Counter(p + "requests", "Generation requests finished", ["method", "status"], registry=r)
         self.running = Gauge(p + "requests_running", "Generation requests in progress", registry=r)
         self.duration = Histogram(
@@ -126,6 +130,38 @@ class OrchestratorMetrics:
         self.drafter_switches.inc(stats.drafter_switches)
         self.draft_timeouts.inc(stats.draft_timeouts)
         self.target_rebuilds.inc(stats.target_rebuilds)
+
+
+class BudgetSource(Protocol):
+    """What the tree-budget gauges read: per method, the fitted step cost ``(a, b, steps)``."""
+
+    def budget_snapshot(self) -> Mapping[str, tuple[float, float, int]]: ...
+
+
+class _BudgetCollector(Collector):
+    """The tree budget's fitted step cost per method (``Orchestrator.budget_snapshot``)."""
+
+    def __init__(self, source: BudgetSource) -> None:
+        self._source = source
+
+    def collect(self) -> Iterator[Metric]:
+        p = PREFIX
+        cost = GaugeMetricFamily(
+            p + "tree_budget_step_seconds",
+            "Fitted wall time of a decode step: base + per_row * rows of its verify pass (tree budget cost model)",
+            labels=["method", "term"],
+        )
+        steps = GaugeMetricFamily(
+            p + "tree_budget_steps", "Decode steps the tree budget's step cost was fitted on", labels=["method"]
+        )
+        for key, (base, per_row, n) in sorted(self._source.budget_snapshot().items()):
+            method = key.removesuffix("@target")
+            label = _label(method, METHOD_LABELS) + ("@target" if key.endswith("@target") else "")
+            cost.add_metric([label, "base"], base)
+            cost.add_metric([label, "per_row"], per_row)
+            steps.add_metric([label], n)
+        yield cost
+        yield steps
 
 
 class RequestTracker:

@@ -98,6 +98,11 @@ def test_orchestrator_counts_requests_tokens_and_phases(observed):
     assert total(m, "specd:time_to_first_token_seconds_count") == 4
     assert total(m, "specd:request_duration_seconds_count") == 5  # the refused one too
     assert total(m, "specd:inter_token_latency_seconds_count", method="pld") > 0
+    # the tree budget's step cost, fitted on the speculative steps of each method
+    pld_steps = sum(s.target_steps for s, _ in (results[0], results[3]))
+    assert total(m, "specd:tree_budget_steps", method="pld") == pld_steps
+    assert total(m, "specd:tree_budget_step_seconds", method="pld", term="base") > 0
+    assert total(m, "specd:tree_budget_step_seconds", method="pld", term="per_row") >= 0
 
 
 def test_target_counts_calls_passes_sessions_and_kv(observed):
