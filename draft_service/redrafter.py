@@ -20,6 +20,7 @@ from spec_decode.redrafter_head import (
     DEFAULT_WIDTH,
     ReDrafterHead,
     beam_search,
+    beam_shape,
     pack_beams,
 )
 from spec_decode.types import EMPTY_TREE, DraftOptions, DraftTree, SamplingParams
@@ -61,12 +62,10 @@ class ReDrafterDrafter:
         sampling: SamplingParams,
         generator: torch.Generator | None,
     ) -> DraftTree:
-        length = min(max_tokens or DEFAULT_LENGTH, max_nodes)
+        # a small node budget (the orchestrator's tree budget) holds fewer beams: search no more
+        width, length = beam_shape(self.width, max_tokens or DEFAULT_LENGTH, max_nodes)
         if self.hidden is None or length <= 0 or not context:
             return EMPTY_TREE
-        # The first beam takes ``length`` nodes and every further one at least one more, so a small
-        # node budget (the orchestrator's tree budget) can use only this many beams: search no more.
-        width = min(self.width, max_nodes - length + 1)
         beams = beam_search(self.head, self.hidden, int(context[-1]), width, length, self.top_k)
         self.last_beam_tokens = sum(len(b) for b in beams.tokens)
         return pack_beams(beams, max_nodes)

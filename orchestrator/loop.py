@@ -75,6 +75,7 @@ class DecodeLoop:
         self._budget = budget  # the cost-model tree budget (None: every step asks for the cap)
         self._concurrency = concurrency  # requests sharing the target now (the budget weighs rows by it)
         self._requested = 0  # draft nodes this step asked for
+        self._next_budget = 0  # co-located head: the node budget its next tree was drafted within
         self._target = target
         self._drafters = draft if method.drafter is not None and not self._colocated else None
         self._replica: Replica | None = None  # the replica holding this session's drafter state
@@ -138,12 +139,16 @@ class DecodeLoop:
         self._next_tree = result.next_tree
 
     def _head_draft(self) -> HeadDraft | None:
-        """What to ask a co-located head for: the request's beam shape within this step's node allowance."""
+        """What to ask a co-located head for: the request's beam shape within the next step's node
+        allowance. The head drafts the next step's tree now, so its tree budget is chosen now too."""
         if not self._colocated:
             return None
         max_nodes = self._limits.max_tree_nodes
         if self._node_share is not None:
             max_nodes = min(max_nodes, self._node_share())
+        if self._budget is not None:
+            max_nodes = self._budget.choose(max_nodes, self._concurrency() if self._concurrency else 1)
+        self._next_budget = max_nodes
         options = self._options
         return HeadDraft(
             width=options.num_branches or REDRAFTER_WIDTH,
@@ -158,11 +163,12 @@ class DecodeLoop:
         if not self._colocated and (self._drafters is None or self._method.drafter is None):
             return EMPTY_TREE
         max_nodes = self._max_nodes()
+        if self._colocated:  # the target drafted it with the last result, within the budget chosen then
+            self._requested = min(max_nodes, self._next_budget)
+            return truncate_tree(self._next_tree or EMPTY_TREE, self._requested)
         if self._budget is not None:
             max_nodes = self._budget.choose(max_nodes, self._concurrency() if self._concurrency else 1)
         self._requested = max_nodes
-        if self._colocated:  # the target drafted it with the last result: trim it to this step's budget
-            return truncate_tree(self._next_tree or EMPTY_TREE, max_nodes)
         drafters = self._drafters
         if max_nodes <= 0 or drafters is None:
             return EMPTY_TREE

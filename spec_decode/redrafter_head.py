@@ -122,6 +122,23 @@ class Beams:
 
 
 @torch.inference_mode()
+def beam_shape(width: int, length: int, max_nodes: int) -> tuple[int, int]:
+    """The beam shape worth searching when the packed tree may hold only ``max_nodes`` nodes.
+
+    The first beam takes ``length`` nodes (at most ``max_nodes``) and every further one at least
+    one more, so no more than ``max_nodes - length + 1`` beams can reach the tree. ``(0, 0)``: none.
+
+    Example:
+        >>> beam_shape(10, 4, 64), beam_shape(10, 4, 5), beam_shape(10, 4, 2), beam_shape(10, 4, 0)
+        ((10, 4), (2, 4), (1, 2), (0, 0))
+    """
+    length = min(length, max_nodes)
+    if length <= 0:
+        return 0, 0
+    return min(width, max_nodes - length + 1), length
+
+
+@torch.inference_mode()  # drafting only: no autograd graph (callers on the model thread may not disable it)
 def beam_search(
     head: ReDrafterHead,
     hidden: torch.Tensor,  # [E] the target's hidden state after the last accepted token

@@ -29,7 +29,7 @@ from spec_decode.hidden import hidden_bytes
 from spec_decode.model_thread import model_thread
 from spec_decode.models import LoadedModel, load_model
 from spec_decode.redrafter_checkpoint import load_head, read_checkpoint
-from spec_decode.redrafter_head import ReDrafterHead, beam_search, pack_beams
+from spec_decode.redrafter_head import ReDrafterHead, beam_search, beam_shape, pack_beams
 from spec_decode.sampling import make_generator, warp_probs
 from spec_decode.tree import validate_tree
 from spec_decode.types import (
@@ -150,9 +150,10 @@ class TargetVerifier:
 
     def _head_tree(self, hidden: torch.Tensor | None, token: int, spec: HeadDraft) -> DraftTree:
         """The co-located head's packed beams after ``token`` from ``hidden`` ([E]); empty without a state."""
-        if hidden is None or spec.max_nodes <= 0 or self._head is None:
+        width, length = beam_shape(spec.width, spec.length, spec.max_nodes)  # what the node budget can hold
+        if hidden is None or length <= 0 or self._head is None:
             return EMPTY_TREE
-        beams = beam_search(self._head, hidden, token, spec.width, spec.length, spec.top_k)
+        beams = beam_search(self._head, hidden, token, width, length, spec.top_k)
         return pack_beams(beams, spec.max_nodes)
 
     def _check_head_draft(self, spec: HeadDraft | None) -> None:

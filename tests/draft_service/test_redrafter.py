@@ -226,6 +226,25 @@ def test_colocated_head_drafts_the_same_trees_without_a_draft_service(tiny_targe
     assert colocated._draft is not None and colocated._draft.info().active_sessions == 0  # never asked
 
 
+def test_colocated_head_drafts_within_the_tree_budget(tiny_target: Path, head_dir: Path) -> None:
+    """Co-located, the head drafts the next step's tree with the verify result, so the budget is
+    chosen then: with dear rows its trees are small from the start, and the output is the same."""
+    colocated = build_inprocess(_colocated(tiny_target, head_dir))
+    prompt = (1000, 2000, 3000, 1000, 2000)
+    params = GenerateParams(prompt_token_ids=prompt, method="redrafter", max_new_tokens=20, tree_budget="max")
+    full = colocated.generate(params)
+    cost, _ = colocated.budget_model("redrafter@target")
+    for _ in range(64):  # every row costs as much as the rest of the step
+        for rows in (1, 2, 5, 9):
+            cost.observe(rows, 0.01 * rows)
+    small = colocated.generate(dataclasses.replace(params, tree_budget="cost"))
+    assert (
+        list(small.token_ids) == list(full.token_ids) == greedy_reference(tiny_target, list(prompt), 20, torch.float64)
+    )
+    per_step = [r.stats.draft_tokens / r.stats.target_steps for r in (full, small)]
+    assert per_step[1] < 0.5 * per_step[0], per_step
+
+
 def test_colocated_head_over_grpc_and_its_refusals(tiny_target: Path, head_dir: Path) -> None:
     from spec_decode.errors import FailedPrecondition as Precondition
     from spec_decode.types import DraftTree, HeadDraft
