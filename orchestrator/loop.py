@@ -146,8 +146,7 @@ class DecodeLoop:
         max_nodes = self._limits.max_tree_nodes
         if self._node_share is not None:
             max_nodes = min(max_nodes, self._node_share())
-        if self._budget is not None:
-            max_nodes = self._budget.choose(max_nodes, self._concurrency() if self._concurrency else 1)
+        max_nodes = self._budgeted(max_nodes)
         self._next_budget = max_nodes
         options = self._options
         return HeadDraft(
@@ -166,8 +165,7 @@ class DecodeLoop:
         if self._colocated:  # the target drafted it with the last result, within the budget chosen then
             self._requested = min(max_nodes, self._next_budget)
             return truncate_tree(self._next_tree or EMPTY_TREE, self._requested)
-        if self._budget is not None:
-            max_nodes = self._budget.choose(max_nodes, self._concurrency() if self._concurrency else 1)
+        max_nodes = self._budgeted(max_nodes)
         self._requested = max_nodes
         drafters = self._drafters
         if max_nodes <= 0 or drafters is None:
@@ -187,6 +185,12 @@ class DecodeLoop:
         if failed:
             log.warning("session %s: no drafter left; continuing target-only", self.session_id)
         return EMPTY_TREE  # this step is target-only
+
+    def _budgeted(self, limit: int) -> int:
+        """The tree budget's choice for a step allowed ``limit`` nodes (``limit`` itself without one)."""
+        if self._budget is None:
+            return limit
+        return self._budget.choose(limit, self._concurrency() if self._concurrency else 1)
 
     def _max_nodes(self) -> int:
         """Draft nodes this step may use: the target's cap, the context left, the token budget, the load share."""

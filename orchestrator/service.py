@@ -173,8 +173,7 @@ class Orchestrator:
         self._admission = Admission(cap)
         # The tree budget's shared state, per method: its step cost and its acceptance prior.
         self._budget_lock = threading.Lock()
-        self._step_costs: dict[str, StepCost] = {}
-        self._priors: dict[str, AcceptanceProfile] = {}
+        self._budget_models: dict[str, tuple[StepCost, AcceptanceProfile]] = {}
         self.draft_info: DraftInfo | None = self._draft.info() if self._draft is not None else None
         tok_fp = vocab_fingerprint(tokenizer)
         if tok_fp != self.target_info.vocab.fingerprint:
@@ -272,16 +271,16 @@ class Orchestrator:
         """Per method (``NAME@target`` when the target drafts): the fitted step cost ``(a, b)`` in
         seconds (a step = a + b * rows) and the steps it was fitted on. Read by the metrics."""
         with self._budget_lock:
-            costs = dict(self._step_costs)
-        return {key: (*cost.line(), cost.steps) for key, cost in costs.items()}
+            models = dict(self._budget_models)
+        return {key: (*cost.line(), cost.steps) for key, (cost, _) in models.items()}
 
     def budget_model(self, key: str) -> tuple[StepCost, AcceptanceProfile]:
         """The tree budget's shared state for ``key`` (a method name; ``NAME@target`` when the target
         drafts): the fitted step cost and the acceptance prior every new request of it starts from."""
         with self._budget_lock:
-            cost = self._step_costs.setdefault(key, StepCost())
-            prior = self._priors.setdefault(key, AcceptanceProfile(self.target_info.limits.max_tree_nodes))
-        return cost, prior
+            if key not in self._budget_models:
+                self._budget_models[key] = (StepCost(), AcceptanceProfile(self.target_info.limits.max_tree_nodes))
+            return self._budget_models[key]
 
     def _node_share(self) -> int:
         """This step's draft-node allowance of one request: the step budget over the running requests."""

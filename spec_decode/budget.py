@@ -43,16 +43,12 @@ class BudgetConfig:
     """Knobs of the cost-model budget."""
 
     explore_every: int = 8  # every k-th step of a request tries a bigger budget than the best one
-    cost_decay: float = 0.995  # forgetting factor of the step-cost fit, per observed step
     prior_weight: float = 4.0  # pseudo-steps the per-method prior counts for in a new request
     prior_max_steps: float = 256.0  # the prior remembers about this many recent steps
-    min_steps_for_slope: int = 16  # below this many steps the cost is taken as flat (cap budgets)
 
     def validate(self) -> BudgetConfig:
         if self.explore_every < 1:
             raise InvalidArgument(f"explore_every must be >= 1, got {self.explore_every}")
-        if not 0.0 < self.cost_decay <= 1.0:
-            raise InvalidArgument(f"cost_decay must be in (0, 1], got {self.cost_decay}")
         if self.prior_weight < 0 or self.prior_max_steps <= 0:
             raise InvalidArgument("prior_weight must be >= 0 and prior_max_steps > 0")
         return self
@@ -68,12 +64,15 @@ class StepCost:
         >>> cost = StepCost(decay=1.0, min_steps=2)
         >>> for rows in (1, 5, 9):
         ...     cost.observe(rows, 0.020 + 0.002 * rows)
-        >>> round(cost.predict(17), 4)
-        0.054
+        >>> [round(v, 4) for v in cost.line()]
+        [0.02, 0.002]
     """
 
     def __init__(self, decay: float = 0.995, min_steps: int = 16) -> None:
-        self.decay = decay
+        if not 0.0 < decay <= 1.0:
+            raise InvalidArgument(f"decay must be in (0, 1], got {decay}")
+        self.decay = decay  # forgetting factor per observed step
+        # below this many steps the cost is taken as flat (every budget costs the same)
         self.min_steps = min_steps
         self._lock = threading.Lock()
         self._n = 0
@@ -109,10 +108,6 @@ class StepCost:
         slope = max(0.0, (xy / w - mean_x * mean_y) / var_x)  # more rows never make a pass cheaper
         return max(mean_y - slope * mean_x, 1e-9), slope
 
-    def predict(self, rows: int) -> float:
-        a, b = self.line()
-        return a + b * rows
-
 
 class AcceptanceProfile:
     """Mean tokens accepted by trees cut to their first ``n`` nodes, for ``n = 0 .. cap``.
@@ -136,14 +131,11 @@ class AcceptanceProfile:
         prefix of the path, since parents come first); for ``tree_size < n <= requested`` the
         drafter had nothing more to offer, so the tree and its acceptance are the same.
         """
-        top = min(requested, self.cap)
-        accepted = 0
         ordered = sorted(path)
-        j = 0
-        for n in range(top + 1):
-            while j < len(ordered) and ordered[j] < min(n, tree_size):
-                j += 1
-            accepted = j
+        accepted = 0  # accepted nodes with index < min(n, tree_size)
+        for n in range(min(requested, self.cap) + 1):
+            while accepted < len(ordered) and ordered[accepted] < min(n, tree_size):
+                accepted += 1
             self.sums[n] += accepted
             self.counts[n] += 1
 
@@ -208,7 +200,7 @@ class TreeBudget:
         self.profile = AcceptanceProfile(cap)
         self.cost = cost
         self.prior = prior
-        self.config = config
+        self.config = config.validate()
         self._steps = 0
 
     def choose(self, limit: int, sessions: int = 1) -> int:

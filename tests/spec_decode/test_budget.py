@@ -115,8 +115,10 @@ def test_tree_budget_asks_for_the_limit_first_then_learns_and_explores():
 def test_budget_config_is_checked():
     with pytest.raises(InvalidArgument, match="explore_every"):
         BudgetConfig(explore_every=0).validate()
-    with pytest.raises(InvalidArgument, match="cost_decay"):
-        BudgetConfig(cost_decay=0.0).validate()
+    with pytest.raises(InvalidArgument, match="prior_weight"):
+        BudgetConfig(prior_weight=-1.0).validate()
+    with pytest.raises(InvalidArgument, match="decay"):
+        StepCost(decay=0.0)
 
 
 def test_many_sessions_weigh_each_row_more():

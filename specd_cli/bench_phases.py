@@ -1,0 +1,55 @@
+"""Where a ``specd bench`` run's time went, per method, from its ``results.json``.
+
+``python -m specd_cli.bench_phases bench-results/RUN/results.json [--skip QID,...]`` prints, per
+method (and pass): tokens/s relative to ``hf-generate`` over the same prompts, τ, and per target
+step the wall, verify, draft and network milliseconds, with the prefill's share of wall time.
+``--skip`` leaves prompts out (e.g. one the machine was disturbed on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+KEYS = ("wall_s", "new_tokens", "target_steps", "draft_s", "verify_s", "network_s", "prefill_s")
+
+
+def summarize(runs: list[dict], skip: set[str]) -> list[str]:
+    totals: dict[tuple[str, int], dict[str, float]] = defaultdict(lambda: dict.fromkeys(KEYS, 0.0))
+    for run in runs:
+        if str(run["question_id"]) in skip:
+            continue
+        t = totals[(run["method"], run.get("pass_no", 1))]
+        for k in KEYS:
+            t[k] += run.get(k) or 0.0
+    lines = []
+    for (method, pass_no), t in totals.items():
+        ref = totals.get(("hf-generate", pass_no))
+        speedup = (t["new_tokens"] / t["wall_s"]) / (ref["new_tokens"] / ref["wall_s"]) if ref else float("nan")
+        steps, wall = max(t["target_steps"], 1.0), t["wall_s"]
+        per_step = {k: 1000 * t[f"{k}_s"] / steps for k in ("wall", "verify", "draft", "network")}
+        lines.append(
+            f"{method} [pass {pass_no}]: {speedup:.2f}x hf-generate, tau {t['new_tokens'] / steps:.2f}; ms/step wall "
+            f"{per_step['wall']:.1f} verify {per_step['verify']:.1f} draft {per_step['draft']:.1f} "
+            f"network {per_step['network']:.1f}; prefill {100 * t['prefill_s'] / wall:.0f}% of wall"
+        )
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m specd_cli.bench_phases", description=__doc__.splitlines()[0])
+    p.add_argument("results", type=Path, nargs="+", help="results.json of specd bench runs")
+    p.add_argument("--skip", default="", help="comma-separated question ids to leave out")
+    args = p.parse_args(argv)
+    skip = {q for q in args.skip.split(",") if q}
+    for path in args.results:
+        print(f"# {path}")
+        for line in summarize(json.loads(path.read_text())["runs"], skip):
+            print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
