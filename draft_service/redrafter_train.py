@@ -76,11 +76,14 @@ def generate_responses(
     cache: Path,
     progress: Any,
     model: Any = None,
+    deadline: float | None = None,
 ) -> list[tuple[list[int], list[int]]]:
     """Greedy responses of the target, ``batch`` sessions per forward pass, cached in ``cache``.
 
     On CPU the engine runs the batch (several sessions per pass); on a GPU, where the engine's
     multi-session pass is launch-bound, ``model.generate`` runs the batch left-padded (pass ``model``).
+    Prompts run in order of length, so a batch pads little. Past ``deadline`` (``time.monotonic()``)
+    no new batch starts: the pairs returned are those with a response, cached ones included.
     """
     done: dict[str, list[int]] = {}
     if cache.exists():
@@ -88,10 +91,12 @@ def generate_responses(
             if line.strip():
                 row = json.loads(line)
                 done[row["key"]] = row["response"]
-    todo = [p for p in prompts if prompt_hash(p) not in done]
+    todo = sorted((p for p in prompts if prompt_hash(p) not in done), key=len)
     empty = torch.zeros(0, dtype=torch.long)
     with cache.open("a") as fh:
         for start in range(0, len(todo), batch):
+            if deadline is not None and time.monotonic() > deadline:
+                break
             group = todo[start : start + batch]
             if engine.device.type == "cuda" and model is not None:  # GPUs: one padded batch through generate
                 for prompt, out in zip(group, _generate_padded(model, group, max_new_tokens, eos), strict=True):
@@ -120,7 +125,7 @@ def generate_responses(
                 fh.write(json.dumps({"key": prompt_hash(prompt), "response": out}) + "\n")
                 fh.flush()
             progress.update(len(group))
-    return [(p, done[prompt_hash(p)]) for p in prompts]
+    return [(p, done[prompt_hash(p)]) for p in prompts if prompt_hash(p) in done]
 
 
 def _generate_padded(model: Any, group: list[list[int]], max_new_tokens: int, eos: set[int]) -> list[list[int]]:
@@ -148,25 +153,46 @@ def _generate_padded(model: Any, group: list[list[int]], max_new_tokens: int, eo
 
 @torch.inference_mode()
 def build_samples(
-    model: Any, pairs: list[tuple[list[int], list[int]]], length: int
+    model: Any, pairs: list[tuple[list[int], list[int]]], length: int, batch_tokens: int = 16384
 ) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    """``hidden [S, E]``, ``tokens [S, L+1]`` and the response index of every sample."""
-    hiddens, tokens, owner = [], [], []
-    for index, (prompt, response) in enumerate(pairs):
-        seq = prompt + response
-        if len(response) < length + 2:
-            continue
-        out = model(input_ids=torch.tensor([seq], device=model.device), output_hidden_states=True)
-        h = out.hidden_states[-1][0].float().cpu()  # [T, E] final normed states
-        ids = torch.tensor(seq)
-        first = len(prompt) - 1  # h at the last prompt token predicts the first response token
-        last = len(seq) - length - 1  # samples at t in [first, last)
-        hiddens.append(h[first:last])  # [n, E]
-        tokens.append(ids.unfold(0, length + 1, 1)[first + 1 : last + 1])  # [n, L+1]: x_{t+1} .. x_{t+L+1}
-        owner.extend([index] * (last - first))
-    if not hiddens:
+    """``hidden [S, E]``, ``tokens [S, L+1]`` and the response index of every sample.
+
+    Sequences of similar length share one right-padded forward (at most ``batch_tokens`` padded
+    tokens); padding sits after every real token, so causal attention never lets it change them.
+    """
+    keep = [i for i, (_, response) in enumerate(pairs) if len(response) >= length + 2]
+    if not keep:
         raise ValueError("no training samples: responses are shorter than the draft length + 2")
-    return torch.cat(hiddens), torch.cat(tokens), owner
+    keep.sort(key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    per_index: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    lo = 0
+    while lo < len(keep):
+        hi = lo + 1
+        while hi < len(keep) and (hi - lo + 1) * (len(pairs[keep[hi]][0]) + len(pairs[keep[hi]][1])) <= batch_tokens:
+            hi += 1
+        group = keep[lo:hi]
+        seqs = [pairs[i][0] + pairs[i][1] for i in group]
+        width = max(len(seq) for seq in seqs)
+        ids = torch.zeros(len(seqs), width, dtype=torch.long)  # [B, W] right-padded
+        mask = torch.zeros(len(seqs), width, dtype=torch.long)  # [B, W]
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        out = model.get_decoder()(input_ids=ids.to(model.device), attention_mask=mask.to(model.device))
+        states = out.last_hidden_state.float()  # [B, W, E] final normed states (no LM head: no [B, W, V])
+        for row, (index, seq) in enumerate(zip(group, seqs, strict=True)):
+            first = len(pairs[index][0]) - 1  # h at the last prompt token predicts the first response token
+            last = len(seq) - length - 1  # samples at t in [first, last)
+            window = torch.tensor(seq).unfold(0, length + 1, 1)[first + 1 : last + 1]  # [n, L+1]: x_{t+1}..
+            per_index[index] = (states[row, first:last].cpu(), window)  # [n, E], [n, L+1]
+        lo = hi
+    order = sorted(per_index)
+    owner = [index for index in order for _ in range(per_index[index][1].shape[0])]
+    return (
+        torch.cat([per_index[i][0] for i in order]),
+        torch.cat([per_index[i][1] for i in order]),
+        owner,
+    )
 
 
 def evaluate(head: ReDrafterHead, hidden: torch.Tensor, tokens: torch.Tensor) -> tuple[float, list[float]]:
@@ -205,6 +231,8 @@ def train_head(
     """Fit a head on ``pairs`` (prompt, response); the best held-out checkpoint goes to ``config.out``."""
     torch.manual_seed(config.seed)
     device = next(model.parameters()).device
+    if device.type == "cuda":  # the head's LM-head matmuls in TF32: training only, never the served target
+        torch.backends.cuda.matmul.allow_tf32 = True
     hidden, tokens, owner = build_samples(model, pairs, config.length)
     hidden, tokens = hidden.to(device), tokens.to(device)  # [S, E], [S, L+1]
     rng = random.Random(config.seed)
@@ -231,7 +259,7 @@ def train_head(
     for epoch in range(1, config.epochs + 1):
         head.train()
         order = torch.randperm(train_h.shape[0], device=device)
-        running = 0.0
+        running = torch.zeros((), device=device)  # summed on the device: no host sync per step
         for lo in range(0, train_h.shape[0], config.batch_size):
             idx = order[lo : lo + config.batch_size]
             logits = head(train_h[idx], train_t[idx])  # [B, L, V']
@@ -240,11 +268,11 @@ def train_head(
             loss.backward()
             opt.step()
             sched.step()
-            running += float(loss) * idx.shape[0]
+            running += loss.detach() * idx.shape[0]
             progress.update(1)
         held_loss, top1 = evaluate(head, held_h, held_t)
         epochs_run = epoch
-        history.append({"epoch": epoch, "train_loss": running / train_h.shape[0], "held_out_loss": held_loss})
+        history.append({"epoch": epoch, "train_loss": float(running) / train_h.shape[0], "held_out_loss": held_loss})
         progress.set_postfix_str(f"epoch {epoch} held-out {held_loss:.3f} top1@1 {top1[0]:.2f}")
         if held_loss < best - 1e-4:
             best, best_epoch, bad, best_top1 = held_loss, epoch, 0, top1

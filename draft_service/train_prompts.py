@@ -138,14 +138,24 @@ def build_prompts(count: int, seed: int = 0, root: Path | None = None) -> list[d
     return prompts
 
 
-def write_prompts(out: Path, count: int, seed: int = 0) -> int:
-    prompts = build_prompts(count, seed)
+KINDS = ("stdlib", "chat")
+
+
+def write_prompts(out: Path, count: int, seed: int = 0, kind: str = "stdlib") -> int:
+    """Write ``count`` prompts of ``kind`` (``stdlib``: this module; ``chat``: ``chat_prompts.py``) as JSONL."""
+    if kind == "chat":
+        from draft_service.chat_prompts import build_chat_prompts
+
+        prompts = build_chat_prompts(count, seed)
+        source = "everyday chat templates (draft_service/chat_prompts.py)"
+    elif kind == "stdlib":
+        prompts = build_prompts(count, seed)
+        source = f"the Python {sys.version_info.major}.{sys.version_info.minor} standard library"
+    else:
+        raise ValueError(f"unknown prompt kind {kind!r}; expected one of {', '.join(KINDS)}")
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w") as fh:
         for row in prompts:
             fh.write(json.dumps(row) + "\n")
-    print(
-        f"wrote {len(prompts)} prompts built from the Python {sys.version_info.major}.{sys.version_info.minor} "
-        f"standard library to {out}"
-    )
+    print(f"wrote {len(prompts)} prompts built from {source} to {out}")
     return len(prompts)

@@ -621,7 +621,7 @@ def cmd_train_prompts(args: argparse.Namespace) -> int:
 
     if args.count < 1:
         raise SystemExit("specd train-prompts: --count must be positive")
-    write_prompts(args.out, args.count, args.seed)
+    write_prompts(args.out, args.count, args.seed, args.kind)
     return 0
 
 
@@ -789,8 +789,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_bench)
 
     p = sub.add_parser(
-        "train-prompts", help="write drafter-training prompts built from the Python standard library (JSONL)"
+        "train-prompts", help="write drafter-training prompts (JSONL): standard-library texts or everyday chat"
     )
+    p.add_argument(
+        "--kind", choices=("stdlib", "chat"), default="stdlib",
+        help="stdlib: docstrings and functions of the Python standard library; chat: instruction templates "
+        "crossed with topics, personas and tasks (draft_service/chat_prompts.py)",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="JSONL file to write")
     p.add_argument("--count", type=int, default=3000, help="prompts to write (fewer if the library runs out)")
     p.add_argument("--seed", type=int, default=0)

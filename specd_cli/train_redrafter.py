@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -23,6 +24,11 @@ def add_train_redrafter_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--patience", type=int, default=3, help="epochs without held-out improvement before stopping")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop training after this long (0 = no limit)")
+    p.add_argument(
+        "--gen-minutes", type=float, default=0.0,
+        help="start no new batch of responses after this long and train on those made (0 = no limit); "
+        "the cache keeps them, so a later run goes on where this one stopped",
+    )  # fmt: skip
     p.add_argument("--device", default=None)
 
 
@@ -40,6 +46,8 @@ def run_train_redrafter(args: argparse.Namespace) -> int:
         gen_batch=args.gen_batch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
         max_minutes=args.max_minutes, device=args.device,
     )  # fmt: skip
+    if args.gen_minutes < 0 or args.max_minutes < 0:
+        raise SystemExit("specd train-redrafter: --gen-minutes and --max-minutes must be >= 0")
     args.out.mkdir(parents=True, exist_ok=True)
     texts = _prompt_texts(args.prompts, args.max_prompts)
     loaded = model_thread().run(load_model, args.target, args.device)
@@ -49,6 +57,7 @@ def run_train_redrafter(args: argparse.Namespace) -> int:
 
     def work() -> int:
         engine = build_engine(loaded.model, "auto")
+        deadline = time.monotonic() + args.gen_minutes * 60 if args.gen_minutes > 0 else None
         with tqdm(total=len(prompts), desc="responses", unit="prompt", file=sys.stderr) as bar:
             pairs = generate_responses(
                 engine,
@@ -59,6 +68,7 @@ def run_train_redrafter(args: argparse.Namespace) -> int:
                 args.out / "responses.jsonl",
                 bar,
                 model=loaded.model,
+                deadline=deadline,
             )
         with tqdm(desc="training", unit="step", file=sys.stderr) as bar:
             _, result = train_head(loaded.model, loaded.vocab.fingerprint, pairs, config, bar)
@@ -67,6 +77,7 @@ def run_train_redrafter(args: argparse.Namespace) -> int:
             "target": args.target,
             "prompt_files": [str(p) for p in args.prompts],
             "prompts": len(prompts),
+            "responses_used": len(pairs),
             "torch": torch.__version__,
         }
         (args.out / "metrics.json").write_text(json.dumps({**asdict(result), "manifest": manifest}, indent=1))

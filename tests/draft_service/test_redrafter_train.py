@@ -49,3 +49,39 @@ def test_train_then_draft(tiny_target: Path, tmp_path: Path) -> None:
     result = orch.generate(GenerateParams(prompt_token_ids=tuple(prompt), method="redrafter", max_new_tokens=16))
     assert list(result.token_ids) == greedy_reference(tiny_target, prompt, 16, torch.float64)
     assert result.stats.draft_tokens > 0
+
+
+def test_batched_samples_equal_one_sequence_at_a_time(tiny_target: Path) -> None:
+    """Right-padded batches of several lengths give each sequence the states it gets alone."""
+    from draft_service.redrafter_train import build_samples
+    from spec_decode.models import load_model
+
+    model = load_model(str(tiny_target), "cpu").model
+    pairs = [([5, 6, 7], [8, 9, 10, 11, 12, 13]), ([3] * 9, [4, 5, 6, 7, 8]), ([1, 2], [3]), ([7, 7], [1, 2, 3, 4, 5])]
+    alone_h, alone_t, alone_o = build_samples(model, pairs, 2, batch_tokens=1)
+    both_h, both_t, both_o = build_samples(model, pairs, 2, batch_tokens=4096)
+    assert alone_o == both_o == [0] * 4 + [1] * 3 + [3] * 3  # R - L samples each; a 1-token response has none
+    assert torch.equal(alone_t, both_t)
+    assert torch.allclose(alone_h, both_h, atol=1e-5)
+    assert alone_t[0].tolist() == [8, 9, 10]  # h at the last prompt token; g0 = first response token
+
+
+def test_generation_stops_at_the_deadline_and_resumes(tiny_target: Path, tmp_path: Path) -> None:
+    import time
+
+    from draft_service.redrafter_train import generate_responses
+    from spec_decode.models import load_model
+    from target_service.engine import build_engine
+
+    loaded = load_model(str(tiny_target), "cpu")
+    engine = build_engine(loaded.model, "auto")
+
+    class Bar:
+        def update(self, n: int) -> None:
+            pass
+
+    prompts = [[5, 6, 7], [1, 2, 3, 4], [9, 8]]
+    cache = tmp_path / "r.jsonl"
+    assert generate_responses(engine, prompts, 4, set(), 1, cache, Bar(), deadline=time.monotonic() - 1) == []
+    pairs = generate_responses(engine, prompts, 4, set(), 2, cache, Bar())
+    assert [p for p, _ in pairs] == prompts and all(len(r) == 4 for _, r in pairs)
