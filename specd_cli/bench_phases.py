@@ -3,7 +3,8 @@
 ``python -m specd_cli.bench_phases bench-results/RUN/results.json [--skip QID,...]`` prints, per
 method (and pass): tokens/s relative to ``hf-generate`` over the same prompts, τ, and per target
 step the wall, verify, draft and network milliseconds, with the prefill's share of wall time.
-``--skip`` leaves prompts out (e.g. one the machine was disturbed on).
+``--skip`` leaves prompts out (e.g. one the machine was disturbed on). ``--by-category`` adds a
+markdown table of τ per category (new tokens over target steps, pooled over the category's prompts).
 """
 
 from __future__ import annotations
@@ -38,16 +39,39 @@ def summarize(runs: list[dict], skip: set[str]) -> list[str]:
     return lines
 
 
+def tau_by_category(runs: list[dict], skip: set[str]) -> list[str]:
+    """Markdown rows: τ per (method, pass) and category, and overall; ``hf-*`` peers left out (τ 1)."""
+    sums: dict[tuple[str, int], dict[str, list[float]]] = defaultdict(lambda: defaultdict(lambda: [0.0, 0.0]))
+    for run in runs:
+        if str(run["question_id"]) in skip or str(run["method"]).startswith("hf-"):
+            continue
+        for key in (str(run["category"]), "overall"):
+            cell = sums[(run["method"], run.get("pass_no", 1))][key]
+            cell[0] += run.get("new_tokens") or 0
+            cell[1] += run.get("target_steps") or 0
+    categories = sorted({c for per in sums.values() for c in per if c != "overall"}) + ["overall"]
+    lines = ["| method | " + " | ".join(categories) + " |", "|---" * (len(categories) + 1) + "|"]
+    for (method, pass_no), per in sums.items():
+        label = method if pass_no == 1 else f"{method} (pass {pass_no})"
+        cells = [f"{per[c][0] / per[c][1]:.2f}" if per[c][1] else "–" for c in categories]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m specd_cli.bench_phases", description=__doc__.splitlines()[0])
     p.add_argument("results", type=Path, nargs="+", help="results.json of specd bench runs")
     p.add_argument("--skip", default="", help="comma-separated question ids to leave out")
+    p.add_argument("--by-category", action="store_true", help="also print τ per category (markdown)")
     args = p.parse_args(argv)
     skip = {q for q in args.skip.split(",") if q}
     for path in args.results:
         print(f"# {path}")
-        for line in summarize(json.loads(path.read_text())["runs"], skip):
+        runs = json.loads(path.read_text())["runs"]
+        for line in summarize(runs, skip):
             print(line)
+        if args.by_category:
+            print("\n".join(tau_by_category(runs, skip)))
     return 0
 
 

@@ -24,3 +24,15 @@ def test_speedup_tau_and_phases_with_a_prompt_left_out(tmp_path, capsys):
     one = capsys.readouterr().out
     assert "pld [pass 1]: 2.00x hf-generate, tau 2.00; ms/step wall 40.0 verify 30.0" in one
     assert "prefill 5% of wall" in one
+
+
+def test_tau_by_category_pools_tokens_over_steps(tmp_path, capsys):
+    runs = [dict(_run("pld", "1", 2.0, 50), category="qa"), dict(_run("pld", "2", 2.0, 25), category="qa")]
+    runs += [dict(_run("pld", "3", 2.0, 100), category="writing"), dict(_run("hf-generate", "1", 4.0, 100), category="qa")]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"runs": runs}))
+    main([str(path), "--by-category"])
+    out = capsys.readouterr().out
+    assert "| method | qa | writing | overall |" in out
+    assert "| pld | 2.67 | 1.00 | 1.71 |" in out  # 200/75, 100/100, 300/175
+    assert "| hf-generate |" not in out
