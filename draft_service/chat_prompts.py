@@ -16,6 +16,7 @@ from __future__ import annotations
 import random
 from itertools import product
 
+# fmt: off
 TOPICS = (
     "volcanoes", "the water cycle", "photosynthesis", "black holes", "the immune system", "climate change",
     "plate tectonics", "the French Revolution", "the Roman Empire", "the printing press", "the Silk Road",
@@ -118,13 +119,13 @@ CODING_TEMPLATES = (
     ("coding", "How would you write a function that {task}? Give the code and its time complexity."),
 )
 
+# fmt: on
+
 
 def _all_prompts() -> list[tuple[str, str]]:
     """Every (category, text) the templates can make, in a fixed order."""
     out = [(c, t.format(topic=topic)) for (c, t), topic in product(TOPIC_TEMPLATES, TOPICS)]
-    out += [
-        (c, t.format(persona=p, question=q)) for (c, t), p, q in product(ROLEPLAY_TEMPLATES, PERSONAS, QUESTIONS)
-    ]
+    out += [(c, t.format(persona=p, question=q)) for (c, t), p, q in product(ROLEPLAY_TEMPLATES, PERSONAS, QUESTIONS)]
     out += [(c, t.format(task=task)) for (c, t), task in product(CODING_TEMPLATES, CODING_TASKS)]
     numbers = random.Random(1234)
     for i in range(600):

@@ -49,7 +49,7 @@ def tau_by_category(runs: list[dict], skip: set[str]) -> list[str]:
             cell = sums[(run["method"], run.get("pass_no", 1))][key]
             cell[0] += run.get("new_tokens") or 0
             cell[1] += run.get("target_steps") or 0
-    categories = sorted({c for per in sums.values() for c in per if c != "overall"}) + ["overall"]
+    categories = [*sorted({c for per in sums.values() for c in per if c != "overall"}), "overall"]
     lines = ["| method | " + " | ".join(categories) + " |", "|---" * (len(categories) + 1) + "|"]
     for (method, pass_no), per in sums.items():
         label = method if pass_no == 1 else f"{method} (pass {pass_no})"
@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     skip = {q for q in args.skip.split(",") if q}
     for path in args.results:
         print(f"# {path}")
+        if not path.is_file():
+            raise SystemExit(f"bench_phases: {path} not found (the results.json of a finished specd bench run)")
         runs = json.loads(path.read_text())["runs"]
         for line in summarize(runs, skip):
             print(line)

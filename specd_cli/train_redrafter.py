@@ -120,8 +120,10 @@ def add_subvocab_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="where to write the restricted checkpoint")
     p.add_argument("--size", type=int, default=8192, help="tokens to keep: the most frequent in --text")
     p.add_argument(
-        "--text", type=Path, nargs="+", required=True, help="JSONL prompt files ({turns}) or plain text to count"
-    )
+        "--text", type=Path, nargs="+", required=True,
+        help="files to count tokens in: JSONL prompts ({turns}), train-redrafter's responses.jsonl "
+        "(the target's own answers, as token ids) or plain text",
+    )  # fmt: skip
 
 
 def run_subvocab(args: argparse.Namespace) -> int:
@@ -145,9 +147,13 @@ def run_subvocab(args: argparse.Namespace) -> int:
         lines = path.read_text().splitlines()
         for line in lines:
             try:
-                turns = json.loads(line)["turns"] if path.suffix == ".jsonl" else [line]
-            except (json.JSONDecodeError, KeyError, TypeError):
-                turns = [line]
+                row = json.loads(line) if path.suffix == ".jsonl" else None
+            except json.JSONDecodeError:
+                row = None
+            if isinstance(row, dict) and isinstance(row.get("response"), list):  # train-redrafter's cache: ids
+                counts.update(int(t) for t in row["response"])
+                continue
+            turns = row["turns"] if isinstance(row, dict) and isinstance(row.get("turns"), list) else [line]
             for turn in turns:
                 counts.update(tokenizer.encode(str(turn), add_special_tokens=False))
     total = sum(counts.values())

@@ -28,7 +28,8 @@ def test_speedup_tau_and_phases_with_a_prompt_left_out(tmp_path, capsys):
 
 def test_tau_by_category_pools_tokens_over_steps(tmp_path, capsys):
     runs = [dict(_run("pld", "1", 2.0, 50), category="qa"), dict(_run("pld", "2", 2.0, 25), category="qa")]
-    runs += [dict(_run("pld", "3", 2.0, 100), category="writing"), dict(_run("hf-generate", "1", 4.0, 100), category="qa")]
+    runs += [dict(_run("pld", "3", 2.0, 100), category="writing")]
+    runs += [dict(_run("hf-generate", "1", 4.0, 100), category="qa")]
     path = tmp_path / "results.json"
     path.write_text(json.dumps({"runs": runs}))
     main([str(path), "--by-category"])
@@ -36,3 +37,10 @@ def test_tau_by_category_pools_tokens_over_steps(tmp_path, capsys):
     assert "| method | qa | writing | overall |" in out
     assert "| pld | 2.67 | 1.00 | 1.71 |" in out  # 200/75, 100/100, 300/175
     assert "| hf-generate |" not in out
+
+
+def test_a_missing_results_file_is_named(tmp_path):
+    import pytest
+
+    with pytest.raises(SystemExit, match=r"nope\.json not found"):
+        main([str(tmp_path / "nope.json")])
