@@ -7,6 +7,7 @@ acceptance would show. Training is tested with the trainer.
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -164,7 +165,9 @@ def test_the_shipped_smollm2_head_loads_and_agrees_with_the_target() -> None:
         tokens = ids.unfold(0, 3, 1)[first + 1 : last + 1]  # [n, 3]: g0 and the two tokens after it
         logits = head(hidden[first:last], tokens)  # [n, 2, V]
     agree = (logits.argmax(-1) == tokens[:, 1:]).float().mean(0)  # top-1 per offset
-    assert float(agree[0]) > 0.05, agree  # chance is 1/49152; in-domain held-out text gives 0.5 (MANIFEST.md)
+    # Chance is 1/49152. The chat-trained head agrees on 7 of the 38 positions (0.18, both offsets);
+    # the first head, trained on standard-library explanations, on 3 (0.08).
+    assert float(agree[0]) > 0.12 and float(agree[1]) > 0.12, agree
 
 
 def test_subvocabulary_head_keeps_the_full_heads_logits(head_dir: Path, tiny_target: Path, tmp_path: Path) -> None:
@@ -278,3 +281,18 @@ def test_colocated_head_over_grpc_and_its_refusals(tiny_target: Path, head_dir: 
     )
     with pytest.raises(Precondition, match="placement 'target'"):
         no_head.generate(GenerateParams(prompt_token_ids=(1, 2, 3), method="redrafter", max_new_tokens=4))
+
+
+def test_subvocabulary_from_the_training_cache_counts_response_ids(head_dir: Path, tmp_path: Path) -> None:
+    """train-redrafter's responses.jsonl (the target's own answers as ids) is counted id by id."""
+    from specd_cli.main import main
+
+    cache = tmp_path / "responses.jsonl"
+    rows = [{"key": "a", "response": [40, 40, 41, 42]}, {"key": "b", "response": [40, 41, 43]}]
+    cache.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "sub"
+    specials = len(set(load_model(str(read_checkpoint(head_dir).target), "cpu").tokenizer.all_special_ids))
+    assert main(["redrafter-subvocab", "--head", str(head_dir), "--out", str(out), "--size", str(specials + 2),
+                 "--text", str(cache)]) == 0  # fmt: skip
+    kept = set(read_checkpoint(out).config.vocab_ids)
+    assert {40, 41} <= kept and not {42, 43} & kept  # the two most frequent ids, besides the special tokens
