@@ -15,12 +15,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,8 +232,6 @@ def train_head(
     """Fit a head on ``pairs`` (prompt, response); the best held-out checkpoint goes to ``config.out``."""
     torch.manual_seed(config.seed)
     device = next(model.parameters()).device
-    if device.type == "cuda":  # the head's LM-head matmuls in TF32: training only, never the served target
-        torch.backends.cuda.matmul.allow_tf32 = True
     hidden, tokens, owner = build_samples(model, pairs, config.length)
     hidden, tokens = hidden.to(device), tokens.to(device)  # [S, E], [S, L+1]
     rng = random.Random(config.seed)
@@ -240,18 +239,48 @@ def train_head(
     rng.shuffle(responses)
     n_held = max(1, round(len(responses) * config.held_out)) if len(responses) > 1 else 0
     held = set(responses[:n_held])
-    is_held = torch.tensor([o in held for o in owner], device=device)
-    train_h, train_t = hidden[~is_held], tokens[~is_held]
-    held_h, held_t = (hidden[is_held], tokens[is_held]) if n_held else (train_h, train_t)
+    is_held = torch.tensor([o in held for o in owner], device=device)  # [S]
     embedding = model.get_input_embeddings().weight.detach().float()
     lm_head = model.get_output_embeddings().weight.detach().float()
     head = ReDrafterHead(HeadConfig(embedding.shape[1], embedding.shape[0], config.blocks), embedding, lm_head)
     head = head.to(device)
     params = [p for p in head.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=0.0)
-    steps_per_epoch = max(1, math.ceil(train_h.shape[0] / config.batch_size))
+    steps_per_epoch = max(1, math.ceil(int((~is_held).sum()) / config.batch_size))
     total = steps_per_epoch * config.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    with _tf32(device):
+        return _epochs(head, opt, sched, hidden, tokens, is_held, len(pairs), vocab_fingerprint, config, progress)
+
+
+@contextlib.contextmanager
+def _tf32(device: torch.device) -> Iterator[None]:
+    """TF32 matmuls on CUDA while the head trains (after the target's states were computed), then as before."""
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = before or device.type == "cuda"
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def _epochs(
+    head: ReDrafterHead,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    hidden: torch.Tensor,  # [S, E]
+    tokens: torch.Tensor,  # [S, L+1]
+    is_held: torch.Tensor,  # [S] bool; none held out: the training set is evaluated instead
+    responses: int,
+    vocab_fingerprint: str,
+    config: TrainConfig,
+    progress: Any,
+) -> tuple[ReDrafterHead, TrainResult]:
+    """The training epochs of :func:`train_head`: early stopping on held-out loss, best checkpoint saved."""
+    device = hidden.device
+    n_held = int(is_held.sum())
+    train_h, train_t = hidden[~is_held], tokens[~is_held]
+    held_h, held_t = (hidden[is_held], tokens[is_held]) if n_held else (train_h, train_t)
     best, best_epoch, bad, history = float("inf"), 0, 0, []
     best_top1: list[float] = []
     deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes > 0 else None
@@ -282,7 +311,7 @@ def train_head(
         if bad >= config.patience or (deadline is not None and time.monotonic() > deadline):
             break
     result = TrainResult(
-        len(pairs), int(train_h.shape[0]), int(held_h.shape[0]) if n_held else 0, epochs_run, best_epoch, best,
+        responses, int(train_h.shape[0]), int(held_h.shape[0]) if n_held else 0, epochs_run, best_epoch, best,
         best_top1, history,
     )  # fmt: skip
     return head, result
