@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from spec_decode.redrafter_checkpoint import save_head
 from spec_decode.redrafter_head import HeadConfig, ReDrafterHead
 
+SELECT = ("loss", "chain")  # how the saved checkpoint is chosen among epochs (TrainConfig.select)
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -46,6 +48,7 @@ class TrainConfig:
     lr: float = 1e-3
     held_out: float = 0.1
     patience: int = 3
+    select: str = "loss"  # keep the epoch with the lowest held-out loss, or ("chain") the longest chain
     max_minutes: float = 0.0  # 0 = no limit
     seed: int = 0
     device: str | None = None
@@ -61,6 +64,8 @@ class TrainResult:
     best_held_out_loss: float
     held_out_top1: list[float]  # per offset 1..L
     history: list[dict[str, float]] = field(default_factory=list)
+    held_out_chain: float = 0.0  # mean leading run of right top-1 guesses (see evaluate)
+    select: str = "loss"  # what chose the saved epoch
 
 
 def prompt_hash(tokens: Sequence[int]) -> str:
@@ -196,19 +201,25 @@ def build_samples(
     )
 
 
-def evaluate(head: ReDrafterHead, hidden: torch.Tensor, tokens: torch.Tensor) -> tuple[float, list[float]]:
-    """Held-out mean loss (sum over offsets) and top-1 agreement per offset."""
+def evaluate(head: ReDrafterHead, hidden: torch.Tensor, tokens: torch.Tensor) -> tuple[float, list[float], float]:
+    """Held-out mean loss (sum over offsets), top-1 agreement per offset, and the mean chain length.
+
+    The chain length of a sample is how many of its offsets the head gets right before its first
+    miss: what a one-beam draft of the head would get accepted there under greedy decoding.
+    """
     head.eval()
-    losses, hits, count = 0.0, torch.zeros(tokens.shape[1] - 1, device=tokens.device), 0
+    losses, hits, chain, count = 0.0, torch.zeros(tokens.shape[1] - 1, device=tokens.device), 0.0, 0
     with torch.no_grad():
         for lo in range(0, hidden.shape[0], 1024):
             h, t = hidden[lo : lo + 1024], tokens[lo : lo + 1024]
             logits = head(h, t)  # [B, L, V']
             target = _targets(head, t[:, 1:])
             losses += float(_loss(logits, target)) * h.shape[0]
-            hits += (logits.argmax(-1) == target).float().sum(0)
+            right = logits.argmax(-1) == target  # [B, L]
+            hits += right.float().sum(0)
+            chain += float(right.int().cumprod(1).sum())
             count += h.shape[0]
-    return losses / count, (hits / count).tolist()
+    return losses / count, (hits / count).tolist(), chain / count
 
 
 def _targets(head: ReDrafterHead, tokens: torch.Tensor) -> torch.Tensor:
@@ -281,8 +292,11 @@ def _epochs(
     n_held = int(is_held.sum())
     train_h, train_t = hidden[~is_held], tokens[~is_held]
     held_h, held_t = (hidden[is_held], tokens[is_held]) if n_held else (train_h, train_t)
+    if config.select not in SELECT:
+        raise ValueError(f"select must be one of {', '.join(SELECT)}, got {config.select!r}")
     best, best_epoch, bad, history = float("inf"), 0, 0, []
     best_top1: list[float] = []
+    best_chain, best_loss = 0.0, float("inf")
     deadline = time.monotonic() + config.max_minutes * 60 if config.max_minutes > 0 else None
     epochs_run = 0
     for epoch in range(1, config.epochs + 1):
@@ -299,20 +313,24 @@ def _epochs(
             sched.step()
             running += loss.detach() * idx.shape[0]
             progress.update(1)
-        held_loss, top1 = evaluate(head, held_h, held_t)
+        held_loss, top1, chain = evaluate(head, held_h, held_t)
         epochs_run = epoch
-        history.append({"epoch": epoch, "train_loss": float(running) / train_h.shape[0], "held_out_loss": held_loss})
-        progress.set_postfix_str(f"epoch {epoch} held-out {held_loss:.3f} top1@1 {top1[0]:.2f}")
-        if held_loss < best - 1e-4:
-            best, best_epoch, bad, best_top1 = held_loss, epoch, 0, top1
+        history.append(
+            {"epoch": epoch, "train_loss": float(running) / train_h.shape[0], "held_out_loss": held_loss,
+             "held_out_chain": chain}
+        )  # fmt: skip
+        progress.set_postfix_str(f"epoch {epoch} held-out {held_loss:.3f} top1@1 {top1[0]:.2f} chain {chain:.3f}")
+        score = held_loss if config.select == "loss" else -chain  # lower is better
+        if score < best - 1e-4:
+            best, best_epoch, bad, best_top1, best_chain, best_loss = score, epoch, 0, top1, chain, held_loss
             save_head(config.out, head, config.target, vocab_fingerprint)
         else:
             bad += 1
         if bad >= config.patience or (deadline is not None and time.monotonic() > deadline):
             break
     result = TrainResult(
-        responses, int(train_h.shape[0]), int(held_h.shape[0]) if n_held else 0, epochs_run, best_epoch, best,
-        best_top1, history,
+        responses, int(train_h.shape[0]), int(held_h.shape[0]) if n_held else 0, epochs_run, best_epoch, best_loss,
+        best_top1, history, best_chain, config.select,
     )  # fmt: skip
     return head, result
 
@@ -327,9 +345,15 @@ def plot_curve(result: TrainResult, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(epochs, [h["train_loss"] for h in result.history], label="train")
     ax.plot(epochs, [h["held_out_loss"] for h in result.history], label="held out")
-    ax.axvline(result.best_epoch, color="grey", linestyle=":", label="best (saved)")
+    ax.axvline(result.best_epoch, color="grey", linestyle=":", label=f"best by {result.select} (saved)")
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"loss (sum of {len(result.held_out_top1)} cross-entropies)")
+    chains = [h["held_out_chain"] for h in result.history if "held_out_chain" in h]
+    if chains and len(chains) == len(epochs):  # the held-out chain length on its own axis
+        right = ax.twinx()
+        right.plot(epochs, chains, color="tab:green", linestyle="--", label="held-out chain")
+        right.set_ylabel("held-out chain (right top-1 guesses before a miss)")
+        right.legend(loc="upper center")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

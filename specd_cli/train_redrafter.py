@@ -25,6 +25,11 @@ def add_train_redrafter_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=3, help="epochs without held-out improvement before stopping")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop training after this long (0 = no limit)")
     p.add_argument(
+        "--select", choices=("loss", "chain"), default="loss",
+        help="which epoch's head is kept: the lowest held-out loss, or the longest held-out chain (mean run of "
+        "right top-1 guesses from the first offset: what a one-beam draft would get accepted)",
+    )  # fmt: skip
+    p.add_argument(
         "--gen-minutes", type=float, default=0.0,
         help="start no new batch of responses after this long and train on those made (0 = no limit); "
         "the cache keeps them, so a later run goes on where this one stopped",
@@ -44,7 +49,7 @@ def run_train_redrafter(args: argparse.Namespace) -> int:
     config = TrainConfig(
         target=args.target, out=args.out, length=args.length, blocks=args.blocks, max_new_tokens=args.max_new_tokens,
         gen_batch=args.gen_batch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, patience=args.patience,
-        max_minutes=args.max_minutes, device=args.device,
+        max_minutes=args.max_minutes, device=args.device, select=args.select,
     )  # fmt: skip
     if args.gen_minutes < 0 or args.max_minutes < 0:
         raise SystemExit("specd train-redrafter: --gen-minutes and --max-minutes must be >= 0")
@@ -86,7 +91,8 @@ def run_train_redrafter(args: argparse.Namespace) -> int:
         print(
             f"trained on {result.train_samples} samples ({result.responses} responses), held out "
             f"{result.held_out_samples}; best epoch {result.best_epoch}/{result.epochs_run}, held-out loss "
-            f"{result.best_held_out_loss:.3f}, top-1 by offset {top1}; saved to {args.out}"
+            f"{result.best_held_out_loss:.3f}, chain {result.held_out_chain:.3f}, top-1 by offset {top1}; "
+            f"saved to {args.out}"
         )
         return 0
 

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from testkit import greedy_reference, stack_config
 
@@ -37,9 +38,14 @@ def test_train_then_draft(tiny_target: Path, tmp_path: Path) -> None:
     assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
     assert read_checkpoint(out).config.blocks == 1
     # Resumable: a second run reuses every cached response (none generated again).
-    again = subprocess.run([*cmd, "--epochs", "1"], capture_output=True, text=True, timeout=300, check=False)
+    again = subprocess.run(
+        [*cmd, "--epochs", "1", "--select", "chain"], capture_output=True, text=True, timeout=300, check=False
+    )
     assert again.returncode == 0, again.stderr[-3000:]
     assert (out / "responses.jsonl").read_text().splitlines() == cached
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["select"] == "chain" and 0 <= metrics["held_out_chain"] <= 3
+    assert metrics["history"][0]["held_out_chain"] == metrics["held_out_chain"]
     # The trained head serves the redrafter method, losslessly.
     config = stack_config(tiny_target, None)
     orch = build_inprocess(
@@ -85,3 +91,20 @@ def test_generation_stops_at_the_deadline_and_resumes(tiny_target: Path, tmp_pat
     assert generate_responses(engine, prompts, 4, set(), 1, cache, Bar(), deadline=time.monotonic() - 1) == []
     pairs = generate_responses(engine, prompts, 4, set(), 2, cache, Bar())
     assert [p for p, _ in pairs] == prompts and all(len(r) == 4 for _, r in pairs)
+
+
+def test_chain_is_the_leading_run_of_right_guesses() -> None:
+    """evaluate(): per sample, right top-1 guesses counted until the first miss, averaged."""
+    from draft_service.redrafter_train import evaluate
+    from spec_decode.redrafter_head import HeadConfig, ReDrafterHead
+
+    torch.manual_seed(0)
+    head = ReDrafterHead(HeadConfig(8, 5, 1), torch.randn(5, 8), torch.randn(5, 8))
+    hidden, tokens = torch.randn(300, 8), torch.randint(0, 5, (300, 4))  # [S, E], [S, L+1]: L = 3
+    _, top1, chain = evaluate(head, hidden, tokens)
+    with torch.no_grad():
+        right = (head(hidden, tokens).argmax(-1) == tokens[:, 1:]).tolist()  # [S, L]
+    runs = [next((i for i, r in enumerate(row) if not r), len(row)) for row in right]
+    assert chain == pytest.approx(sum(runs) / len(runs))
+    assert top1 == pytest.approx([sum(row[i] for row in right) / len(right) for i in range(3)])
+    assert 0 < chain < top1[0] * 3  # some right guesses, and a miss ends a run
