@@ -49,6 +49,11 @@ class TrainConfig:
     held_out: float = 0.1
     patience: int = 3
     select: str = "loss"  # keep the epoch with the lowest held-out loss, or ("chain") the longest chain
+
+    def __post_init__(self) -> None:
+        if self.select not in SELECT:
+            raise ValueError(f"select must be one of {', '.join(SELECT)}, got {self.select!r}")
+
     max_minutes: float = 0.0  # 0 = no limit
     seed: int = 0
     device: str | None = None
@@ -292,8 +297,6 @@ def _epochs(
     n_held = int(is_held.sum())
     train_h, train_t = hidden[~is_held], tokens[~is_held]
     held_h, held_t = (hidden[is_held], tokens[is_held]) if n_held else (train_h, train_t)
-    if config.select not in SELECT:
-        raise ValueError(f"select must be one of {', '.join(SELECT)}, got {config.select!r}")
     best, best_epoch, bad, history = float("inf"), 0, 0, []
     best_top1: list[float] = []
     best_chain, best_loss = 0.0, float("inf")

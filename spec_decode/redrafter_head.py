@@ -121,7 +121,6 @@ class Beams:
     scores: tuple[float, ...]  # summed warped log-probabilities
 
 
-@torch.inference_mode()
 def beam_shape(width: int, length: int, max_nodes: int) -> tuple[int, int]:
     """The beam shape worth searching when the packed tree may hold only ``max_nodes`` nodes.
 

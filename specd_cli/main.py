@@ -16,6 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from draft_service.train_prompts import KINDS as PROMPT_KINDS
 from spec_decode.budget import TREE_BUDGETS
 
 DEFAULT_PORT = 50051
@@ -792,7 +793,7 @@ def build_parser() -> argparse.ArgumentParser:
         "train-prompts", help="write drafter-training prompts (JSONL): standard-library texts or everyday chat"
     )
     p.add_argument(
-        "--kind", choices=("stdlib", "chat"), default="stdlib",
+        "--kind", choices=PROMPT_KINDS, default="stdlib",
         help="stdlib: docstrings and functions of the Python standard library; chat: instruction templates "
         "crossed with topics, personas and tasks (draft_service/chat_prompts.py)",
     )  # fmt: skip

@@ -25,7 +25,7 @@ def add_train_redrafter_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patience", type=int, default=3, help="epochs without held-out improvement before stopping")
     p.add_argument("--max-minutes", type=float, default=0.0, help="stop training after this long (0 = no limit)")
     p.add_argument(
-        "--select", choices=("loss", "chain"), default="loss",
+        "--select", choices=("loss", "chain"), default="loss",  # redrafter_train.SELECT (that module loads torch)
         help="which epoch's head is kept: the lowest held-out loss, or the longest held-out chain (mean run of "
         "right top-1 guesses from the first offset: what a one-beam draft would get accepted)",
     )  # fmt: skip

@@ -154,9 +154,15 @@ class _BudgetCollector(Collector):
         steps = GaugeMetricFamily(
             p + "tree_budget_steps", "Decode steps the tree budget's step cost was fitted on", labels=["method"]
         )
-        for key, (base, per_row, n) in sorted(self._source.budget_snapshot().items()):
+        # Methods outside METHOD_LABELS share the label "other": one series per label, from the
+        # method fitted on the most steps (a label may appear once per family).
+        fits: dict[str, tuple[float, float, int]] = {}
+        for key, fit in self._source.budget_snapshot().items():
             method = key.removesuffix("@target")
             label = _label(method, METHOD_LABELS) + ("@target" if key.endswith("@target") else "")
+            if label not in fits or fit[2] > fits[label][2]:
+                fits[label] = fit
+        for label, (base, per_row, n) in sorted(fits.items()):
             cost.add_metric([label, "base"], base)
             cost.add_metric([label, "per_row"], per_row)
             steps.add_metric([label], n)

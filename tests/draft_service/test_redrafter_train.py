@@ -108,3 +108,10 @@ def test_chain_is_the_leading_run_of_right_guesses() -> None:
     assert chain == pytest.approx(sum(runs) / len(runs))
     assert top1 == pytest.approx([sum(row[i] for row in right) / len(right) for i in range(3)])
     assert 0 < chain < top1[0] * 3  # some right guesses, and a miss ends a run
+
+
+def test_an_unknown_checkpoint_choice_is_refused_before_any_work(tmp_path: Path) -> None:
+    from draft_service.redrafter_train import TrainConfig
+
+    with pytest.raises(ValueError, match="select must be one of loss, chain"):
+        TrainConfig(target="smollm2", out=tmp_path, select="accuracy")
