@@ -125,12 +125,11 @@ def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, fmt: WeightForm
     if fmt == "dense":
         return DenseLinear(weight, bias, out_features, in_features)
     if fmt == "q8":
-        from target_service.q8 import Q8Linear, quantize_exact
+        from target_service.q8 import Q8Linear, quantize_exact, to_panels
 
-        fallback = make_linear(weight, bias, "packed")
         codes = quantize_exact(weight)
         if codes is None:  # not a group-quantized checkpoint: keep fp32, never change the model
-            return fallback
-        return Q8Linear(codes, bias, fallback, out_features, in_features)
+            return make_linear(weight, bias, "packed")
+        return Q8Linear(to_panels(codes), bias, out_features, in_features)
     packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, 16)
     return PackedLinear(packed, weight, bias, out_features, in_features)

@@ -31,7 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from spec_decode.tree import tree_pass_inputs
+from target_service.cpu_ops import CpuOps, cpu_ops_for
 from target_service.kernels import LinearKernel, WeightFormat, make_linear, resolve_format
+from target_service.q8 import Q8Linear
 from target_service.static_pass import DEFAULT_STATIC_CONTEXT, StaticPasses
 
 STATIC_MODES = ("auto", "graphs", "eager", "off")
@@ -246,6 +248,7 @@ class NativeEngine:
         self._sin = torch.empty(0, self.shape.head_dim // 2, dtype=self.dtype, device=self.device)  # [P, D/2]
         self._scale = self.shape.head_dim**-0.5
         self._lock = threading.Lock()
+        self._ops: CpuOps | None = cpu_ops_for(self.device, self.dtype)  # C per-layer ops on a CPU in fp32
         self.static: StaticPasses | None = None
         if static not in STATIC_MODES:
             raise ValueError(f"unknown static mode {static!r}; use one of {', '.join(STATIC_MODES)}")
@@ -434,26 +437,29 @@ class NativeEngine:
         Returns the last layer's output ``[T, E]`` (before the final norm). No host syncs: the
         static path captures this into a CUDA graph.
         """
-        s, w = self.shape, self.weights
+        s, w, ops = self.shape, self.weights, self._ops
         x = F.embedding(ids, w.embed)  # [T, E]
         n_q, n_kv = s.heads * s.head_dim, s.kv_heads * s.head_dim
         for index, layer in enumerate(w.layers):
-            h = _rms_norm(x, layer.attn_norm, s.eps)  # [T, E]
+            h = ops.rms_norm(x, layer.attn_norm, s.eps) if ops else _rms_norm(x, layer.attn_norm, s.eps)  # [T, E]
             qkv = layer.qkv(h)  # [T, (H + 2 Hkv) D]
+            if ops and layer.q_norm is None:  # rotate q and k in place, one call
+                ops.rope_(qkv, s.heads + s.kv_heads, s.head_dim, cos, sin)
             q = qkv[:, :n_q].view(-1, s.heads, s.head_dim)  # [T, H, D]
             k = qkv[:, n_q : n_q + n_kv].view(-1, s.kv_heads, s.head_dim)  # [T, Hkv, D]
             v = qkv[:, n_q + n_kv :].view(-1, s.kv_heads, s.head_dim)  # [T, Hkv, D]
-            if layer.q_norm is not None and layer.k_norm is not None:
-                q = _rms_norm(q, layer.q_norm, s.eps)
-                k = _rms_norm(k, layer.k_norm, s.eps)
-            q = _apply_rope(q, cos, sin)  # [T, H, D]
-            k = _apply_rope(k, cos, sin)  # [T, Hkv, D]
+            if not ops or layer.q_norm is not None:
+                if layer.q_norm is not None and layer.k_norm is not None:
+                    q = _rms_norm(q, layer.q_norm, s.eps)
+                    k = _rms_norm(k, layer.k_norm, s.eps)
+                q = _apply_rope(q, cos, sin)  # [T, H, D]
+                k = _apply_rope(k, cos, sin)  # [T, Hkv, D]
             attn = attend(index, q, k, v)  # [T, H D]
-            x = x + layer.o(attn)  # [T, E]
-            h = _rms_norm(x, layer.mlp_norm, s.eps)  # [T, E]
+            x = _residual(x, layer.o, attn)  # x + o(attn)  [T, E]
+            h = ops.rms_norm(x, layer.mlp_norm, s.eps) if ops else _rms_norm(x, layer.mlp_norm, s.eps)  # [T, E]
             gate_up = layer.gate_up(h)  # [T, 2F]
-            gate, up = gate_up[:, : s.intermediate], gate_up[:, s.intermediate :]
-            x = x + layer.down(F.silu(gate) * up)  # [T, E]
+            act = F.silu(gate_up[:, : s.intermediate]) * gate_up[:, s.intermediate :]  # [T, F]
+            x = _residual(x, layer.down, act)  # x + down(act)  [T, E]
         return x
 
     def _attend(
@@ -516,6 +522,14 @@ class NativeEngine:
         """cos/sin rows for ``positions`` from the model's own rotary module, cached as a table."""
         self.ensure_rope(int(positions.max()) + 1 if positions.numel() else 0)
         return self._cos[positions][:, None], self._sin[positions][:, None]  # [T, 1, D/2]
+
+
+def _residual(x: torch.Tensor, kernel: LinearKernel, rows: torch.Tensor) -> torch.Tensor:
+    """``x + kernel(rows)``; in place into ``x`` where the kernel fuses the add (same bits)."""
+    if isinstance(kernel, Q8Linear) and x.is_contiguous():
+        kernel.add_to(x, rows)
+        return x
+    return x + kernel(rows)
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -32,7 +32,9 @@ import torch
 log = logging.getLogger(__name__)
 
 GROUP = 32
+PANEL = 32  # output features per panel of the kernel's layout (csrc/q8_linear.c)
 _SOURCE = Path(__file__).with_name("csrc") / "q8_linear.c"
+_SOURCES = (_SOURCE, _SOURCE.with_name("cpu_ops.c"))  # one library: the linear kernel and the per-layer ops
 _LIB: ctypes.CDLL | None = None
 _LIB_ERROR: str | None = None
 _LIB_LOCK = threading.Lock()
@@ -78,7 +80,7 @@ def _build_and_load() -> ctypes.CDLL:
     compiler = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not compiler:
         raise FileNotFoundError("no C compiler (cc/gcc) on PATH")
-    source = _SOURCE.read_bytes()
+    source = b"".join(path.read_bytes() for path in _SOURCES)
     version = subprocess.run([compiler, "--version"], capture_output=True, text=True, check=False).stdout
     key = hashlib.sha256(source + version.encode() + _cpu_flags().encode()).hexdigest()[:16]
     out = _cache_dir() / f"q8_linear-{key}.so"
@@ -86,17 +88,23 @@ def _build_and_load() -> ctypes.CDLL:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(f".{os.getpid()}.tmp")
         cmd = [compiler, "-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
-        subprocess.run([*cmd, str(_SOURCE), "-o", str(tmp)], check=True, capture_output=True, text=True)
+        sources = [str(path) for path in _SOURCES]
+        subprocess.run([*cmd, *sources, "-o", str(tmp)], check=True, capture_output=True, text=True)
         tmp.replace(out)  # atomic: a concurrent builder never loads a half-written file
     lib = ctypes.CDLL(str(out))
+    ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.q8_linear.restype = None
-    lib.q8_linear.argtypes = [
-        ctypes.c_void_p, ctypes.c_int64, ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-        ctypes.c_int64, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
-    ]  # fmt: skip
+    lib.q8_linear.argtypes = [ptr, i64, i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int]
+    for name, args in (
+        ("cpu_rms_norm", [ptr, i64, i64, ptr, ctypes.c_float, ptr]),
+        ("cpu_rope", [ptr, i64, i64, i64, i64, ptr, ptr]),
+    ):
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = None, args
     lib.q8_group_size.restype = ctypes.c_int
-    if lib.q8_group_size() != GROUP:
-        raise OSError("q8 kernel group size mismatch")
+    lib.q8_panel_size.restype = ctypes.c_int
+    if lib.q8_group_size() != GROUP or lib.q8_panel_size() != PANEL:
+        raise OSError("q8 kernel group or panel size mismatch")
     return lib
 
 
@@ -183,31 +191,64 @@ def _f16_neighbour(x: torch.Tensor, step: int) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class Q8Linear:
-    """``x @ W^T + b`` from exact int8 codes; rows beyond ``max_rows`` (prefill) use ``fallback``."""
+class Q8Panels:
+    """The kernel's layout of a :class:`Q8Weight`: output features in panels of 32, each k-major.
 
-    weight: Q8Weight
+    ``codes[p, k, j] = q[32 p + j, k]``; ``scale``/``shift[p, g, j] = d``/``m[32 p + j, g]``.
+    The last panel is padded with zero codes, scales and shifts (its extra columns are never
+    written out).
+    """
+
+    codes: torch.Tensor  # [P, K, 32] int8
+    scale: torch.Tensor  # [P, K/32, 32] fp32
+    shift: torch.Tensor  # [P, K/32, 32] fp32
+
+
+def to_panels(weight: Q8Weight) -> Q8Panels:
+    n = weight.q.shape[0]
+    panels = -(-n // PANEL)
+    pad = panels * PANEL - n
+
+    def layout(t: torch.Tensor) -> torch.Tensor:  # [N, C] -> [P, C, 32]
+        t = torch.nn.functional.pad(t, (0, 0, 0, pad)) if pad else t  # [P*32, C]
+        return t.reshape(panels, PANEL, t.shape[1]).transpose(1, 2).contiguous()
+
+    return Q8Panels(layout(weight.q), layout(weight.d), layout(weight.m))
+
+
+@dataclass(frozen=True)
+class Q8Linear:
+    """``x @ W^T + b`` from exact int8 codes, for any number of rows (prompts included).
+
+    Each output sums its products in one fixed order whatever the number of rows, so a row's
+    result is the same alone, in a tree pass, or in a long prompt (``csrc/q8_linear.c``).
+    """
+
+    weight: Q8Panels
     bias: torch.Tensor | None  # [N]
-    fallback: object  # a LinearKernel on the fp32 weight, for long prompts
     out_features: int
     in_features: int
-    max_rows: int = 96
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.shape[0]
-        if rows > self.max_rows:
-            return self.fallback(x)  # type: ignore[operator]
-        lib = load_library()
-        assert lib is not None  # the format is only chosen when the kernel loaded
-        x = x.contiguous()
-        y = torch.empty(rows, self.out_features, dtype=torch.float32)  # [M, N]
-        w = self.weight
-        lib.q8_linear(
-            x.data_ptr(), rows, self.in_features, w.q.data_ptr(), w.d.data_ptr(), w.m.data_ptr(),
-            self.out_features, 0 if self.bias is None else self.bias.data_ptr(), y.data_ptr(),
-            torch.get_num_threads(),
-        )  # fmt: skip
+        y = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)  # [M, N]
+        self._run(x, None, y)
         return y
 
+    def add_to(self, out: torch.Tensor, x: torch.Tensor) -> None:
+        """``out += x @ W^T + b`` in place (the residual add fused in): the bits of ``out + self(x)``."""
+        assert out.is_contiguous() and out.dtype == torch.float32 and out.shape == (x.shape[0], self.out_features)
+        self._run(x, out, out)
+
+    def _run(self, x: torch.Tensor, res: torch.Tensor | None, y: torch.Tensor) -> None:
+        lib = load_library()
+        assert lib is not None  # the format is only chosen when the kernel loaded
+        x = x.contiguous()  # [M, K]
+        w = self.weight
+        lib.q8_linear(
+            x.data_ptr(), x.shape[0], self.in_features, w.codes.data_ptr(), w.scale.data_ptr(), w.shift.data_ptr(),
+            self.out_features, None if self.bias is None else self.bias.data_ptr(),
+            None if res is None else res.data_ptr(), y.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+
     def nbytes(self) -> int:
-        return self.weight.q.numel() + 8 * self.weight.d.numel()
+        return self.weight.codes.numel() + 4 * (self.weight.scale.numel() + self.weight.shift.numel())

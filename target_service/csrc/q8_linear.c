@@ -4,10 +4,25 @@
  * which is exactly how GGUF's Q4_1 (q in 0..15), Q4_0 (q - 8, m = 0) and Q8_0 (m = 0) blocks
  * dequantize, so for such checkpoints the weights are bit-identical to the fp32 model's.
  *
- * Every output element sums its K products in one fixed order (one 16-lane accumulator, k
- * advancing 16 at a time, then a fixed reduction of the lanes), whatever M is and however rows
- * are split across threads. A row's result does not depend on the other rows of the call, so a
- * tree pass's linear layers give each branch exactly what decoding that branch alone gives.
+ * Layout (built once by target_service/q8.py): the output features are cut into panels of 32
+ * (the last one padded with zero codes), and each panel is stored k-major, so one panel is a
+ * contiguous stream:
+ *     codes[p, k, j] = q[32 p + j, k]           int8  [P, K, 32]
+ *     scale[p, g, j] = d[32 p + j, g]           fp32  [P, K/32, 32]
+ *     shift[p, g, j] = m[32 p + j, g]           fp32  [P, K/32, 32]
+ *
+ * The product is an outer-product GEMM: for each panel, 32 output columns of up to 12 rows sit
+ * in 24 vector accumulators, and k advances one at a time (one broadcast of x[r, k] times the
+ * panel's row k). Every output element therefore sums its K products in one fixed order --
+ * k = 0, 1, ..., K - 1, one fused multiply-add each -- whatever M is, however the rows are
+ * blocked and however panels are split across threads. A row's result does not depend on the
+ * other rows of the call, so a tree pass's linear layers give each branch exactly what decoding
+ * that branch alone gives, and a long prompt's rows equal a short pass's.
+ *
+ * A panel is dequantized once per call into a thread-local fp32 buffer (K x 32 floats, in L2)
+ * and reused by every row block; one or two rows dequantize on the fly instead (the same
+ * arithmetic, so the same bits), since there the buffer's extra store and load would cost more
+ * than they save.
  *
  * Built by target_service/q8.py with: gcc -O3 -march=native -ffp-contract=off -fopenmp -shared.
  * -ffp-contract=off keeps the dequantization's multiply and add separately rounded; the dot
@@ -23,8 +38,13 @@
 #endif
 
 #define GROUP 32
+#define PANEL 32
+#define MAX_R 12   /* rows per register block: 12 x 2 vectors = 24 accumulators */
+#define FUSED_MAX 12 /* up to this many rows (one register block) dequantize in registers, as they go */
+#define ROW_CHUNK 192 /* rows per pass over the panels (keeps x's chunk in L2 for long prompts) */
 
 int q8_group_size(void) { return GROUP; }
+int q8_panel_size(void) { return PANEL; }
 
 int q8_has_avx512(void) {
 #ifdef __AVX512F__
@@ -34,119 +54,199 @@ int q8_has_avx512(void) {
 #endif
 }
 
-/* Dequantize one weight row into w[K] (K % 32 == 0). */
-static void dequant_row(const int8_t *q, const float *d, const float *m, int64_t K, float *w) {
-    const int64_t G = K / GROUP;
-#ifdef __AVX512F__
-    for (int64_t g = 0; g < G; g++) {
-        const __m512 dv = _mm512_set1_ps(d[g]);
-        const __m512 mv = _mm512_set1_ps(m[g]);
-        const __m128i raw0 = _mm_loadu_si128((const __m128i *)(q + g * GROUP));
-        const __m128i raw1 = _mm_loadu_si128((const __m128i *)(q + g * GROUP + 16));
-        const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw0));
-        const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw1));
-        _mm512_storeu_ps(w + g * GROUP, _mm512_add_ps(_mm512_mul_ps(dv, q0), mv));
-        _mm512_storeu_ps(w + g * GROUP + 16, _mm512_add_ps(_mm512_mul_ps(dv, q1), mv));
+/* out = res + (sum + bias): the bias first, then the residual, as ``x + linear(h)`` rounds. */
+static inline void finish_row(const float *row, float *out, int cols, const float *bias, const float *res) {
+    for (int c = 0; c < cols; c++) {
+        float v = bias ? row[c] + bias[c] : row[c];
+        out[c] = res ? res[c] + v : v;
     }
-#else
-    for (int64_t g = 0; g < G; g++)
-        for (int j = 0; j < GROUP; j++) {
-            float p = d[g] * (float)q[g * GROUP + j];
-            w[g * GROUP + j] = p + m[g];
+}
+
+#ifdef __AVX512F__
+
+/* Row k of a panel, dequantized: two 16-lane vectors. */
+static inline void dequant_k(const int8_t *codes, const float *scale, const float *shift, int64_t k, __m512 *w0,
+                             __m512 *w1) {
+    const int64_t g = k / GROUP;
+    const __m128i raw0 = _mm_loadu_si128((const __m128i *)(codes + k * PANEL));
+    const __m128i raw1 = _mm_loadu_si128((const __m128i *)(codes + k * PANEL + 16));
+    const __m512 q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw0));
+    const __m512 q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(raw1));
+    *w0 = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(scale + g * PANEL), q0), _mm512_loadu_ps(shift + g * PANEL));
+    *w1 = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(scale + g * PANEL + 16), q1),
+                        _mm512_loadu_ps(shift + g * PANEL + 16));
+}
+
+static void dequant_panel(const int8_t *codes, const float *scale, const float *shift, int64_t K, float *buf) {
+    for (int64_t k = 0; k < K; k++) {
+        __m512 w0, w1;
+        dequant_k(codes, scale, shift, k, &w0, &w1);
+        _mm512_store_ps(buf + k * PANEL, w0);
+        _mm512_store_ps(buf + k * PANEL + 16, w1);
+    }
+}
+
+static inline void store_block(const __m512 *acc0, const __m512 *acc1, int R, float *out, int64_t ldo, int cols,
+                               const float *bias, const float *res) {
+    for (int r = 0; r < R; r++) {
+        float row[PANEL];
+        _mm512_storeu_ps(row, acc0[r]);
+        _mm512_storeu_ps(row + 16, acc1[r]);
+        finish_row(row, out + r * ldo, cols, bias, res ? res + r * ldo : NULL);
+    }
+}
+
+/* R rows of x against a dequantized panel buf [K, 32]. */
+#define DEFINE_BLOCK(R)                                                                              \
+    static void block_##R(const float *x, int64_t ldx, int64_t K, const float *buf, float *out,      \
+                          int64_t ldo, int cols, const float *bias, const float *res) {            \
+        __m512 acc0[R], acc1[R];                                                                     \
+        for (int r = 0; r < R; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();                         \
+        for (int64_t k = 0; k < K; k++) {                                                            \
+            const __m512 w0 = _mm512_load_ps(buf + k * PANEL);                                       \
+            const __m512 w1 = _mm512_load_ps(buf + k * PANEL + 16);                                  \
+            for (int r = 0; r < R; r++) {                                                            \
+                const __m512 xb = _mm512_set1_ps(x[r * ldx + k]);                                    \
+                acc0[r] = _mm512_fmadd_ps(xb, w0, acc0[r]);                                          \
+                acc1[r] = _mm512_fmadd_ps(xb, w1, acc1[r]);                                          \
+            }                                                                                        \
+        }                                                                                            \
+        store_block(acc0, acc1, R, out, ldo, cols, bias, res);                                            \
+    }
+
+/* R (1 or 2) rows straight from the codes, dequantizing row k of the panel as it goes. */
+#define DEFINE_FUSED(R)                                                                              \
+    static void fused_##R(const float *x, int64_t ldx, int64_t K, const int8_t *codes,               \
+                          const float *scale, const float *shift, float *out, int64_t ldo, int cols, \
+                          const float *bias, const float *res) {                                                       \
+        __m512 acc0[R], acc1[R];                                                                     \
+        for (int r = 0; r < R; r++) acc0[r] = acc1[r] = _mm512_setzero_ps();                         \
+        for (int64_t k = 0; k < K; k++) {                                                            \
+            __m512 w0, w1;                                                                           \
+            dequant_k(codes, scale, shift, k, &w0, &w1);                                             \
+            for (int r = 0; r < R; r++) {                                                            \
+                const __m512 xb = _mm512_set1_ps(x[r * ldx + k]);                                    \
+                acc0[r] = _mm512_fmadd_ps(xb, w0, acc0[r]);                                          \
+                acc1[r] = _mm512_fmadd_ps(xb, w1, acc1[r]);                                          \
+            }                                                                                        \
+        }                                                                                            \
+        store_block(acc0, acc1, R, out, ldo, cols, bias, res);                                            \
+    }
+
+#else /* portable build: the same arithmetic, element by element */
+
+static void dequant_panel(const int8_t *codes, const float *scale, const float *shift, int64_t K, float *buf) {
+    for (int64_t k = 0; k < K; k++) {
+        const int64_t g = k / GROUP;
+        for (int j = 0; j < PANEL; j++) {
+            const float p = scale[g * PANEL + j] * (float)codes[k * PANEL + j];
+            buf[k * PANEL + j] = p + shift[g * PANEL + j];
         }
-#endif
-}
-
-/*
- * Register blocking: R rows of x against COLS dequantized weight rows at a time, one 16-lane
- * accumulator per (row, column), k advancing 16 at a time. Each output's order of summation is
- * the same for every R and every column block: lane j accumulates x[k+j]*w[k+j] for k = 0, 16,
- * ..., then the 16 lanes are reduced by one fixed tree (reduce8; the portable build adds them
- * left to right).
- */
-#define COLS 8
-
-static inline float lane_sum(const float *lanes) {
-    float s = 0.0f;
-    for (int j = 0; j < 16; j++) s += lanes[j];
-    return s;
-}
-
-#ifdef __AVX512F__
-/* The lane sums of eight accumulators at once, one fixed tree for each: lanes j and j + 8
- * first, then neighbouring pairs, then pairs of pairs, then the two 128-bit halves. */
-static inline __m256 reduce8(const __m512 *a) {
-    __m256 s[8];
-    for (int c = 0; c < 8; c++)
-        s[c] = _mm256_add_ps(_mm512_castps512_ps256(a[c]), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a[c]), 1)));
-    const __m256 t0 = _mm256_hadd_ps(s[0], s[1]), t1 = _mm256_hadd_ps(s[2], s[3]);
-    const __m256 t2 = _mm256_hadd_ps(s[4], s[5]), t3 = _mm256_hadd_ps(s[6], s[7]);
-    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
-    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+    }
 }
 
 #define DEFINE_BLOCK(R)                                                                              \
-    static void block_##R(const float *x, int64_t K, const float *w, int64_t cols, float *out,       \
-                          int64_t ldo) {                                                             \
-        __m512 acc[R][COLS];                                                                         \
-        for (int r = 0; r < R; r++)                                                                  \
-            for (int c = 0; c < COLS; c++) acc[r][c] = _mm512_setzero_ps();                          \
-        for (int64_t k = 0; k < K; k += 16) {                                                        \
-            __m512 xv[R];                                                                            \
-            for (int r = 0; r < R; r++) xv[r] = _mm512_loadu_ps(x + r * K + k);                     \
-            for (int c = 0; c < COLS; c++) {                                                         \
-                const __m512 wv = _mm512_loadu_ps(w + c * K + k);                                    \
-                for (int r = 0; r < R; r++) acc[r][c] = _mm512_fmadd_ps(xv[r], wv, acc[r][c]);       \
-            }                                                                                        \
-        }                                                                                            \
+    static void block_##R(const float *x, int64_t ldx, int64_t K, const float *buf, float *out,      \
+                          int64_t ldo, int cols, const float *bias, const float *res) {              \
         for (int r = 0; r < R; r++) {                                                                \
-            float sums[COLS];                                                                        \
-            _mm256_storeu_ps(sums, reduce8(acc[r]));                                                 \
-            for (int c = 0; c < cols; c++) out[r * ldo + c] = sums[c];                               \
+            float row[PANEL];                                                                        \
+            for (int c = 0; c < cols; c++) {                                                         \
+                float acc = 0.0f;                                                                    \
+                for (int64_t k = 0; k < K; k++) acc = fmaf(x[r * ldx + k], buf[k * PANEL + c], acc); \
+                row[c] = acc;                                                                        \
+            }                                                                                        \
+            finish_row(row, out + r * ldo, cols, bias, res ? res + r * ldo : NULL);                  \
         }                                                                                            \
     }
-#else
-#define DEFINE_BLOCK(R)                                                                              \
-    static void block_##R(const float *x, int64_t K, const float *w, int64_t cols, float *out,       \
-                          int64_t ldo) {                                                             \
-        for (int r = 0; r < R; r++)                                                                  \
-            for (int c = 0; c < cols; c++) {                                                         \
-                float lanes[16] = {0};                                                               \
-                for (int64_t k = 0; k < K; k += 16)                                                  \
-                    for (int j = 0; j < 16; j++) lanes[j] = fmaf(x[r * K + k + j], w[c * K + k + j], lanes[j]); \
-                out[r * ldo + c] = lane_sum(lanes);                                                  \
-            }                                                                                        \
-    }
+
 #endif
 
 DEFINE_BLOCK(1)
 DEFINE_BLOCK(2)
+DEFINE_BLOCK(3)
+DEFINE_BLOCK(4)
+DEFINE_BLOCK(5)
+DEFINE_BLOCK(6)
+DEFINE_BLOCK(7)
+DEFINE_BLOCK(8)
+DEFINE_BLOCK(9)
+DEFINE_BLOCK(10)
+DEFINE_BLOCK(11)
+DEFINE_BLOCK(12)
 
-/* x: [M, K] fp32 row-major; q: [N, K] int8; d, m: [N, K/32] fp32; bias: [N] or NULL; y: [M, N]. */
-void q8_linear(const float *x, int64_t M, int64_t K, const int8_t *q, const float *d, const float *m,
-               int64_t N, const float *bias, float *y, int threads) {
+typedef void (*block_fn)(const float *, int64_t, int64_t, const float *, float *, int64_t, int, const float *,
+                         const float *);
+static const block_fn BLOCKS[MAX_R + 1] = {NULL,    block_1, block_2, block_3,  block_4,  block_5, block_6,
+                                           block_7, block_8, block_9, block_10, block_11, block_12};
+
+#ifdef __AVX512F__
+DEFINE_FUSED(1)
+DEFINE_FUSED(2)
+DEFINE_FUSED(3)
+DEFINE_FUSED(4)
+DEFINE_FUSED(5)
+DEFINE_FUSED(6)
+DEFINE_FUSED(7)
+DEFINE_FUSED(8)
+DEFINE_FUSED(9)
+DEFINE_FUSED(10)
+DEFINE_FUSED(11)
+DEFINE_FUSED(12)
+
+typedef void (*fused_fn)(const float *, int64_t, int64_t, const int8_t *, const float *, const float *, float *,
+                         int64_t, int, const float *, const float *);
+static const fused_fn FUSED[MAX_R + 1] = {NULL,    fused_1, fused_2, fused_3,  fused_4,  fused_5, fused_6,
+                                          fused_7, fused_8, fused_9, fused_10, fused_11, fused_12};
+#endif
+
+/* Rows [0, M) of x against one panel, in register blocks of at most MAX_R rows, sized evenly
+ * (16 rows run as 8 + 8, not 12 + 4). */
+static void panel_rows(const float *x, int64_t M, int64_t K, const float *buf, float *y, int64_t N, int64_t n0,
+                       int cols, const float *bias, const float *res) {
+    const int64_t nblocks = (M + MAX_R - 1) / MAX_R;
+    int64_t r0 = 0;
+    for (int64_t b = 0; b < nblocks; b++) {
+        const int64_t R = (M - r0) / (nblocks - b) + ((M - r0) % (nblocks - b) ? 1 : 0);
+        BLOCKS[R](x + r0 * K, K, K, buf, y + r0 * N + n0, N, cols, bias, res ? res + r0 * N + n0 : NULL);
+        r0 += R;
+    }
+}
+
+/* x: [M, K] fp32 row-major; codes/scale/shift: the panel layout above; bias: [N] or NULL; res: [M, N] or
+ * NULL, added last (res may be y itself: y += x W^T in place); y: [M, N]. */
+void q8_linear(const float *x, int64_t M, int64_t K, const int8_t *codes, const float *scale, const float *shift,
+               int64_t N, const float *bias, const float *res, float *y, int threads) {
     const int64_t G = K / GROUP;
-    const int64_t blocks = (N + COLS - 1) / COLS;
+    const int64_t panels = (N + PANEL - 1) / PANEL;
 #pragma omp parallel num_threads(threads)
     {
-        float *w = (float *)aligned_alloc(64, (size_t)((COLS * K * sizeof(float) + 63) / 64 * 64));
+        float *buf = NULL;
+#ifdef __AVX512F__
+        if (M > FUSED_MAX)
+#endif
+            buf = (float *)aligned_alloc(64, (size_t)K * PANEL * sizeof(float));
+        for (int64_t c0 = 0; c0 < M; c0 += ROW_CHUNK) {
+            const int64_t rows = M - c0 < ROW_CHUNK ? M - c0 : ROW_CHUNK;
 #pragma omp for schedule(static)
-        for (int64_t b = 0; b < blocks; b++) {
-            const int64_t n0 = b * COLS;
-            const int64_t cols = N - n0 < COLS ? N - n0 : COLS;
-            for (int64_t c = 0; c < COLS; c++) {
-                if (c < cols)
-                    dequant_row(q + (n0 + c) * K, d + (n0 + c) * G, m + (n0 + c) * G, K, w + c * K);
-                else
-                    memset(w + c * K, 0, (size_t)K * sizeof(float));
+            for (int64_t p = 0; p < panels; p++) {
+                const int64_t n0 = p * PANEL;
+                const int cols = (int)(N - n0 < PANEL ? N - n0 : PANEL);
+                const int8_t *pc = codes + p * K * PANEL;
+                const float *ps = scale + p * G * PANEL, *pm = shift + p * G * PANEL;
+                const float *pb = bias ? bias + n0 : NULL;
+                const float *xc = x + c0 * K;
+                float *yc = y + c0 * N;
+                const float *rc = res ? res + c0 * N : NULL;
+#ifdef __AVX512F__
+                if (M <= FUSED_MAX) {
+                    FUSED[M](xc, K, K, pc, ps, pm, yc + n0, N, cols, pb, rc ? rc + n0 : NULL);
+                    continue;
+                }
+#endif
+                dequant_panel(pc, ps, pm, K, buf);
+                panel_rows(xc, rows, K, buf, yc, N, n0, cols, pb, rc);
             }
-            int64_t r = 0;
-            for (; r + 2 <= M; r += 2) block_2(x + r * K, K, w, cols, y + r * N + n0, N);
-            for (; r < M; r++) block_1(x + r * K, K, w, cols, y + r * N + n0, N);
-            if (bias)
-                for (int64_t rr = 0; rr < M; rr++)
-                    for (int64_t c = 0; c < cols; c++) y[rr * N + n0 + c] += bias[n0 + c];
         }
-        free(w);
+        free(buf);
     }
 }

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import ctypes
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,9 +14,10 @@ from target_helpers import random_tree, sequential_decode
 
 from spec_decode.models import LoadedModel, load_model
 from spec_decode.tree import path_to
+from target_service import q8
 from target_service.kernels import make_linear, resolve_format
 from target_service.llama_engine import NativeEngine
-from target_service.q8 import Q8Linear, library_error, quantize_exact
+from target_service.q8 import Q8Linear, library_error, quantize_exact, to_panels
 
 pytestmark = pytest.mark.skipif(library_error() is not None, reason=f"q8 kernel not buildable: {library_error()}")
 
@@ -75,12 +79,67 @@ def test_kernel_matches_fp32_and_rows_are_independent(out_features: int) -> None
     assert torch.equal(kernel(x[7:8]), y[7:8])
 
 
-def test_long_inputs_use_the_fp32_fallback() -> None:
-    weight = gguf_like(32, 64, "q8_0")
+def test_long_inputs_give_the_rows_a_short_pass_gives() -> None:
+    """A prompt's rows (more than a register block, more than one row chunk) equal one-row calls."""
+    weight = gguf_like(70, 64, "q8_0")  # 3 panels, the last one partial
+    bias = torch.randn(70)
+    kernel = make_linear(weight, bias, "q8")
+    assert isinstance(kernel, Q8Linear)
+    x = torch.randn(450, 64)
+    y = kernel(x)  # [450, 70]
+    torch.testing.assert_close(y, torch.nn.functional.linear(x, weight, bias), atol=1e-5, rtol=1e-5)
+    for row in (0, 13, 191, 192, 449):
+        assert torch.equal(kernel(x[row : row + 1]), y[row : row + 1])
+    assert torch.equal(kernel(x[:16]), y[:16])  # 16 rows: the dequantized-panel path
+    assert torch.equal(kernel(x[:5]), y[:5])  # 5 rows: dequantized in registers
+
+
+def test_residual_add_is_fused_in_place_with_the_same_bits() -> None:
+    weight = gguf_like(64, 96, "q4_1", seed=5)
     kernel = make_linear(weight, None, "q8")
     assert isinstance(kernel, Q8Linear)
-    x = torch.randn(kernel.max_rows + 5, 64)
-    torch.testing.assert_close(kernel(x), x @ weight.T, atol=1e-5, rtol=1e-5)
+    for rows in (1, 7, 20):  # in registers, and through a dequantized panel
+        x, residual = torch.randn(rows, 96), torch.randn(rows, 64)
+        want = residual + kernel(x)
+        kernel.add_to(residual, x)
+        assert torch.equal(residual, want)
+
+
+def test_panel_layout_round_trips() -> None:
+    codes = quantize_exact(gguf_like(40, 96, "q4_1"))
+    assert codes is not None
+    panels = to_panels(codes)
+    assert panels.codes.shape == (2, 96, 32) and panels.scale.shape == (2, 3, 32)
+    assert torch.equal(panels.codes[1, :, 3], codes.q[35])
+    assert torch.equal(panels.scale[0, :, 7], codes.d[7]) and torch.equal(panels.shift[1, :, 0], codes.m[32])
+    assert not panels.codes[1, :, 8:].any()  # padding columns hold zero codes
+
+
+@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
+def test_portable_build_gives_the_same_bits(tmp_path: Path) -> None:
+    """Without AVX-512 the kernel computes element by element, in the same order: same bits."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    assert compiler is not None
+    out = tmp_path / "portable.so"
+    flags = ["-O3", "-mno-avx512f", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
+    subprocess.run([compiler, *flags, *(str(p) for p in q8._SOURCES), "-o", str(out)], check=True, capture_output=True)
+    portable = ctypes.CDLL(str(out))
+    assert portable.q8_has_avx512() == 0
+    weight = gguf_like(50, 96, "q4_1", seed=3)
+    bias = torch.randn(50)
+    kernel = make_linear(weight, bias, "q8")
+    assert isinstance(kernel, Q8Linear)
+    for rows in (1, 4, 13, 200):
+        x = torch.randn(rows, 96)
+        y = torch.empty(rows, 50)
+        w = kernel.weight
+        portable.q8_linear(
+            ctypes.c_void_p(x.data_ptr()), ctypes.c_int64(rows), ctypes.c_int64(96),
+            ctypes.c_void_p(w.codes.data_ptr()), ctypes.c_void_p(w.scale.data_ptr()),
+            ctypes.c_void_p(w.shift.data_ptr()), ctypes.c_int64(50),
+            ctypes.c_void_p(bias.data_ptr()), None, ctypes.c_void_p(y.data_ptr()), ctypes.c_int(2),
+        )  # fmt: skip
+        assert torch.equal(y, kernel(x)), rows
 
 
 def test_non_exact_weights_stay_fp32() -> None:

@@ -1,0 +1,67 @@
+"""The per-layer C ops of a CPU float32 pass: RoPE bit-identical to the torch ops, RMSNorm to rounding."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from target_helpers import random_tree
+
+from spec_decode.models import LoadedModel, load_model
+from target_service.cpu_ops import cpu_ops_for
+from target_service.llama_engine import NativeEngine, _apply_rope, _rms_norm
+
+OPS = cpu_ops_for(torch.device("cpu"), torch.float32)
+pytestmark = pytest.mark.skipif(OPS is None, reason="the CPU kernel library could not be built")
+
+
+def test_not_offered_off_cpu_float32() -> None:
+    assert cpu_ops_for(torch.device("cpu"), torch.float64) is None
+    assert cpu_ops_for(torch.device("cuda"), torch.float32) is None
+
+
+@pytest.mark.parametrize("rows", [1, 5, 16])
+def test_rms_norm_matches_transformers_rounding(rows: int) -> None:
+    assert OPS is not None
+    x, weight = torch.randn(rows, 576) * 3, torch.randn(576)
+    torch.testing.assert_close(OPS.rms_norm(x, weight, 1e-5), _rms_norm(x, weight, 1e-5), atol=2e-6, rtol=2e-6)
+    assert torch.equal(OPS.rms_norm(x[2:3] if rows > 2 else x[:1], weight, 1e-5)[0],
+                       OPS.rms_norm(x, weight, 1e-5)[2 if rows > 2 else 0])  # fmt: skip
+
+
+@pytest.mark.parametrize("head_dim", [64, 40])  # 40: halves of 20, not a multiple of the vector width
+def test_rope_is_bit_identical_to_the_torch_ops(head_dim: int) -> None:
+    assert OPS is not None
+    rows, heads, kv_heads = 7, 4, 2
+    qkv = torch.randn(rows, (heads + 2 * kv_heads) * head_dim)  # [T, (H + 2 Hkv) D]
+    cos, sin = torch.randn(rows, 1, head_dim // 2), torch.randn(rows, 1, head_dim // 2)
+    q = qkv[:, : heads * head_dim].view(rows, heads, head_dim)
+    k = qkv[:, heads * head_dim : (heads + kv_heads) * head_dim].view(rows, kv_heads, head_dim)
+    want_q, want_k = _apply_rope(q, cos, sin), _apply_rope(k, cos, sin)
+    v_before = qkv[:, (heads + kv_heads) * head_dim :].clone()
+    OPS.rope_(qkv, heads + kv_heads, head_dim, cos, sin)
+    assert torch.equal(q, want_q) and torch.equal(k, want_k)
+    assert torch.equal(qkv[:, (heads + kv_heads) * head_dim :], v_before)  # v untouched
+
+
+def test_engine_with_and_without_the_c_ops(tiny_target_model: LoadedModel) -> None:
+    """The same tree pass through C ops and through torch ops: equal logits to float32 rounding."""
+    engine = NativeEngine(tiny_target_model.model, "packed")
+    assert engine._ops is not None
+    rng = random.Random(9)
+    prompt = [rng.randrange(engine.vocab_size) for _ in range(30)]
+    tree = random_tree(rng, engine.vocab_size, max_nodes=10)
+    outputs = []
+    for ops in (engine._ops, None):
+        engine._ops = ops
+        cache = engine.new_cache()
+        pending = engine.prefill(cache, prompt)
+        outputs.append(engine.score_tree(cache, pending, torch.tensor(tree.parents), tree.tokens))  # [1+N, V]
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-4, rtol=0)
+    assert torch.equal(outputs[0].argmax(-1), outputs[1].argmax(-1))
+
+
+@pytest.fixture(scope="module")
+def tiny_target_model(tiny_target) -> LoadedModel:  # type: ignore[no-untyped-def]
+    return load_model(str(tiny_target), device="cpu", dtype="float32")
