@@ -108,12 +108,13 @@ def run_bench_verify(args: argparse.Namespace) -> int:
     total = len(tokens) * len(runners) * (args.warmup + args.repeats)
     with tqdm(total=total, desc="bench-verify", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
         for k in tokens:
-            for _ in range(args.warmup):
-                for run in runners.values():
+            # Each engine's passes back to back (warm-up first), as a dedicated server runs them:
+            # interleaved, each engine's pass would start on caches the other had just flushed.
+            for name, run in runners.items():
+                for _ in range(args.warmup):
                     run(k)
                     bar.update()
-            for _ in range(args.repeats):
-                for name, run in runners.items():
+                for _ in range(args.repeats):
                     sync()
                     start = time.perf_counter()
                     run(k)

@@ -35,9 +35,9 @@ class CpuOps:
 
     def rope_(self, rows: torch.Tensor, heads: int, head_dim: int, cos: torch.Tensor, sin: torch.Tensor) -> None:
         """Rotate, in place, the first ``heads`` heads of every row of ``rows`` ``[T, C]`` (contiguous);
-        ``cos``/``sin``: ``[T, 1, D/2]`` contiguous, as :meth:`NativeEngine._rope` gives them."""
-        assert rows.is_contiguous() and cos.is_contiguous() and sin.is_contiguous()
-        assert rows.shape[1] >= heads * head_dim and cos.shape[-1] * 2 == head_dim
+        ``cos``/``sin``: ``[T, 1, D/2]``, as :meth:`NativeEngine._rope` gives them."""
+        assert rows.is_contiguous() and rows.shape[1] >= heads * head_dim and cos.shape[-1] * 2 == head_dim
+        cos, sin = cos.contiguous(), sin.contiguous()  # no-ops for the engine's gathered tables
         t, width = rows.shape
         self.lib.cpu_rope(rows.data_ptr(), t, width, heads, head_dim, cos.data_ptr(), sin.data_ptr())
 
