@@ -1,20 +1,25 @@
-"""The small per-layer operations of a CPU float32 pass as single C calls (``csrc/cpu_ops.c``).
+"""The per-layer operations of a CPU float32 pass as single C calls (``csrc/cpu_ops.c``).
 
 A 16-row pass of SmolLM2 runs about 45 torch ops per layer besides its matmuls; each costs a
-few microseconds of dispatch whatever its size, which adds up to a quarter of the step. RMSNorm
-and RoPE here are one call each, and :meth:`target_service.q8.Q8Linear.add_to` folds the
+few microseconds of dispatch whatever its size, which adds up to a quarter of the step. RMSNorm,
+RoPE and attention (every session of the pass in one call per layer: its keys/values written
+into its cache, then each (row, head) over the prefix and the new rows its block lets it see)
+are one call each here, and :meth:`target_service.q8.Q8Linear.add_to` folds the
 residual add into the matmul. Used by :class:`target_service.llama_engine.NativeEngine` on a CPU
 in float32 when the kernel library builds; CUDA and other dtypes keep the torch ops.
 
-Every operation is per row, so a tree pass still gives each row what decoding it alone gives.
-RoPE is bit-identical to the torch ops; RMSNorm agrees with them to float32 rounding (the
-mean's summation order), well inside the engine's stated tolerance. (SiLU stays torch's: its
+Every operation is per row and sums in a fixed order of its own, so with the ``q8`` matmuls a
+tree pass, a batched pass or a prompt gives each row exactly the bits that decoding it alone
+gives (tested). RoPE is bit-identical to the torch ops; RMSNorm and attention agree with them to
+float32 rounding (summation order; attention's exp is a polynomial within 2 ulp of ``expf``),
+well inside the engine's stated tolerance against transformers. (SiLU stays torch's: its
 vectorized exp beats a scalar ``expf`` tenfold.)
 """
 
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +38,49 @@ class CpuOps:
         self.lib.cpu_rms_norm(x.data_ptr(), x.shape[0], x.shape[1], weight.data_ptr(), eps, y.data_ptr())
         return y
 
+    def plan(self, sessions: Sequence[tuple[torch.Tensor, int, int, torch.Tensor]]) -> AttentionPlan | None:
+        """A plan for sessions given as (cache data ``[L, 2, Hkv, cap, D]``, committed length, new
+        rows, ``[Q, Q]`` bool block); None where a cache is not one plain float32 block."""
+        if any(not data.is_contiguous() or data.dtype != torch.float32 for data, _, _, _ in sessions):
+            return None
+        blocks = tuple(block.contiguous() for _, _, _, block in sessions)
+        spans = [0]
+        for _, _, rows, _ in sessions:
+            spans.append(spans[-1] + rows)
+        return AttentionPlan(
+            caches=_int64s([data.data_ptr() for data, _, _, _ in sessions]),
+            layer_step=tuple(data.stride(0) * 4 for data, _, _, _ in sessions),
+            caps=_int64s([int(data.shape[3]) for data, _, _, _ in sessions]),
+            lens=_int64s([length for _, length, _, _ in sessions]),
+            spans=_int64s(spans),
+            blocks=_int64s([0 if s[2] == 1 else b.data_ptr() for s, b in zip(sessions, blocks, strict=True)]),
+            keep=blocks,
+        )
+
+    def attention(
+        self,
+        plan: AttentionPlan,
+        layer: int,
+        q: torch.Tensor,  # [T, H, D] (rows may be strided, heads and dims contiguous)
+        k: torch.Tensor,  # [T, Hkv, D]
+        v: torch.Tensor,  # [T, Hkv, D]
+        scale: float,
+    ) -> torch.Tensor:
+        """Write the new rows' keys/values into every session's cache and attend: ``[T, H D]``."""
+        rows, heads, dim = q.shape
+        kv_heads = k.shape[1]
+        stride = q.stride(0)  # one row's [q | k | v]; a single row's views may report their own width
+        assert rows == 1 or stride == k.stride(0) == v.stride(0)
+        assert q.stride(1) == k.stride(1) == v.stride(1) == dim and q.stride(2) == k.stride(2) == v.stride(2) == 1
+        out = torch.empty(rows, heads * dim, dtype=torch.float32)
+        sessions = len(plan.layer_step)
+        caches = _int64s([plan.caches[i] + layer * plan.layer_step[i] for i in range(sessions)])
+        self.lib.cpu_attention(
+            q.data_ptr(), k.data_ptr(), v.data_ptr(), stride, heads, kv_heads, dim, sessions, caches,
+            plan.caps, plan.lens, plan.spans, plan.blocks, scale, out.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+        return out
+
     def rope_(self, rows: torch.Tensor, heads: int, head_dim: int, cos: torch.Tensor, sin: torch.Tensor) -> None:
         """Rotate, in place, the first ``heads`` heads of every row of ``rows`` ``[T, C]`` (contiguous);
         ``cos``/``sin``: ``[T, 1, D/2]``, as :meth:`NativeEngine._rope` gives them."""
@@ -40,6 +88,23 @@ class CpuOps:
         cos, sin = cos.contiguous(), sin.contiguous()  # no-ops for the engine's gathered tables
         t, width = rows.shape
         self.lib.cpu_rope(rows.data_ptr(), t, width, heads, head_dim, cos.data_ptr(), sin.data_ptr())
+
+
+@dataclass(frozen=True)
+class AttentionPlan:
+    """What :meth:`CpuOps.attention` needs about a pass's sessions, built once per forward."""
+
+    caches: ctypes.Array[ctypes.c_int64]  # per session: address of layer 0's [2, Hkv, cap, D] block
+    layer_step: tuple[int, ...]  # per session: bytes from one layer's block to the next
+    caps: ctypes.Array[ctypes.c_int64]  # per session: cache capacity (positions)
+    lens: ctypes.Array[ctypes.c_int64]  # per session: committed positions before this pass
+    spans: ctypes.Array[ctypes.c_int64]  # S + 1 row offsets into the stacked new rows
+    blocks: ctypes.Array[ctypes.c_int64]  # per session: address of its [Q, Q] bool block, 0 for one row
+    keep: tuple[torch.Tensor, ...]  # the block tensors, alive while the plan is
+
+
+def _int64s(values: Sequence[int]) -> ctypes.Array[ctypes.c_int64]:
+    return (ctypes.c_int64 * len(values))(*values)
 
 
 def cpu_ops_for(device: torch.device, dtype: torch.dtype) -> CpuOps | None:

@@ -416,6 +416,14 @@ class NativeEngine:
         masks = [self._bias(p.block, groups) for p in passes]
         spans = list(itertools.accumulate((int(p.tokens.shape[0]) for p in passes), initial=0))
 
+        plan = None
+        if self._ops is not None:  # one C call per layer for every session's attention
+            plan = self._ops.plan([(p.cache.data, p.cache.length, int(p.tokens.shape[0]), p.block) for p in passes])
+        if plan is not None:
+            ops, scale = self._ops, self._scale
+            assert ops is not None
+            return self.run_layers(ids, cos, sin, lambda i, q, k, v: ops.attention(plan, i, q, k, v, scale))
+
         def attend(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             outs = []
             for p, mask, lo, hi in zip(passes, masks, spans, spans[1:], strict=False):
@@ -502,6 +510,8 @@ class NativeEngine:
 
     def final_norm(self, x: torch.Tensor) -> torch.Tensor:
         """The model's final RMSNorm: ``[T, E] -> [T, E]``."""
+        if self._ops is not None:
+            return self._ops.rms_norm(x, self.weights.final_norm, self.shape.eps)
         return _rms_norm(x, self.weights.final_norm, self.shape.eps)
 
     def ensure_rope(self, need: int) -> None:

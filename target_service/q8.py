@@ -98,6 +98,10 @@ def _build_and_load() -> ctypes.CDLL:
     for name, args in (
         ("cpu_rms_norm", [ptr, i64, i64, ptr, ctypes.c_float, ptr]),
         ("cpu_rope", [ptr, i64, i64, i64, i64, ptr, ptr]),
+        (
+            "cpu_attention",
+            [ptr, ptr, ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_float, ptr, ctypes.c_int],
+        ),
     ):
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = None, args

@@ -10,6 +10,8 @@
  */
 #include <stdint.h>
 #include <math.h>
+#include <stdlib.h>
+#include <string.h>
 
 #ifdef __AVX512F__
 #include <immintrin.h>
@@ -55,5 +57,162 @@ void cpu_rope(float *x, int64_t T, int64_t stride, int64_t heads, int64_t D, con
                 x2[j] = bc + as;
             }
         }
+    }
+}
+
+/* ---- attention over every session of a pass, one call per layer ------------------------------ */
+
+#ifdef __AVX512F__
+/* e^x for x <= 0 (Cephes' expf polynomial on [-ln2/2, ln2/2], scaled by 2^n with scalef):
+ * within 2 ulp of expf; x below -87.3 gives about 1e-38 rather than 0. */
+static inline __m512 exp_le0(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.3f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(y, n);
+}
+#endif
+
+static float dot(const float *a, const float *b, int64_t D) {
+#ifdef __AVX512F__
+    if (D % 16 == 0) {
+        __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(a), _mm512_loadu_ps(b));
+        for (int64_t d = 16; d < D; d += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), _mm512_loadu_ps(b + d), acc);
+        return _mm512_reduce_add_ps(acc);
+    }
+#endif
+    float s = 0.0f;
+    for (int64_t d = 0; d < D; d++) s = fmaf(a[d], b[d], s);
+    return s;
+}
+
+/* scores[0..n) <- exp(scores - max), returns their sum. */
+static float softmax_numerators(float *scores, int64_t n) {
+    float m = -INFINITY;
+    for (int64_t p = 0; p < n; p++) m = scores[p] > m ? scores[p] : m;
+    float sum = 0.0f;
+    int64_t p = 0;
+#ifdef __AVX512F__
+    const __m512 mv = _mm512_set1_ps(m);
+    __m512 acc = _mm512_setzero_ps();
+    for (; p + 16 <= n; p += 16) {
+        const __m512 e = exp_le0(_mm512_sub_ps(_mm512_loadu_ps(scores + p), mv));
+        _mm512_storeu_ps(scores + p, e);
+        acc = _mm512_add_ps(acc, e);
+    }
+    if (p < n) {
+        const __mmask16 tail = (__mmask16)((1u << (n - p)) - 1u);
+        const __m512 e = exp_le0(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, scores + p), mv));
+        _mm512_mask_storeu_ps(scores + p, tail, e);
+        acc = _mm512_add_ps(acc, _mm512_maskz_mov_ps(tail, e));
+        p = n;
+    }
+    sum = _mm512_reduce_add_ps(acc);
+#endif
+    for (; p < n; p++) {
+        scores[p] = expf(scores[p] - m);
+        sum += scores[p];
+    }
+    return sum;
+}
+
+/* out[D] = sum_p w[p] * rows(p)[D] over n positions whose rows are given by index. */
+static void weighted_rows(const float *w, const float *base, const int64_t *index, int64_t n, int64_t D, float *out) {
+#ifdef __AVX512F__
+    if (D == 64) { /* the common head size: the output row stays in four registers */
+        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int64_t p = 0; p < n; p++) {
+            const float *row = base + index[p] * D;
+            const __m512 wv = _mm512_set1_ps(w[p]);
+            a0 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(row), a0);
+            a1 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(row + 16), a1);
+            a2 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(row + 32), a2);
+            a3 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(row + 48), a3);
+        }
+        _mm512_storeu_ps(out, a0);
+        _mm512_storeu_ps(out + 16, a1);
+        _mm512_storeu_ps(out + 32, a2);
+        _mm512_storeu_ps(out + 48, a3);
+        return;
+    }
+#endif
+    for (int64_t d = 0; d < D; d++) out[d] = 0.0f;
+    for (int64_t p = 0; p < n; p++) {
+        const float *row = base + index[p] * D;
+        const float wp = w[p];
+        int64_t d = 0;
+#ifdef __AVX512F__
+        const __m512 wv = _mm512_set1_ps(wp);
+        for (; d + 16 <= D; d += 16)
+            _mm512_storeu_ps(out + d, _mm512_fmadd_ps(wv, _mm512_loadu_ps(row + d), _mm512_loadu_ps(out + d)));
+#endif
+        for (; d < D; d++) out[d] = fmaf(wp, row[d], out[d]);
+    }
+}
+
+/*
+ * One layer's attention for S sessions whose new rows are stacked in q/k/v ([T] rows, `stride`
+ * floats apart; q: H heads of D, k/v: Hkv heads of D). Session s owns rows [spans[s], spans[s+1]),
+ * has lens[s] committed positions and a cache whose layer block starts at caches[s] with capacity
+ * caps[s] ([2, Hkv, cap, D]: keys, then values). Its new rows' keys/values are first written at
+ * positions lens[s].. of its cache; then new row i of s attends to the whole prefix and to the new
+ * rows c with blocks[s][i * Q + c] != 0 (blocks[s] NULL: a single row, which sees itself). Query
+ * head h reads KV head h / (H / Hkv). out: [T, H * D]. Every (row, head) is computed on its own,
+ * in one fixed order, so results do not depend on the other rows or sessions of the pass.
+ */
+void cpu_attention(const float *q, const float *k, const float *v, int64_t stride, int64_t H, int64_t Hkv, int64_t D,
+                   int64_t S, const int64_t *caches, const int64_t *caps, const int64_t *lens, const int64_t *spans,
+                   const int64_t *blocks, float scale, float *out, int threads) {
+    for (int64_t s = 0; s < S; s++) {
+        float *cache = (float *)caches[s];
+        const int64_t cap = caps[s], len = lens[s];
+        for (int64_t t = spans[s]; t < spans[s + 1]; t++)
+            for (int64_t j = 0; j < Hkv; j++) {
+                const int64_t pos = len + t - spans[s];
+                memcpy(cache + (j * cap + pos) * D, k + t * stride + j * D, (size_t)D * sizeof(float));
+                memcpy(cache + ((Hkv + j) * cap + pos) * D, v + t * stride + j * D, (size_t)D * sizeof(float));
+            }
+    }
+    const int64_t T = spans[S], groups = H / Hkv;
+    int64_t most = 0;
+    for (int64_t s = 0; s < S; s++) {
+        const int64_t n = lens[s] + spans[s + 1] - spans[s];
+        most = n > most ? n : most;
+    }
+#pragma omp parallel num_threads(threads)
+    {
+        float *scores = (float *)malloc((size_t)(most + 16) * sizeof(float));
+        int64_t *index = (int64_t *)malloc((size_t)(most + 16) * sizeof(int64_t));
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t item = 0; item < T * H; item++) {
+            const int64_t t = item / H, h = item % H, j = h / groups;
+            int64_t s = 0;
+            while (t >= spans[s + 1]) s++;
+            const float *cache = (const float *)caches[s];
+            const int64_t cap = caps[s], len = lens[s], Q = spans[s + 1] - spans[s], i = t - spans[s];
+            const float *keys = cache + j * cap * D, *values = cache + (Hkv + j) * cap * D;
+            const uint8_t *block = (const uint8_t *)blocks[s];
+            int64_t n = 0;
+            for (int64_t p = 0; p < len; p++) index[n++] = p;
+            for (int64_t c = 0; c < Q; c++)
+                if (block ? block[i * Q + c] : c == i) index[n++] = len + c;
+            const float *qv = q + t * stride + h * D;
+            for (int64_t p = 0; p < n; p++) scores[p] = dot(qv, keys + index[p] * D, D) * scale;
+            const float sum = softmax_numerators(scores, n);
+            const float inv = 1.0f / sum;
+            for (int64_t p = 0; p < n; p++) scores[p] *= inv;
+            weighted_rows(scores, values, index, n, D, out + t * H * D + h * D);
+        }
+        free(scores);
+        free(index);
     }
 }

@@ -46,20 +46,26 @@ def test_rope_is_bit_identical_to_the_torch_ops(head_dim: int) -> None:
 
 
 def test_engine_with_and_without_the_c_ops(tiny_target_model: LoadedModel) -> None:
-    """The same tree pass through C ops and through torch ops: equal logits to float32 rounding."""
+    """Two sessions of different lengths in one tree pass, through the C ops (attention
+    included) and through torch ops: equal logits to float32 rounding, equal argmax."""
     engine = NativeEngine(tiny_target_model.model, "packed")
     assert engine._ops is not None
     rng = random.Random(9)
-    prompt = [rng.randrange(engine.vocab_size) for _ in range(30)]
-    tree = random_tree(rng, engine.vocab_size, max_nodes=10)
+    work = []
+    for length in (30, 7):
+        prompt = [rng.randrange(engine.vocab_size) for _ in range(length)]
+        work.append((prompt, random_tree(rng, engine.vocab_size, max_nodes=10)))
     outputs = []
     for ops in (engine._ops, None):
         engine._ops = ops
-        cache = engine.new_cache()
-        pending = engine.prefill(cache, prompt)
-        outputs.append(engine.score_tree(cache, pending, torch.tensor(tree.parents), tree.tokens))  # [1+N, V]
-    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-4, rtol=0)
-    assert torch.equal(outputs[0].argmax(-1), outputs[1].argmax(-1))
+        items = []
+        for prompt, tree in work:
+            cache = engine.new_cache()
+            items.append((cache, engine.prefill(cache, prompt), torch.tensor(tree.parents), tree.tokens))
+        outputs.append(engine.score_trees(items))  # per session [1+N, V]
+    for with_c, with_torch in zip(*outputs, strict=True):
+        torch.testing.assert_close(with_c, with_torch, atol=1e-4, rtol=0)
+        assert torch.equal(with_c.argmax(-1), with_torch.argmax(-1))
 
 
 @pytest.fixture(scope="module")
