@@ -95,6 +95,44 @@ static float dot(const float *a, const float *b, int64_t D) {
     return s;
 }
 
+#ifdef __AVX512F__
+/* The lane sums of four accumulators: one fixed tree per accumulator (lanes j and j + 8, then
+ * neighbouring pairs, pairs of pairs, the two 128-bit halves), so a dot product's bits do not
+ * depend on which of the four slots it took. */
+static inline __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
+#define HALVES(a) _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)))
+    const __m256 t0 = _mm256_hadd_ps(HALVES(a0), HALVES(a1)), t1 = _mm256_hadd_ps(HALVES(a2), HALVES(a3));
+#undef HALVES
+    const __m256 u = _mm256_hadd_ps(t0, t1);
+    return _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+}
+
+/* scores[g][p] = scale * q_g . keys[index[p]] for the G (<= 4) query heads of one KV head, D = 64,
+ * four positions at a time (missing ones read a zero row). */
+static void group_scores_64(const float *q, int64_t G, const float *keys, const int64_t *index, int64_t n,
+                            float scale, float *scores, int64_t ld) {
+    static const float zeros[64] = {0};
+    __m512 qv[4][4];
+    for (int64_t g = 0; g < G; g++)
+        for (int c = 0; c < 4; c++) qv[g][c] = _mm512_loadu_ps(q + g * 64 + c * 16);
+    const __m128 sv = _mm_set1_ps(scale);
+    for (int64_t p = 0; p < n; p += 4) {
+        const float *rows[4];
+        for (int r = 0; r < 4; r++) rows[r] = p + r < n ? keys + index[p + r] * 64 : zeros;
+        for (int64_t g = 0; g < G; g++) {
+            __m512 acc[4];
+            for (int r = 0; r < 4; r++) {
+                acc[r] = _mm512_mul_ps(qv[g][0], _mm512_loadu_ps(rows[r]));
+                for (int c = 1; c < 4; c++) acc[r] = _mm512_fmadd_ps(qv[g][c], _mm512_loadu_ps(rows[r] + c * 16), acc[r]);
+            }
+            float out[4];
+            _mm_storeu_ps(out, _mm_mul_ps(reduce4(acc[0], acc[1], acc[2], acc[3]), sv));
+            for (int r = 0; r < 4 && p + r < n; r++) scores[g * ld + p + r] = out[r];
+        }
+    }
+}
+#endif
+
 /* scores[0..n) <- exp(scores - max), returns their sum. */
 static float softmax_numerators(float *scores, int64_t n) {
     float m = -INFINITY;
@@ -190,11 +228,12 @@ void cpu_attention(const float *q, const float *k, const float *v, int64_t strid
     }
 #pragma omp parallel num_threads(threads)
     {
-        float *scores = (float *)malloc((size_t)(most + 16) * sizeof(float));
+        float *scores = (float *)malloc((size_t)groups * (most + 16) * sizeof(float));
         int64_t *index = (int64_t *)malloc((size_t)(most + 16) * sizeof(int64_t));
-#pragma omp for schedule(dynamic, 4)
-        for (int64_t item = 0; item < T * H; item++) {
-            const int64_t t = item / H, h = item % H, j = h / groups;
+        const int64_t ld = most + 16;
+#pragma omp for schedule(dynamic, 2)
+        for (int64_t item = 0; item < T * Hkv; item++) {
+            const int64_t t = item / Hkv, j = item % Hkv;
             int64_t s = 0;
             while (t >= spans[s + 1]) s++;
             const float *cache = (const float *)caches[s];
@@ -205,12 +244,20 @@ void cpu_attention(const float *q, const float *k, const float *v, int64_t strid
             for (int64_t p = 0; p < len; p++) index[n++] = p;
             for (int64_t c = 0; c < Q; c++)
                 if (block ? block[i * Q + c] : c == i) index[n++] = len + c;
-            const float *qv = q + t * stride + h * D;
-            for (int64_t p = 0; p < n; p++) scores[p] = dot(qv, keys + index[p] * D, D) * scale;
-            const float sum = softmax_numerators(scores, n);
-            const float inv = 1.0f / sum;
-            for (int64_t p = 0; p < n; p++) scores[p] *= inv;
-            weighted_rows(scores, values, index, n, D, out + t * H * D + h * D);
+            const float *q0 = q + t * stride + j * groups * D; /* the query heads of KV head j */
+#ifdef __AVX512F__
+            if (D == 64 && groups <= 4)
+                group_scores_64(q0, groups, keys, index, n, scale, scores, ld);
+            else
+#endif
+                for (int64_t g = 0; g < groups; g++)
+                    for (int64_t p = 0; p < n; p++) scores[g * ld + p] = dot(q0 + g * D, keys + index[p] * D, D) * scale;
+            for (int64_t g = 0; g < groups; g++) {
+                float *sg = scores + g * ld;
+                const float inv = 1.0f / softmax_numerators(sg, n);
+                for (int64_t p = 0; p < n; p++) sg[p] *= inv;
+                weighted_rows(sg, values, index, n, D, out + t * H * D + (j * groups + g) * D);
+            }
         }
         free(scores);
         free(index);
