@@ -19,6 +19,7 @@ vectorized exp beats a scalar ``expf`` tenfold.)
 from __future__ import annotations
 
 import ctypes
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -108,8 +109,11 @@ def _int64s(values: Sequence[int]) -> ctypes.Array[ctypes.c_int64]:
 
 
 def cpu_ops_for(device: torch.device, dtype: torch.dtype) -> CpuOps | None:
-    """The C ops where they apply (a CPU, float32, the library built), else None (torch ops)."""
-    if device.type != "cpu" or dtype != torch.float32:
+    """The C ops where they apply (a CPU, float32, the library built), else None (torch ops).
+
+    ``SPECD_CPU_OPS=0`` in the environment keeps the torch ops (to compare, or to rule them out).
+    """
+    if device.type != "cpu" or dtype != torch.float32 or os.environ.get("SPECD_CPU_OPS") == "0":
         return None
     lib = load_library()
     return None if lib is None else CpuOps(lib)
