@@ -16,9 +16,11 @@ OPS = cpu_ops_for(torch.device("cpu"), torch.float32)
 pytestmark = pytest.mark.skipif(OPS is None, reason="the CPU kernel library could not be built")
 
 
-def test_not_offered_off_cpu_float32() -> None:
+def test_not_offered_off_cpu_float32_or_when_switched_off(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cpu_ops_for(torch.device("cpu"), torch.float64) is None
     assert cpu_ops_for(torch.device("cuda"), torch.float32) is None
+    monkeypatch.setenv("SPECD_CPU_OPS", "0")
+    assert cpu_ops_for(torch.device("cpu"), torch.float32) is None
 
 
 @pytest.mark.parametrize("rows", [1, 5, 16])
