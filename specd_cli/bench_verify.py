@@ -11,8 +11,10 @@ cache of ``--context`` tokens, one forward pass over k new tokens:
   past_key_values=cache)``, eager PyTorch, its default attention) on a ``DynamicCache``, then
   ``cache.crop`` back.
 
-Both run interleaved (k by k, engine by engine) on the same thread so background load hits
-both alike; the median of ``--repeats`` runs is reported. A benchmark, not a test.
+For each k, each engine's warm-up and timed passes run back to back on the same thread (as a
+dedicated server runs them; interleaving let one engine start on caches the other had just
+flushed), one engine right after the other so background load hits both alike; the median of
+``--repeats`` runs is reported. A benchmark, not a test.
 """
 
 from __future__ import annotations

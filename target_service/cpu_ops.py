@@ -50,7 +50,7 @@ class CpuOps:
             spans.append(spans[-1] + rows)
         return AttentionPlan(
             caches=_int64s([data.data_ptr() for data, _, _, _ in sessions]),
-            layer_step=tuple(data.stride(0) * 4 for data, _, _, _ in sessions),
+            layer_step=tuple(data.stride(0) * data.element_size() for data, _, _, _ in sessions),
             caps=_int64s([int(data.shape[3]) for data, _, _, _ in sessions]),
             lens=_int64s([length for _, length, _, _ in sessions]),
             spans=_int64s(spans),
@@ -62,7 +62,7 @@ class CpuOps:
         self,
         plan: AttentionPlan,
         layer: int,
-        q: torch.Tensor,  # [T, H, D] (rows may be strided, heads and dims contiguous)
+        q: torch.Tensor,  # [T, H, D] (rows may be strided: views of the fused qkv, or tensors of their own)
         k: torch.Tensor,  # [T, Hkv, D]
         v: torch.Tensor,  # [T, Hkv, D]
         scale: float,
@@ -70,15 +70,15 @@ class CpuOps:
         """Write the new rows' keys/values into every session's cache and attend: ``[T, H D]``."""
         rows, heads, dim = q.shape
         kv_heads = k.shape[1]
-        stride = q.stride(0)  # one row's [q | k | v]; a single row's views may report their own width
-        assert rows == 1 or stride == k.stride(0) == v.stride(0)
-        assert q.stride(1) == k.stride(1) == v.stride(1) == dim and q.stride(2) == k.stride(2) == v.stride(2) == 1
+        for t in (q, k, v):  # heads and dims contiguous within a row
+            assert t.dtype == torch.float32 and t.stride(1) == dim and t.stride(2) == 1
         out = torch.empty(rows, heads * dim, dtype=torch.float32)
         sessions = len(plan.layer_step)
         caches = _int64s([plan.caches[i] + layer * plan.layer_step[i] for i in range(sessions)])
         self.lib.cpu_attention(
-            q.data_ptr(), k.data_ptr(), v.data_ptr(), stride, heads, kv_heads, dim, sessions, caches,
-            plan.caps, plan.lens, plan.spans, plan.blocks, scale, out.data_ptr(), torch.get_num_threads(),
+            q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), heads, kv_heads, dim,
+            sessions, caches, plan.caps, plan.lens, plan.spans, plan.blocks, scale, out.data_ptr(),
+            torch.get_num_threads(),
         )  # fmt: skip
         return out
 

@@ -411,18 +411,15 @@ class NativeEngine:
         ids = torch.cat([p.tokens for p in passes]) if len(passes) > 1 else passes[0].tokens  # [T]
         positions = torch.cat([p.positions for p in passes]) if len(passes) > 1 else passes[0].positions  # [T]
         cos, sin = self._rope(positions)  # [T, 1, D/2] each
+        if self._ops is not None:  # one C call per layer for every session's attention (no masks to build)
+            plan = self._ops.plan([(p.cache.data, p.cache.length, int(p.tokens.shape[0]), p.block) for p in passes])
+            if plan is not None:
+                ops, scale = self._ops, self._scale
+                return self.run_layers(ids, cos, sin, lambda i, q, k, v: ops.attention(plan, i, q, k, v, scale))
         groups = s.heads // s.kv_heads
         # Additive masks over the new rows, repeated for the query heads sharing a KV head: [g Q, Q].
         masks = [self._bias(p.block, groups) for p in passes]
         spans = list(itertools.accumulate((int(p.tokens.shape[0]) for p in passes), initial=0))
-
-        plan = None
-        if self._ops is not None:  # one C call per layer for every session's attention
-            plan = self._ops.plan([(p.cache.data, p.cache.length, int(p.tokens.shape[0]), p.block) for p in passes])
-        if plan is not None:
-            ops, scale = self._ops, self._scale
-            assert ops is not None
-            return self.run_layers(ids, cos, sin, lambda i, q, k, v: ops.attention(plan, i, q, k, v, scale))
 
         def attend(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             outs = []
@@ -451,15 +448,16 @@ class NativeEngine:
         for index, layer in enumerate(w.layers):
             h = ops.rms_norm(x, layer.attn_norm, s.eps) if ops else _rms_norm(x, layer.attn_norm, s.eps)  # [T, E]
             qkv = layer.qkv(h)  # [T, (H + 2 Hkv) D]
-            if ops and layer.q_norm is None:  # rotate q and k in place, one call
+            rope_in_c = ops is not None and layer.q_norm is None  # Qwen3 norms q and k first: torch path
+            if rope_in_c and ops is not None:  # rotate q and k in place, one call
                 ops.rope_(qkv, s.heads + s.kv_heads, s.head_dim, cos, sin)
             q = qkv[:, :n_q].view(-1, s.heads, s.head_dim)  # [T, H, D]
             k = qkv[:, n_q : n_q + n_kv].view(-1, s.kv_heads, s.head_dim)  # [T, Hkv, D]
             v = qkv[:, n_q + n_kv :].view(-1, s.kv_heads, s.head_dim)  # [T, Hkv, D]
-            if not ops or layer.q_norm is not None:
-                if layer.q_norm is not None and layer.k_norm is not None:
-                    q = _rms_norm(q, layer.q_norm, s.eps)
-                    k = _rms_norm(k, layer.k_norm, s.eps)
+            if layer.q_norm is not None and layer.k_norm is not None:
+                q = _rms_norm(q, layer.q_norm, s.eps)
+                k = _rms_norm(k, layer.k_norm, s.eps)
+            if not rope_in_c:
                 q = _apply_rope(q, cos, sin)  # [T, H, D]
                 k = _apply_rope(k, cos, sin)  # [T, Hkv, D]
             attn = attend(index, q, k, v)  # [T, H D]

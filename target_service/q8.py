@@ -100,7 +100,7 @@ def _build_and_load() -> ctypes.CDLL:
         ("cpu_rope", [ptr, i64, i64, i64, i64, ptr, ptr]),
         (
             "cpu_attention",
-            [ptr, ptr, ptr, i64, i64, i64, i64, i64, ptr, ptr, ptr, ptr, ptr, ctypes.c_float, ptr, ctypes.c_int],
+            [ptr, i64, ptr, i64, ptr, i64, i64, i64, i64, i64, *[ptr] * 5, ctypes.c_float, ptr, ctypes.c_int],
         ),
     ):
         fn = getattr(lib, name)

@@ -198,8 +198,9 @@ static void weighted_rows(const float *w, const float *base, const int64_t *inde
 }
 
 /*
- * One layer's attention for S sessions whose new rows are stacked in q/k/v ([T] rows, `stride`
- * floats apart; q: H heads of D, k/v: Hkv heads of D). Session s owns rows [spans[s], spans[s+1]),
+ * One layer's attention for S sessions whose new rows are stacked in q/k/v ([T] rows, q_stride /
+ * k_stride / v_stride floats apart; q: H heads of D, k/v: Hkv heads of D, each head contiguous).
+ * Session s owns rows [spans[s], spans[s+1]),
  * has lens[s] committed positions and a cache whose layer block starts at caches[s] with capacity
  * caps[s] ([2, Hkv, cap, D]: keys, then values). Its new rows' keys/values are first written at
  * positions lens[s].. of its cache; then new row i of s attends to the whole prefix and to the new
@@ -207,7 +208,8 @@ static void weighted_rows(const float *w, const float *base, const int64_t *inde
  * head h reads KV head h / (H / Hkv). out: [T, H * D]. Every (row, head) is computed on its own,
  * in one fixed order, so results do not depend on the other rows or sessions of the pass.
  */
-void cpu_attention(const float *q, const float *k, const float *v, int64_t stride, int64_t H, int64_t Hkv, int64_t D,
+void cpu_attention(const float *q, int64_t q_stride, const float *k, int64_t k_stride, const float *v, int64_t v_stride,
+                   int64_t H, int64_t Hkv, int64_t D,
                    int64_t S, const int64_t *caches, const int64_t *caps, const int64_t *lens, const int64_t *spans,
                    const int64_t *blocks, float scale, float *out, int threads) {
     for (int64_t s = 0; s < S; s++) {
@@ -216,8 +218,8 @@ void cpu_attention(const float *q, const float *k, const float *v, int64_t strid
         for (int64_t t = spans[s]; t < spans[s + 1]; t++)
             for (int64_t j = 0; j < Hkv; j++) {
                 const int64_t pos = len + t - spans[s];
-                memcpy(cache + (j * cap + pos) * D, k + t * stride + j * D, (size_t)D * sizeof(float));
-                memcpy(cache + ((Hkv + j) * cap + pos) * D, v + t * stride + j * D, (size_t)D * sizeof(float));
+                memcpy(cache + (j * cap + pos) * D, k + t * k_stride + j * D, (size_t)D * sizeof(float));
+                memcpy(cache + ((Hkv + j) * cap + pos) * D, v + t * v_stride + j * D, (size_t)D * sizeof(float));
             }
     }
     const int64_t T = spans[S], groups = H / Hkv;
@@ -244,7 +246,7 @@ void cpu_attention(const float *q, const float *k, const float *v, int64_t strid
             for (int64_t p = 0; p < len; p++) index[n++] = p;
             for (int64_t c = 0; c < Q; c++)
                 if (block ? block[i * Q + c] : c == i) index[n++] = len + c;
-            const float *q0 = q + t * stride + j * groups * D; /* the query heads of KV head j */
+            const float *q0 = q + t * q_stride + j * groups * D; /* the query heads of KV head j */
 #ifdef __AVX512F__
             if (D == 64 && groups <= 4)
                 group_scores_64(q0, groups, keys, index, n, scale, scores, ld);
