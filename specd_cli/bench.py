@@ -85,7 +85,19 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         help="where the redrafter head drafts: the draft service, or co-located in the target service",
     )
     p.add_argument("--engine", default="auto", help="specd target engine: auto | native | hf")
-    p.add_argument("--weight-format", default=None, help="native engine weights: auto | dense | packed | q8")
+    p.add_argument(
+        "--weight-format",
+        default=None,
+        help="native engine weights: auto | dense | packed | q8 | q8a8 (q8a8 changes outputs vs fp32: "
+        "compare with --reference vanilla)",
+    )
+    p.add_argument(
+        "--reference",
+        default="hf-generate",
+        choices=("hf-generate", "vanilla"),
+        help="whose greedy output every run is checked against: transformers' generate, or specd's own "
+        "target-only decoding on the same engine (for a weight format that changes outputs, like q8a8)",
+    )
     add_beam_bench_args(p)  # beam-sample, dsbd, dsbd-keep-best, hf-beam-sample: specd_cli/bench_beams.py
 
 
@@ -219,7 +231,9 @@ def run_bench(args: argparse.Namespace) -> int:
     for m in methods:
         _tree_budget(m)  # a bad ':budget' suffix fails before anything starts
     if "hf-generate" not in methods:
-        methods.insert(0, "hf-generate")  # the reference every output is compared with
+        methods.insert(0, "hf-generate")  # the baseline every speedup is relative to
+    if args.reference == "vanilla":  # the reference runs first on every prompt
+        methods = ["vanilla", *(m for m in methods if m != "vanilla")]
     transports = ["grpc", "inproc"] if args.transport == "both" else [args.transport]
     args.out.mkdir(parents=True, exist_ok=True)
 
@@ -322,7 +336,7 @@ def run_bench(args: argparse.Namespace) -> int:
                         k: getattr(stats.phases, k)
                         for k in ("draft_s", "verify_s", "network_s", "orchestrate_s", "prefill_s")
                     }
-                if method == "hf-generate":
+                if method == args.reference:
                     reference = tokens
                 diff = _first_diff(tokens, reference)
                 runs.append(
@@ -456,6 +470,8 @@ def write_outputs(args: argparse.Namespace, runs: list[Run], summary: dict[str, 
         "max_new_tokens": args.max_new_tokens,
         "target": args.target,
         "draft_model": args.draft_model,
+        "weight_format": args.weight_format,
+        "reference": args.reference,
         "command": " ".join(sys.argv),
     }
     (args.out / "results.json").write_text(
@@ -463,7 +479,7 @@ def write_outputs(args: argparse.Namespace, runs: list[Run], summary: dict[str, 
     )
     categories = sorted({r.category for r in runs})
     lines = [
-        "| method | " + " | ".join(categories) + " | overall | τ | tok/s | lossless |",
+        "| method | " + " | ".join(categories) + f" | overall | τ | tok/s | = {args.reference} |",
         "|---|" + "---|" * (len(categories) + 4),
     ]
     for name, s in summary.items():
@@ -479,10 +495,11 @@ def write_outputs(args: argparse.Namespace, runs: list[Run], summary: dict[str, 
             + f" | **{overall}** | {s['tau']:.2f} | {s['tokens_per_s']:.1f} | {lossless} |"
         )
     diffs = [r for r in runs if r.identical_to_reference is False]
+    reference_name = "hf-generate" if args.reference == "hf-generate" else "specd vanilla (same engine)"
     lines.append("")
     lines.append(
         f"Speedup = tokens/s relative to hf-generate on the same prompts; τ = new tokens per target "
-        f"forward pass. {len(diffs)} run(s) differ from hf-generate's greedy output" + (":" if diffs else ".")
+        f"forward pass. {len(diffs)} run(s) differ from {reference_name}'s greedy output" + (":" if diffs else ".")
     )
     lines += [
         f"- {_key(r)} on {r.category}/{r.question_id}: first different token at {r.first_difference}" for r in diffs

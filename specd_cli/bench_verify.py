@@ -36,7 +36,7 @@ def add_bench_verify_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: CUDA when present)")
     p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default: fp32 CPU, bf16 CUDA)")
     p.add_argument("--engine", default="auto", help="specd engine: auto | native | hf")
-    p.add_argument("--weight-format", default=None, help="native engine weights: auto | dense | packed")
+    p.add_argument("--weight-format", default=None, help="native engine weights: auto | dense | packed | q8 | q8a8")
     p.add_argument(
         "--cuda-graphs", default="auto", choices=("auto", "on", "off"), help="native engine: CUDA graph replay"
     )

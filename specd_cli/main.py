@@ -50,7 +50,7 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--weight-format",
         default=None,
-        help="native engine weights: auto | dense | packed (MKL fp32) | q8 (exact int8)",
+        help="native engine weights: auto | dense | packed (MKL fp32) | q8 (exact int8) | q8a8 (int8 activations too: changes outputs vs fp32)",
     )
     p.add_argument(
         "--cuda-graphs",

@@ -10,6 +10,12 @@ whole pass is measured by ``specd bench-verify --weight-format F`` (docs/BENCHMA
   (GGUF Q4_0/Q4_1/Q8_0, like the default SmolLM2), the 1-byte codes rebuild every fp32 weight bit
   for bit, so the model is unchanged and a decode step reads a quarter of the bytes. The default
   on CPU; weights that are not such codes stay ``packed``.
+* ``q8a8`` -- opt-in, never chosen by ``auto``: the same exact int8 weights, times activations
+  quantized to int8 per row and per group of 32 (as llama.cpp's CPU dot products do), summed in
+  integers with AVX-512 VNNI (four times the multiply-adds per instruction of fp32). It CHANGES
+  the outputs against fp32 (the activations are rounded), so greedy text can differ from
+  ``hf-generate``'s; but every row is still computed alone in a fixed order, so speculative
+  decoding on it stays lossless against the same engine's own greedy decoding.
 * ``packed`` -- fp32 weights reordered once into MKL's packed GEMM layout
   (``torch.ops.mkl._mkl_reorder_linear_weight``, what inductor's freezing pass emits). The
   reorder happens at load time instead of inside every call, which is what made 2-8 row
@@ -35,8 +41,8 @@ import torch.nn.functional as F
 
 from spec_decode.errors import InvalidArgument
 
-WeightFormat = Literal["dense", "packed", "q8"]
-WEIGHT_FORMATS: tuple[str, ...] = ("auto", "dense", "packed", "q8")
+WeightFormat = Literal["dense", "packed", "q8", "q8a8"]
+WEIGHT_FORMATS: tuple[str, ...] = ("auto", "dense", "packed", "q8", "q8a8")
 
 
 class LinearKernel(Protocol):
@@ -102,14 +108,14 @@ def resolve_format(requested: str | None, device: torch.device, dtype: torch.dty
         return "q8" if library_error() is None else "packed"
     if name == "packed" and not (cpu_fp32 and _mkl_packing_available()):
         raise InvalidArgument(f"weight format 'packed' needs float32 on a CPU with MKL (got {dtype} on {device})")
-    if name == "q8":
+    if name in ("q8", "q8a8"):
         if not (cpu_fp32 and _mkl_packing_available()):
-            raise InvalidArgument(f"weight format 'q8' needs float32 on a CPU (got {dtype} on {device})")
+            raise InvalidArgument(f"weight format {name!r} needs float32 on a CPU (got {dtype} on {device})")
         from target_service.q8 import library_error
 
         error = library_error()
         if error is not None:
-            raise InvalidArgument(f"weight format 'q8' needs its C kernel, which could not be built: {error}")
+            raise InvalidArgument(f"weight format {name!r} needs its C kernel, which could not be built: {error}")
     return name  # type: ignore[return-value]
 
 
@@ -124,12 +130,14 @@ def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, fmt: WeightForm
     bias = None if bias is None else bias.detach().contiguous()
     if fmt == "dense":
         return DenseLinear(weight, bias, out_features, in_features)
-    if fmt == "q8":
-        from target_service.q8 import Q8Linear, quantize_exact, to_panels
+    if fmt in ("q8", "q8a8"):
+        from target_service.q8 import Q8A8Linear, Q8Linear, quantize_exact, to_a8_panels, to_panels
 
         codes = quantize_exact(weight)
-        if codes is None:  # not a group-quantized checkpoint: keep fp32, never change the model
+        if codes is None:  # not a group-quantized checkpoint: keep fp32, never change the weights
             return make_linear(weight, bias, "packed")
+        if fmt == "q8a8":
+            return Q8A8Linear(to_a8_panels(codes), bias, out_features, in_features)
         return Q8Linear(to_panels(codes), bias, out_features, in_features)
     packed = torch.ops.mkl._mkl_reorder_linear_weight(weight, 16)
     return PackedLinear(packed, weight, bias, out_features, in_features)

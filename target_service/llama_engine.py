@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from spec_decode.tree import tree_pass_inputs
 from target_service.cpu_ops import CpuOps, cpu_ops_for
 from target_service.kernels import LinearKernel, WeightFormat, make_linear, resolve_format
-from target_service.q8 import Q8Linear
+from target_service.q8 import Q8A8Linear, Q8Linear
 from target_service.static_pass import DEFAULT_STATIC_CONTEXT, StaticPasses
 
 STATIC_MODES = ("auto", "graphs", "eager", "off")
@@ -534,7 +534,7 @@ class NativeEngine:
 
 def _residual(x: torch.Tensor, kernel: LinearKernel, rows: torch.Tensor) -> torch.Tensor:
     """``x + kernel(rows)``; in place into ``x`` where the kernel fuses the add (same bits)."""
-    if isinstance(kernel, Q8Linear) and x.is_contiguous():
+    if isinstance(kernel, (Q8Linear, Q8A8Linear)) and x.is_contiguous():
         kernel.add_to(x, rows)
         return x
     return x + kernel(rows)

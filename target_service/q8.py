@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 GROUP = 32
 PANEL = 32  # output features per panel of the kernel's layout (csrc/q8_linear.c)
 _SOURCE = Path(__file__).with_name("csrc") / "q8_linear.c"
-_SOURCES = (_SOURCE, _SOURCE.with_name("cpu_ops.c"))  # one library: the linear kernel and the per-layer ops
+# one library: the exact linear kernel, its int8-activation variant, and the per-layer ops
+_SOURCES = (_SOURCE, _SOURCE.with_name("q8a8_linear.c"), _SOURCE.with_name("cpu_ops.c"))
 _LIB: ctypes.CDLL | None = None
 _LIB_ERROR: str | None = None
 _LIB_LOCK = threading.Lock()
@@ -95,6 +96,9 @@ def _build_and_load() -> ctypes.CDLL:
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.q8_linear.restype = None
     lib.q8_linear.argtypes = [ptr, i64, i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int]
+    lib.q8a8_linear.restype = None
+    lib.q8a8_linear.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int]
+    lib.q8a8_has_vnni.restype = ctypes.c_int
     for name, args in (
         ("cpu_rms_norm", [ptr, i64, i64, ptr, ctypes.c_float, ptr]),
         ("cpu_rope", [ptr, i64, i64, i64, i64, ptr, ptr]),
@@ -256,3 +260,77 @@ class Q8Linear:
 
     def nbytes(self) -> int:
         return self.weight.codes.numel() + 4 * (self.weight.scale.numel() + self.weight.shift.numel())
+
+
+# ---- int8 activations (the opt-in "q8a8" format) -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class Q8A8Panels:
+    """The layout of ``csrc/q8a8_linear.c``: the codes in quads of four k per output feature.
+
+    ``codes[p, k/4, j, k%4] = q[32 p + j, k]``; ``start[p, g, j] = -128 * sum of q[32 p + j]`` over
+    group ``g`` (the integer correction for the kernel's activations, stored ``+ 128``);
+    ``scale``/``shift`` as in :class:`Q8Panels`. Padded like :class:`Q8Panels`.
+    """
+
+    codes: torch.Tensor  # [P, K/4, 32, 4] int8
+    start: torch.Tensor  # [P, K/32, 32] int32
+    scale: torch.Tensor  # [P, K/32, 32] fp32
+    shift: torch.Tensor  # [P, K/32, 32] fp32
+
+
+def to_a8_panels(weight: Q8Weight) -> Q8A8Panels:
+    n, k = weight.q.shape
+    sums = weight.q.to(torch.int32).reshape(n, k // GROUP, GROUP).sum(-1)  # [N, K/32]
+    base = to_panels(Q8Weight(weight.q, weight.d, weight.m))
+    panels = base.codes.shape[0]
+    codes = base.codes.reshape(panels, k // 4, 4, PANEL).transpose(2, 3).contiguous()  # [P, K/4, 32, 4]
+    start = to_panels(Q8Weight(weight.q, (-128 * sums).to(torch.float64), weight.m)).scale  # [P, K/32, 32]
+    return Q8A8Panels(codes, start.to(torch.int32).contiguous(), base.scale, base.shift)
+
+
+@dataclass(frozen=True)
+class Q8A8Linear:
+    """``x @ W^T + b`` with the exact int8 weights and int8 activations (per row, per group of 32).
+
+    Opt-in (weight format ``q8a8``): the rounding of the activations changes the outputs against
+    fp32, but each row is still computed on its own in a fixed order, so a tree pass equals
+    decoding each branch alone with this same format (``csrc/q8a8_linear.c``).
+    """
+
+    weight: Q8A8Panels
+    bias: torch.Tensor | None  # [N]
+    out_features: int
+    in_features: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)  # [M, N]
+        self._run(x, None, y)
+        return y
+
+    def add_to(self, out: torch.Tensor, x: torch.Tensor) -> None:
+        """``out += x @ W^T + b`` in place: the bits of ``out + self(x)``."""
+        assert out.is_contiguous() and out.dtype == torch.float32 and out.shape == (x.shape[0], self.out_features)
+        self._run(x, out, out)
+
+    def _run(self, x: torch.Tensor, res: torch.Tensor | None, y: torch.Tensor) -> None:
+        lib = load_library()
+        assert lib is not None
+        x = x.contiguous()  # [M, K]
+        w = self.weight
+        lib.q8a8_linear(
+            x.data_ptr(), x.shape[0], self.in_features, w.codes.data_ptr(), w.start.data_ptr(), w.scale.data_ptr(),
+            w.shift.data_ptr(), self.out_features, None if self.bias is None else self.bias.data_ptr(),
+            None if res is None else res.data_ptr(), y.data_ptr(), torch.get_num_threads(),
+        )  # fmt: skip
+
+    def nbytes(self) -> int:
+        w = self.weight
+        return w.codes.numel() + 4 * (w.start.numel() + w.scale.numel() + w.shift.numel())
+
+
+def has_vnni() -> bool:
+    """Whether the compiled library runs ``q8a8`` on AVX-512 VNNI (else element by element: same bits, slow)."""
+    lib = load_library()
+    return bool(lib is not None and lib.q8a8_has_vnni())

@@ -50,3 +50,42 @@ def test_bench_verify_json(tiny_target):
     assert meta["engine"] == "native" and meta["context"] == 20
     bad = _specd("bench-verify", "--target", str(tiny_target), "--tokens", "0,x")
     assert bad.returncode != 0 and "--tokens" in bad.stderr
+
+
+def test_bench_on_a_format_that_changes_outputs_checks_against_its_own_vanilla(tiny_target, tmp_path):
+    """``--weight-format q8a8 --reference vanilla``: every specd run must equal specd's own target-only
+    decoding on that engine (hf-generate, on fp32 weights, may differ)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_target, dtype=torch.float32)
+    with torch.no_grad():  # snap every linear weight to a Q4_1 grid, as a GGUF checkpoint holds them
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and module.in_features % 32 == 0:
+                w = module.weight.reshape(-1, 32)
+                lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+                d = ((hi - lo) / 15).to(torch.float16).to(torch.float32)
+                m = lo.to(torch.float16).to(torch.float32)
+                q = torch.round((w - m) / torch.where(d == 0, 1.0, d)).clamp(0, 15)
+                module.weight.copy_((d * q + m).reshape(module.weight.shape))
+    target = tmp_path / "q4-target"
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(tiny_target).save_pretrained(target)
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [
+        {"question_id": 1, "category": "writing", "turns": ["Write a line about the sea, then repeat it."]},
+        {"question_id": 2, "category": "math", "turns": ["What is 2 + 2? What is 2 + 2?"]},
+    ]
+    prompts.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = tmp_path / "bench"
+    done = _specd(
+        "bench", "--target", str(target), "--device", "cpu", "--prompts", str(prompts), "--per-category", "1",
+        "--max-new-tokens", "16", "--transport", "inproc", "--methods", "hf-generate,pld",
+        "--engine", "native", "--weight-format", "q8a8", "--reference", "vanilla", "--out", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr[-3000:]
+    result = json.loads((out / "results.json").read_text())
+    assert result["meta"]["reference"] == "vanilla" and result["meta"]["weight_format"] == "q8a8"
+    specd_runs = [r for r in result["runs"] if r["method"] in ("vanilla", "pld")]
+    assert len(specd_runs) == 4 and all(r["identical_to_reference"] for r in specd_runs)
+    assert "= vanilla" in (out / "results.md").read_text()

@@ -1,0 +1,199 @@
+/*
+ * The "q8a8" weight format: the same exact int8 weight codes as q8_linear.c, multiplied by
+ * activations that are themselves quantized to int8, so the inner product is integer
+ * arithmetic (AVX-512 VNNI: 64 multiply-adds per instruction instead of 16 for fp32 FMAs).
+ *
+ * Weights (exact, as in q8_linear.c):  W[n, k] = d[n, g] * q[n, k] + m[n, g],  g = k / 32.
+ * Activations, per row and per group of 32 along K (what llama.cpp does for its Q8 dot
+ * products):  s[r, g] = max|x[r, g*32 : g*32+32]| / 127,   a[r, k] = round(x[r, k] / s[r, g]).
+ Per group
+ *     sum_k x w  ~=  s * d * (sum_k a q)  +  (s * sum_k a) * m
+ * with both sums exact int32. vpdpbusd multiplies unsigned by signed bytes, so the activations
+ * are stored as a + 128 and each output's integer sum starts at -128 * sum_k q (precomputed per
+ * group): the correction is exact, in integers, before any rounding. THIS CHANGES THE MODEL'S OUTPUTS against fp32 (the activations
+ * are rounded); it is an opt-in format, never chosen by "auto".
+ *
+ * What it keeps: every row is quantized and summed on its own, in one fixed order (the integer
+ * sums are exact in any order; the float steps run group 0, 1, ..., G-1 per output). A row's
+ * result does not depend on the other rows of the call, so a tree pass equals decoding each
+ * branch alone and speculative decoding stays lossless against this engine's own greedy decoding.
+ *
+ * Layout (target_service/q8.py, to_a8_panels): panels of 32 output features; within a panel,
+ * for each quad of four consecutive k, the 32 features' four codes side by side:
+ *     codes[p, k/4, j, k%4] = q[32 p + j, k]        int8  [P, K/4, 32, 4]
+ *     start[p, g, j] = -128 * sum_{k in g} q[32 p + j, k]                  int32 [P, K/32, 32]
+ *     scale[p, g, j] = d[32 p + j, g],  shift[p, g, j] = m[32 p + j, g]   fp32 [P, K/32, 32]
+ * so one vpdpbusd multiplies a broadcast of a[r, k..k+3] + 128 by a 64-byte row of the panel.
+ *
+ * Without AVX-512 VNNI the same arithmetic runs element by element (same bits, slower).
+ */
+#include <stdint.h>
+#include <string.h>
+#include <stdlib.h>
+#include <math.h>
+
+#if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#include <immintrin.h>
+#define A8_VNNI 1
+#endif
+
+#define A8_GROUP 32
+#define A8_PANEL 32
+#define A8_MAX_R 6 /* rows per register block: 6 x (2 int + 2 float) vectors */
+
+int q8a8_has_vnni(void) {
+#ifdef A8_VNNI
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* Row r of x [K] -> a [K] (stored + 128, as uint8), s [G], ss [G] = s * sum(a) per group. */
+static void quantize_row(const float *x, int64_t K, uint8_t *a, float *s, float *ss) {
+    for (int64_t g = 0; g < K / A8_GROUP; g++) {
+        const float *xg = x + g * A8_GROUP;
+        float amax = 0.0f;
+        for (int i = 0; i < A8_GROUP; i++) amax = fmaxf(amax, fabsf(xg[i]));
+        const float scale = amax / 127.0f;
+        const float inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+        int32_t sum = 0;
+        for (int i = 0; i < A8_GROUP; i++) {
+            float v = nearbyintf(xg[i] * inv);
+            v = v > 127.0f ? 127.0f : (v < -127.0f ? -127.0f : v);
+            a[g * A8_GROUP + i] = (uint8_t)((int32_t)v + 128);
+            sum += (int32_t)v;
+        }
+        s[g] = scale;
+        ss[g] = scale * (float)sum;
+    }
+}
+
+/* out = res + (sum + bias), as in q8_linear.c. */
+static inline void a8_finish_row(const float *row, float *out, int cols, const float *bias, const float *res) {
+    for (int c = 0; c < cols; c++) {
+        float v = bias ? row[c] + bias[c] : row[c];
+        out[c] = res ? res[c] + v : v;
+    }
+}
+
+#ifdef A8_VNNI
+
+#define DEFINE_A8_BLOCK(R)                                                                                   \
+    static void a8_block_##R(const uint8_t *a, int64_t K, const float *s, const float *ss, int64_t G,        \
+                             const int8_t *w, const int32_t *st, const float *d, const float *mp, float *out, \
+                             int64_t ldo,                                                                    \
+                             int cols, const float *bias, const float *res) {                                \
+        __m512 y0[R], y1[R];                                                                                 \
+        for (int r = 0; r < R; r++) y0[r] = y1[r] = _mm512_setzero_ps();                                     \
+        for (int64_t g = 0; g < G; g++) {                                                                    \
+            __m512i i0[R], i1[R];                                                                            \
+            const __m512i st0 = _mm512_loadu_si512((const void *)(st + g * A8_PANEL));                       \
+            const __m512i st1 = _mm512_loadu_si512((const void *)(st + g * A8_PANEL + 16));                  \
+            for (int r = 0; r < R; r++) i0[r] = st0, i1[r] = st1;                                            \
+            const int8_t *wg = w + g * A8_GROUP * A8_PANEL;                                                  \
+            for (int q = 0; q < A8_GROUP / 4; q++) {                                                         \
+                const __m512i w0 = _mm512_loadu_si512((const void *)(wg + q * 128));                          \
+                const __m512i w1 = _mm512_loadu_si512((const void *)(wg + q * 128 + 64));                     \
+                for (int r = 0; r < R; r++) {                                                                \
+                    int32_t quad;                                                                            \
+                    memcpy(&quad, a + r * K + g * A8_GROUP + q * 4, 4);                                      \
+                    const __m512i xb = _mm512_set1_epi32(quad);                                              \
+                    i0[r] = _mm512_dpbusd_epi32(i0[r], xb, w0);                                              \
+                    i1[r] = _mm512_dpbusd_epi32(i1[r], xb, w1);                                              \
+                }                                                                                            \
+            }                                                                                                \
+            const __m512 d0 = _mm512_loadu_ps(d + g * A8_PANEL), d1 = _mm512_loadu_ps(d + g * A8_PANEL + 16); \
+            const __m512 m0 = _mm512_loadu_ps(mp + g * A8_PANEL), m1 = _mm512_loadu_ps(mp + g * A8_PANEL + 16); \
+            for (int r = 0; r < R; r++) {                                                                    \
+                const __m512 sr = _mm512_set1_ps(s[r * G + g]), ssr = _mm512_set1_ps(ss[r * G + g]);         \
+                y0[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(i0[r]), sr), d0, y0[r]);            \
+                y1[r] = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(i1[r]), sr), d1, y1[r]);            \
+                y0[r] = _mm512_fmadd_ps(ssr, m0, y0[r]);                                                     \
+                y1[r] = _mm512_fmadd_ps(ssr, m1, y1[r]);                                                     \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int r = 0; r < R; r++) {                                                                        \
+            float row[A8_PANEL];                                                                             \
+            _mm512_storeu_ps(row, y0[r]);                                                                    \
+            _mm512_storeu_ps(row + 16, y1[r]);                                                               \
+            a8_finish_row(row, out + r * ldo, cols, bias, res ? res + r * ldo : NULL);                      \
+        }                                                                                                    \
+    }
+
+#else /* the same arithmetic, element by element */
+
+#define DEFINE_A8_BLOCK(R)                                                                                   \
+    static void a8_block_##R(const uint8_t *a, int64_t K, const float *s, const float *ss, int64_t G,        \
+                             const int8_t *w, const int32_t *st, const float *d, const float *mp, float *out, \
+                             int64_t ldo,                                                                    \
+                             int cols, const float *bias, const float *res) {                                \
+        for (int r = 0; r < R; r++) {                                                                        \
+            float row[A8_PANEL];                                                                             \
+            for (int c = 0; c < cols; c++) {                                                                 \
+                float y = 0.0f;                                                                              \
+                for (int64_t g = 0; g < G; g++) {                                                            \
+                    int32_t acc = st[g * A8_PANEL + c];                                                      \
+                    for (int i = 0; i < A8_GROUP; i++) {                                                     \
+                        const int64_t k = g * A8_GROUP + i;                                                  \
+                        acc += (int32_t)a[r * K + k] * (int32_t)w[(k / 4) * 128 + c * 4 + k % 4];            \
+                    }                                                                                        \
+                    y = fmaf((float)acc * s[r * G + g], d[g * A8_PANEL + c], y);                             \
+                    y = fmaf(ss[r * G + g], mp[g * A8_PANEL + c], y);                                        \
+                }                                                                                            \
+                row[c] = y;                                                                                  \
+            }                                                                                                \
+            a8_finish_row(row, out + r * ldo, cols, bias, res ? res + r * ldo : NULL);                      \
+        }                                                                                                    \
+    }
+
+#endif
+
+DEFINE_A8_BLOCK(1)
+DEFINE_A8_BLOCK(2)
+DEFINE_A8_BLOCK(3)
+DEFINE_A8_BLOCK(4)
+DEFINE_A8_BLOCK(5)
+DEFINE_A8_BLOCK(6)
+
+typedef void (*a8_block_fn)(const uint8_t *, int64_t, const float *, const float *, int64_t, const int8_t *,
+                            const int32_t *, const float *, const float *, float *, int64_t, int, const float *,
+                            const float *);
+static const a8_block_fn A8_BLOCKS[A8_MAX_R + 1] = {NULL, a8_block_1, a8_block_2, a8_block_3,
+                                                    a8_block_4, a8_block_5, a8_block_6};
+
+/* x: [M, K] fp32; codes/start/scale/shift: the layout above; bias: [N] or NULL; res: [M, N] or NULL, added last
+ * (may be y itself); y: [M, N]. Panels are split across threads; rows run in even register blocks. */
+void q8a8_linear(const float *x, int64_t M, int64_t K, const int8_t *codes, const int32_t *start, const float *scale,
+                 const float *shift, int64_t N, const float *bias, const float *res, float *y, int threads) {
+    const int64_t G = K / A8_GROUP;
+    const int64_t panels = (N + A8_PANEL - 1) / A8_PANEL;
+    uint8_t *a = (uint8_t *)malloc((size_t)(M * K));
+    float *s = (float *)malloc((size_t)(M * G) * sizeof(float));
+    float *ss = (float *)malloc((size_t)(M * G) * sizeof(float));
+#pragma omp parallel num_threads(threads)
+    {
+#pragma omp for schedule(static)
+        for (int64_t r = 0; r < M; r++) quantize_row(x + r * K, K, a + r * K, s + r * G, ss + r * G);
+#pragma omp for schedule(static)
+        for (int64_t p = 0; p < panels; p++) {
+            const int64_t n0 = p * A8_PANEL;
+            const int cols = (int)(N - n0 < A8_PANEL ? N - n0 : A8_PANEL);
+            const int8_t *pw = codes + p * K * A8_PANEL;
+            const int32_t *pst = start + p * G * A8_PANEL;
+            const float *pd = scale + p * G * A8_PANEL, *pm = shift + p * G * A8_PANEL;
+            const float *pb = bias ? bias + n0 : NULL;
+            const int64_t nblocks = (M + A8_MAX_R - 1) / A8_MAX_R;
+            int64_t r0 = 0;
+            for (int64_t b = 0; b < nblocks; b++) {
+                const int64_t R = (M - r0) / (nblocks - b) + ((M - r0) % (nblocks - b) ? 1 : 0);
+                A8_BLOCKS[R](a + r0 * K, K, s + r0 * G, ss + r0 * G, G, pw, pst, pd, pm, y + r0 * N + n0, N, cols, pb,
+                             res ? res + r0 * N + n0 : NULL);
+                r0 += R;
+            }
+        }
+    }
+    free(a);
+    free(s);
+    free(ss);
+}
