@@ -108,7 +108,7 @@ static inline __m128 reduce4(__m512 a0, __m512 a1, __m512 a2, __m512 a3) {
 }
 
 /* scores[g][p] = scale * q_g . keys[index[p]] for the G (<= 4) query heads of one KV head, D = 64,
- * four positions at a time (missing ones read a zero row). */
+ * four positions at a time (missing ones read a zero row); each key row is loaded once for all G. */
 static void group_scores_64(const float *q, int64_t G, const float *keys, const int64_t *index, int64_t n,
                             float scale, float *scores, int64_t ld) {
     static const float zeros[64] = {0};
@@ -117,13 +117,16 @@ static void group_scores_64(const float *q, int64_t G, const float *keys, const 
         for (int c = 0; c < 4; c++) qv[g][c] = _mm512_loadu_ps(q + g * 64 + c * 16);
     const __m128 sv = _mm_set1_ps(scale);
     for (int64_t p = 0; p < n; p += 4) {
-        const float *rows[4];
-        for (int r = 0; r < 4; r++) rows[r] = p + r < n ? keys + index[p + r] * 64 : zeros;
+        __m512 kv[4][4];
+        for (int r = 0; r < 4; r++) {
+            const float *row = p + r < n ? keys + index[p + r] * 64 : zeros;
+            for (int c = 0; c < 4; c++) kv[r][c] = _mm512_loadu_ps(row + c * 16);
+        }
         for (int64_t g = 0; g < G; g++) {
             __m512 acc[4];
             for (int r = 0; r < 4; r++) {
-                acc[r] = _mm512_mul_ps(qv[g][0], _mm512_loadu_ps(rows[r]));
-                for (int c = 1; c < 4; c++) acc[r] = _mm512_fmadd_ps(qv[g][c], _mm512_loadu_ps(rows[r] + c * 16), acc[r]);
+                acc[r] = _mm512_mul_ps(qv[g][0], kv[r][0]);
+                for (int c = 1; c < 4; c++) acc[r] = _mm512_fmadd_ps(qv[g][c], kv[r][c], acc[r]);
             }
             float out[4];
             _mm_storeu_ps(out, _mm_mul_ps(reduce4(acc[0], acc[1], acc[2], acc[3]), sv));
@@ -131,14 +134,44 @@ static void group_scores_64(const float *q, int64_t G, const float *keys, const 
         }
     }
 }
+
+/* out[g][64] = sum_p w[g][p] * values[index[p]] for the G (<= 4) heads at once: each value row is
+ * loaded once, and the G x 4 accumulators are independent chains (each head's sum runs p = 0..n-1,
+ * as weighted_rows does it alone). */
+static void group_weighted_rows_64(const float *w, int64_t ld, int64_t G, const float *values, const int64_t *index,
+                                   int64_t n, float *out) {
+    __m512 acc[4][4];
+    for (int g = 0; g < 4; g++)
+        for (int c = 0; c < 4; c++) acc[g][c] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < n; p++) {
+        const float *row = values + index[p] * 64;
+        const __m512 v0 = _mm512_loadu_ps(row), v1 = _mm512_loadu_ps(row + 16);
+        const __m512 v2 = _mm512_loadu_ps(row + 32), v3 = _mm512_loadu_ps(row + 48);
+        for (int64_t g = 0; g < G; g++) {
+            const __m512 wv = _mm512_set1_ps(w[g * ld + p]);
+            acc[g][0] = _mm512_fmadd_ps(wv, v0, acc[g][0]);
+            acc[g][1] = _mm512_fmadd_ps(wv, v1, acc[g][1]);
+            acc[g][2] = _mm512_fmadd_ps(wv, v2, acc[g][2]);
+            acc[g][3] = _mm512_fmadd_ps(wv, v3, acc[g][3]);
+        }
+    }
+    for (int64_t g = 0; g < G; g++)
+        for (int c = 0; c < 4; c++) _mm512_storeu_ps(out + g * 64 + c * 16, acc[g][c]);
+}
 #endif
 
 /* scores[0..n) <- exp(scores - max), returns their sum. */
 static float softmax_numerators(float *scores, int64_t n) {
     float m = -INFINITY;
-    for (int64_t p = 0; p < n; p++) m = scores[p] > m ? scores[p] : m;
-    float sum = 0.0f;
     int64_t p = 0;
+#ifdef __AVX512F__
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (; p + 16 <= n; p += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(scores + p));
+    m = _mm512_reduce_max_ps(mx); /* a maximum is the same in any order */
+#endif
+    for (; p < n; p++) m = scores[p] > m ? scores[p] : m;
+    float sum = 0.0f;
+    p = 0;
 #ifdef __AVX512F__
     const __m512 mv = _mm512_set1_ps(m);
     __m512 acc = _mm512_setzero_ps();
@@ -258,8 +291,14 @@ void cpu_attention(const float *q, int64_t q_stride, const float *k, int64_t k_s
                 float *sg = scores + g * ld;
                 const float inv = 1.0f / softmax_numerators(sg, n);
                 for (int64_t p = 0; p < n; p++) sg[p] *= inv;
-                weighted_rows(sg, values, index, n, D, out + t * H * D + (j * groups + g) * D);
             }
+            float *o = out + t * H * D + j * groups * D; /* the G heads' outputs, side by side */
+#ifdef __AVX512F__
+            if (D == 64 && groups <= 4)
+                group_weighted_rows_64(scores, ld, groups, values, index, n, o);
+            else
+#endif
+                for (int64_t g = 0; g < groups; g++) weighted_rows(scores + g * ld, values, index, n, D, o + g * D);
         }
         free(scores);
         free(index);
