@@ -44,6 +44,9 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft-model", default=None, help="draft LM (for sps, or ouroboros with lookahead)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, help="target dtype (default: fp32 on CPU, bf16 on CUDA)")
+    p.add_argument(
+        "--weight-format", default=None, help="target engine weights: auto | dense | packed | q8 | q8a8"
+    )
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     p.add_argument("--out", type=Path, default=Path("bench-serve-results"))
 
@@ -216,6 +219,7 @@ def run_bench_serve(args: argparse.Namespace) -> int:
     for cfg in configs:
         extra = ["--max-batch", str(cfg.max_batch), "--batch-window-ms", repr(args.batch_window_ms)]
         extra += ["--dtype", args.dtype] if args.dtype else []
+        extra += ["--weight-format", args.weight_format] if args.weight_format else []
         stack = start_process_stack(
             target=args.target,
             draft_model=args.draft_model,
