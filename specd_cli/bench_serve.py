@@ -44,9 +44,7 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft-model", default=None, help="draft LM (for sps, or ouroboros with lookahead)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, help="target dtype (default: fp32 on CPU, bf16 on CUDA)")
-    p.add_argument(
-        "--weight-format", default=None, help="target engine weights: auto | dense | packed | q8 | q8a8"
-    )
+    p.add_argument("--weight-format", default=None, help="target engine weights: auto | dense | packed | q8 | q8a8")
     p.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     p.add_argument("--out", type=Path, default=Path("bench-serve-results"))
 

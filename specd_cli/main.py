@@ -50,7 +50,8 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--weight-format",
         default=None,
-        help="native engine weights: auto | dense | packed (MKL fp32) | q8 (exact int8) | q8a8 (int8 activations too: changes outputs vs fp32)",
+        help="native engine weights: auto | dense | packed (MKL fp32) | q8 (exact int8) | "
+        "q8a8 (int8 activations too: changes outputs vs fp32)",
     )
     p.add_argument(
         "--cuda-graphs",
@@ -644,6 +645,12 @@ def cmd_bench_verify(args: argparse.Namespace) -> int:
     return run_bench_verify(args)
 
 
+def cmd_bench_linear(args: argparse.Namespace) -> int:
+    from specd_cli.bench_linear import run_bench_linear
+
+    return run_bench_linear(args)
+
+
 def cmd_bench_serve(args: argparse.Namespace) -> int:
     from specd_cli.bench_serve import run_bench_serve
 
@@ -821,6 +828,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_bench_verify_args(p)
     p.set_defaults(fn=cmd_bench_verify)
+
+    p = sub.add_parser("bench-linear", help="time the target's linear layers in each CPU weight format, 1-64 rows")
+    from specd_cli.bench_linear import add_bench_linear_args
+
+    add_bench_linear_args(p)
+    p.set_defaults(fn=cmd_bench_linear)
 
     p = sub.add_parser("bench-serve", help="concurrent streaming clients against the local stack: tokens/s, TTFT, ITL")
     from specd_cli.bench_serve import add_bench_serve_args

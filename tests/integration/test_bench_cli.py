@@ -89,3 +89,18 @@ def test_bench_on_a_format_that_changes_outputs_checks_against_its_own_vanilla(t
     specd_runs = [r for r in result["runs"] if r["method"] in ("vanilla", "pld")]
     assert len(specd_runs) == 4 and all(r["identical_to_reference"] for r in specd_runs)
     assert "= vanilla" in (out / "results.md").read_text()
+
+
+def test_bench_linear_json(tiny_target):
+    done = _specd(
+        "bench-linear", "--target", str(tiny_target), "--formats", "q8a8,packed", "--rows", "1,3",
+        "--repeats", "2", "--json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert [name.split(" ")[0] for name in result["ms"]] == ["qkv", "o", "gate_up", "down", "lm_head"]
+    for by_format in result["ms"].values():
+        assert [f.split(" ")[0] for f in by_format] == ["q8a8", "packed"]
+        assert all(set(per_m) == {"1", "3"} and min(per_m.values()) > 0 for per_m in by_format.values())
+    bad = _specd("bench-linear", "--target", str(tiny_target), "--formats", "int3")
+    assert bad.returncode != 0 and "--formats" in bad.stderr

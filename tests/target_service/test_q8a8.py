@@ -110,8 +110,8 @@ def test_portable_build_gives_the_same_bits(tmp_path: Path) -> None:
         w = kernel.weight
         portable.q8a8_linear(
             ctypes.c_void_p(x.data_ptr()), ctypes.c_int64(rows), ctypes.c_int64(96),
-            ctypes.c_void_p(w.codes.data_ptr()), ctypes.c_void_p(w.start.data_ptr()), ctypes.c_void_p(w.scale.data_ptr()),
-            ctypes.c_void_p(w.shift.data_ptr()), ctypes.c_int64(50),
+            ctypes.c_void_p(w.codes.data_ptr()), ctypes.c_void_p(w.start.data_ptr()),
+            ctypes.c_void_p(w.scale.data_ptr()), ctypes.c_void_p(w.shift.data_ptr()), ctypes.c_int64(50),
             ctypes.c_void_p(bias.data_ptr()), None, ctypes.c_void_p(y.data_ptr()), ctypes.c_int(2),
         )  # fmt: skip
         assert torch.equal(y, kernel(x)), rows
@@ -156,9 +156,13 @@ def test_tree_rows_equal_the_engines_own_decoding(q4_target: LoadedModel) -> Non
     pending = engine.prefill(cache, prompt)
     logits = engine.score_tree(cache, pending, torch.tensor(tree.parents), tree.tokens)  # [1+N, V]
     exact_cache = exact.new_cache()
-    exact_logits = exact.score_tree(exact_cache, exact.prefill(exact_cache, prompt), torch.tensor(tree.parents), tree.tokens)
+    exact_logits = exact.score_tree(
+        exact_cache, exact.prefill(exact_cache, prompt), torch.tensor(tree.parents), tree.tokens
+    )
     assert not torch.equal(logits, exact_logits)  # the activations' rounding shows...
-    assert (logits - exact_logits).norm() / exact_logits.norm() < 0.06  # ...but only a little (3 % on this random model)
+    assert (
+        logits - exact_logits
+    ).norm() / exact_logits.norm() < 0.06  # ...but only a little (3 % on this random model)
     for node in range(-1, tree.size):
         tokens = prompt + ([] if node < 0 else [tree.tokens[i] for i in path_to(node, tree.parents)])
         solo = engine.new_cache()
