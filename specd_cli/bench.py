@@ -98,6 +98,12 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         help="whose greedy output every run is checked against: transformers' generate, or specd's own "
         "target-only decoding on the same engine (for a weight format that changes outputs, like q8a8)",
     )
+    p.add_argument(
+        "--score",
+        action="store_true",
+        help="also score every output with the target in transformers (untimed): the mean log-probability "
+        "per token, to compare the text of formats that change outputs",
+    )
     add_beam_bench_args(p)  # beam-sample, dsbd, dsbd-keep-best, hf-beam-sample: specd_cli/bench_beams.py
 
 
@@ -119,6 +125,7 @@ class Run:
     network_s: float = 0.0
     orchestrate_s: float = 0.0
     prefill_s: float = 0.0
+    logprob_per_token: float | None = None  # --score: the transformers target's mean log p per new token
 
 
 def load_prompts(path: Path, per_category: int, categories: set[str]) -> list[dict[str, Any]]:
@@ -170,6 +177,23 @@ class HFRunner:
         from orchestrator.text import prompt_tokens
 
         return prompt_tokens(self.lm.tokenizer, GenerateParams(prompt=text))
+
+    def logprob_per_token(self, prompt: list[int], tokens: list[int]) -> float | None:
+        """Mean log-probability of ``tokens`` after ``prompt`` under this model (one forward, float64 softmax)."""
+        from spec_decode.model_thread import model_thread
+
+        if not tokens:
+            return None
+        torch = self._torch
+
+        def score() -> float:
+            ids = torch.tensor([prompt + tokens], device=self.lm.device)  # [1, P + T]
+            with torch.inference_mode():
+                logits = self.lm.model(input_ids=ids).logits[0, len(prompt) - 1 : -1].to(torch.float64)  # [T, V]
+            logp = torch.log_softmax(logits, dim=-1)
+            return float(logp.gather(1, torch.tensor(tokens, device=logp.device)[:, None]).mean())
+
+        return float(model_thread().run(score))
 
     def run(self, method: str, prompt: list[int], max_new: int, pld_tokens: int) -> tuple[list[int], float, int]:
         from spec_decode.model_thread import model_thread
@@ -339,6 +363,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 if method == args.reference:
                     reference = tokens
                 diff = _first_diff(tokens, reference)
+                score = hf.logprob_per_token(prompt, tokens) if args.score else None
                 runs.append(
                     Run(
                         pass_no,
@@ -353,6 +378,7 @@ def run_bench(args: argparse.Namespace) -> int:
                         diff is None,
                         diff,
                         **phases,
+                        logprob_per_token=score,
                     )
                 )
                 bar.update()
@@ -449,8 +475,13 @@ def summarize(runs: list[Run]) -> dict[str, Any]:
             else None,
             "phase_fractions": _phase_fractions(rs),
             "by_category": per_cat,
+            "logprob_per_token": statistics.mean(scored) if (scored := _scores(rs)) else None,
         }
     return summary
+
+
+def _scores(rs: list[Run]) -> list[float]:
+    return [r.logprob_per_token for r in rs if r.logprob_per_token is not None]
 
 
 def _phase_fractions(rs: list[Run]) -> dict[str, float]:
@@ -479,8 +510,11 @@ def write_outputs(args: argparse.Namespace, runs: list[Run], summary: dict[str, 
     )
     categories = sorted({r.category for r in runs})
     lines = [
-        "| method | " + " | ".join(categories) + f" | overall | τ | tok/s | = {args.reference} |",
-        "|---|" + "---|" * (len(categories) + 4),
+        "| method | "
+        + " | ".join(categories)
+        + f" | overall | τ | tok/s | = {args.reference} |"
+        + (" log p / token |" if args.score else ""),
+        "|---|" + "---|" * (len(categories) + 4 + (1 if args.score else 0)),
     ]
     for name, s in summary.items():
         cells = [
@@ -493,6 +527,7 @@ def write_outputs(args: argparse.Namespace, runs: list[Run], summary: dict[str, 
             f"| {name} | "
             + " | ".join(cells)
             + f" | **{overall}** | {s['tau']:.2f} | {s['tokens_per_s']:.1f} | {lossless} |"
+            + (f" {s['logprob_per_token']:.3f} |" if args.score and s["logprob_per_token"] is not None else "")
         )
     diffs = [r for r in runs if r.identical_to_reference is False]
     reference_name = "hf-generate" if args.reference == "hf-generate" else "specd vanilla (same engine)"

@@ -81,14 +81,18 @@ def test_bench_on_a_format_that_changes_outputs_checks_against_its_own_vanilla(t
     done = _specd(
         "bench", "--target", str(target), "--device", "cpu", "--prompts", str(prompts), "--per-category", "1",
         "--max-new-tokens", "16", "--transport", "inproc", "--methods", "hf-generate,pld",
-        "--engine", "native", "--weight-format", "q8a8", "--reference", "vanilla", "--out", str(out),
+        "--engine", "native", "--weight-format", "q8a8", "--reference", "vanilla", "--score", "--out", str(out),
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     result = json.loads((out / "results.json").read_text())
     assert result["meta"]["reference"] == "vanilla" and result["meta"]["weight_format"] == "q8a8"
     specd_runs = [r for r in result["runs"] if r["method"] in ("vanilla", "pld")]
     assert len(specd_runs) == 4 and all(r["identical_to_reference"] for r in specd_runs)
-    assert "= vanilla" in (out / "results.md").read_text()
+    table = (out / "results.md").read_text()
+    assert "= vanilla" in table and "log p / token" in table
+    for run in result["runs"]:  # --score: each output's mean log-probability under the (fp32) target
+        assert run["logprob_per_token"] is not None and run["logprob_per_token"] < 0
+    assert all(s["logprob_per_token"] < 0 for s in result["summary"].values())
 
 
 def test_bench_linear_json(tiny_target):
