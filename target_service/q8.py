@@ -96,7 +96,7 @@ def _build_and_load() -> ctypes.CDLL:
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.q8_linear.restype = None
     lib.q8_linear.argtypes = [ptr, i64, i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int]
-    lib.q8a8_linear.restype = None
+    lib.q8a8_linear.restype = ctypes.c_int
     lib.q8a8_linear.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int]
     lib.q8a8_has_vnni.restype = ctypes.c_int
     for name, args in (
@@ -319,11 +319,13 @@ class Q8A8Linear:
         assert lib is not None
         x = x.contiguous()  # [M, K]
         w = self.weight
-        lib.q8a8_linear(
+        status = lib.q8a8_linear(
             x.data_ptr(), x.shape[0], self.in_features, w.codes.data_ptr(), w.start.data_ptr(), w.scale.data_ptr(),
             w.shift.data_ptr(), self.out_features, None if self.bias is None else self.bias.data_ptr(),
             None if res is None else res.data_ptr(), y.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
+        if status != 0:
+            raise MemoryError(f"q8a8: no memory to quantize {x.shape[0]} x {self.in_features} activations")
 
     def nbytes(self) -> int:
         w = self.weight

@@ -162,15 +162,22 @@ typedef void (*a8_block_fn)(const uint8_t *, int64_t, const float *, const float
 static const a8_block_fn A8_BLOCKS[A8_MAX_R + 1] = {NULL, a8_block_1, a8_block_2, a8_block_3,
                                                     a8_block_4, a8_block_5, a8_block_6};
 
-/* x: [M, K] fp32; codes/start/scale/shift: the layout above; bias: [N] or NULL; res: [M, N] or NULL, added last
+/* Returns 0, or -1 when the activations' buffers cannot be allocated (y untouched).
+ * x: [M, K] fp32; codes/start/scale/shift: the layout above; bias: [N] or NULL; res: [M, N] or NULL, added last
  * (may be y itself); y: [M, N]. Panels are split across threads; rows run in even register blocks. */
-void q8a8_linear(const float *x, int64_t M, int64_t K, const int8_t *codes, const int32_t *start, const float *scale,
-                 const float *shift, int64_t N, const float *bias, const float *res, float *y, int threads) {
+int q8a8_linear(const float *x, int64_t M, int64_t K, const int8_t *codes, const int32_t *start, const float *scale,
+                const float *shift, int64_t N, const float *bias, const float *res, float *y, int threads) {
     const int64_t G = K / A8_GROUP;
     const int64_t panels = (N + A8_PANEL - 1) / A8_PANEL;
-    uint8_t *a = (uint8_t *)malloc((size_t)(M * K));
-    float *s = (float *)malloc((size_t)(M * G) * sizeof(float));
-    float *ss = (float *)malloc((size_t)(M * G) * sizeof(float));
+    uint8_t *a = (uint8_t *)malloc((size_t)(M * K) + 1);
+    float *s = (float *)malloc((size_t)(M * G + 1) * sizeof(float));
+    float *ss = (float *)malloc((size_t)(M * G + 1) * sizeof(float));
+    if (!a || !s || !ss) { /* no memory for the quantized activations: y untouched, the caller raises */
+        free(a);
+        free(s);
+        free(ss);
+        return -1;
+    }
 #pragma omp parallel num_threads(threads)
     {
 #pragma omp for schedule(static)
@@ -196,4 +203,5 @@ void q8a8_linear(const float *x, int64_t M, int64_t K, const int8_t *codes, cons
     free(a);
     free(s);
     free(ss);
+    return 0;
 }
