@@ -224,18 +224,13 @@ def to_panels(weight: Q8Weight) -> Q8Panels:
     return Q8Panels(layout(weight.q), layout(weight.d), layout(weight.m))
 
 
-@dataclass(frozen=True)
-class Q8Linear:
-    """``x @ W^T + b`` from exact int8 codes, for any number of rows (prompts included).
+class _KernelCall:
+    """``kernel(x)`` and the fused residual ``kernel.add_to(out, x)`` over a C kernel's ``_run``."""
 
-    Each output sums its products in one fixed order whatever the number of rows, so a row's
-    result is the same alone, in a tree pass, or in a long prompt (``csrc/q8_linear.c``).
-    """
-
-    weight: Q8Panels
-    bias: torch.Tensor | None  # [N]
     out_features: int
-    in_features: int
+
+    def _run(self, x: torch.Tensor, res: torch.Tensor | None, y: torch.Tensor) -> None:
+        raise NotImplementedError
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)  # [M, N]
@@ -246,6 +241,20 @@ class Q8Linear:
         """``out += x @ W^T + b`` in place (the residual add fused in): the bits of ``out + self(x)``."""
         assert out.is_contiguous() and out.dtype == torch.float32 and out.shape == (x.shape[0], self.out_features)
         self._run(x, out, out)
+
+
+@dataclass(frozen=True)
+class Q8Linear(_KernelCall):
+    """``x @ W^T + b`` from exact int8 codes, for any number of rows (prompts included).
+
+    Each output sums its products in one fixed order whatever the number of rows, so a row's
+    result is the same alone, in a tree pass, or in a long prompt (``csrc/q8_linear.c``).
+    """
+
+    weight: Q8Panels
+    bias: torch.Tensor | None  # [N]
+    out_features: int
+    in_features: int
 
     def _run(self, x: torch.Tensor, res: torch.Tensor | None, y: torch.Tensor) -> None:
         lib = load_library()
@@ -291,7 +300,7 @@ def to_a8_panels(weight: Q8Weight) -> Q8A8Panels:
 
 
 @dataclass(frozen=True)
-class Q8A8Linear:
+class Q8A8Linear(_KernelCall):
     """``x @ W^T + b`` with the exact int8 weights and int8 activations (per row, per group of 32).
 
     Opt-in (weight format ``q8a8``): the rounding of the activations changes the outputs against
@@ -303,16 +312,6 @@ class Q8A8Linear:
     bias: torch.Tensor | None  # [N]
     out_features: int
     in_features: int
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.empty(x.shape[0], self.out_features, dtype=torch.float32)  # [M, N]
-        self._run(x, None, y)
-        return y
-
-    def add_to(self, out: torch.Tensor, x: torch.Tensor) -> None:
-        """``out += x @ W^T + b`` in place: the bits of ``out + self(x)``."""
-        assert out.is_contiguous() and out.dtype == torch.float32 and out.shape == (x.shape[0], self.out_features)
-        self._run(x, out, out)
 
     def _run(self, x: torch.Tensor, res: torch.Tensor | None, y: torch.Tensor) -> None:
         lib = load_library()

@@ -138,3 +138,18 @@ class RedisServer:
             self.process.kill()
             self.process.wait()
         self.process = None
+
+
+def snap_linears_to_q4_1(model: torch.nn.Module) -> None:
+    """Round every linear weight (in_features a multiple of 32) onto a Q4_1 grid in place, as a GGUF
+    checkpoint holds them: per group of 32, ``d * q + m`` with q in 0..15 and float16 d, m. The
+    exact int8 formats (``q8``, ``q8a8``) then serve those layers from their codes."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.Linear) and module.in_features % 32 == 0:
+                w = module.weight.reshape(-1, 32)
+                lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+                d = ((hi - lo) / 15).to(torch.float16).to(torch.float32)
+                m = lo.to(torch.float16).to(torch.float32)
+                q = torch.round((w - m) / torch.where(d == 0, 1.0, d)).clamp(0, 15)
+                module.weight.copy_((d * q + m).reshape(module.weight.shape))

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+from testkit import snap_linears_to_q4_1
+
 
 def _specd(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "specd_cli.main", *args]
@@ -59,15 +61,7 @@ def test_bench_on_a_format_that_changes_outputs_checks_against_its_own_vanilla(t
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_target, dtype=torch.float32)
-    with torch.no_grad():  # snap every linear weight to a Q4_1 grid, as a GGUF checkpoint holds them
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear) and module.in_features % 32 == 0:
-                w = module.weight.reshape(-1, 32)
-                lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
-                d = ((hi - lo) / 15).to(torch.float16).to(torch.float32)
-                m = lo.to(torch.float16).to(torch.float32)
-                q = torch.round((w - m) / torch.where(d == 0, 1.0, d)).clamp(0, 15)
-                module.weight.copy_((d * q + m).reshape(module.weight.shape))
+    snap_linears_to_q4_1(model)  # as a GGUF checkpoint holds them: q8a8 serves these layers from their codes
     target = tmp_path / "q4-target"
     model.save_pretrained(target)
     AutoTokenizer.from_pretrained(tiny_target).save_pretrained(target)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from target_helpers import MakeVerifier
+from testkit import snap_linears_to_q4_1
 
 from spec_decode.models import LoadedModel, load_model
 from target_service.verifier import TargetConfig, TargetVerifier
@@ -41,3 +43,12 @@ def make_verifier(target64: LoadedModel, tiny_target: Path) -> MakeVerifier:
 @pytest.fixture
 def verifier(make_verifier: MakeVerifier) -> TargetVerifier:
     return make_verifier()
+
+
+@pytest.fixture(scope="module")
+def q4_target(tiny_target: Path) -> LoadedModel:
+    """The tiny target (fp32) with every linear weight snapped to a Q4_1 grid, like a GGUF checkpoint."""
+    loaded = load_model(str(tiny_target), device="cpu", dtype="float32")
+    model = copy.deepcopy(loaded.model)
+    snap_linears_to_q4_1(model)
+    return LoadedModel(model, loaded.tokenizer, loaded.vocab, loaded.device, loaded.dtype)

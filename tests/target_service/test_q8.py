@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import ctypes
 import shutil
 import subprocess
@@ -12,7 +11,7 @@ import pytest
 import torch
 from target_helpers import random_tree, sequential_decode
 
-from spec_decode.models import LoadedModel, load_model
+from spec_decode.models import LoadedModel
 from spec_decode.tree import path_to
 from target_service import q8
 from target_service.kernels import make_linear, resolve_format
@@ -145,23 +144,6 @@ def test_portable_build_gives_the_same_bits(tmp_path: Path) -> None:
 def test_non_exact_weights_stay_fp32() -> None:
     kernel = make_linear(torch.randn(32, 64), None, "q8")
     assert not isinstance(kernel, Q8Linear)
-
-
-@pytest.fixture(scope="module")
-def q4_target(tiny_target: Path) -> LoadedModel:
-    """The tiny target (fp32) with every linear weight snapped to a Q4_1 grid, like a GGUF checkpoint."""
-    loaded = load_model(str(tiny_target), device="cpu", dtype="float32")
-    model = copy.deepcopy(loaded.model)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear) and module.in_features % 32 == 0:
-                w = module.weight.reshape(-1, 32)
-                lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
-                d = ((hi - lo) / 15).to(torch.float16).to(torch.float32)
-                m = lo.to(torch.float16).to(torch.float32)
-                q = torch.round((w - m) / torch.where(d == 0, 1.0, d)).clamp(0, 15)
-                module.weight.copy_((d * q + m).reshape(module.weight.shape))
-    return LoadedModel(model, loaded.tokenizer, loaded.vocab, loaded.device, loaded.dtype)
 
 
 def test_engine_on_exact_int8_weights(q4_target: LoadedModel) -> None:

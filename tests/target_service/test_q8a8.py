@@ -6,7 +6,6 @@ independent of the others, so speculative decoding on it equals its own greedy d
 
 from __future__ import annotations
 
-import copy
 import ctypes
 import random
 import shutil
@@ -18,7 +17,7 @@ import torch
 from target_helpers import random_tree
 from test_q8 import gguf_like
 
-from spec_decode.models import LoadedModel, load_model
+from spec_decode.models import LoadedModel
 from spec_decode.tree import path_to
 from target_service import q8
 from target_service.kernels import make_linear, resolve_format
@@ -124,23 +123,6 @@ def test_format_is_opt_in() -> None:
     with pytest.raises(Exception, match="'q8a8' needs float32"):
         resolve_format("q8a8", cpu, torch.float64)
     assert not isinstance(make_linear(torch.randn(32, 64), None, "q8a8"), (Q8A8Linear, Q8Linear))
-
-
-@pytest.fixture(scope="module")
-def q4_target(tiny_target: Path) -> LoadedModel:
-    """The tiny target with every linear weight snapped to a Q4_1 grid, like a GGUF checkpoint."""
-    loaded = load_model(str(tiny_target), device="cpu", dtype="float32")
-    model = copy.deepcopy(loaded.model)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.Linear) and module.in_features % 32 == 0:
-                w = module.weight.reshape(-1, 32)
-                lo, hi = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
-                d = ((hi - lo) / 15).to(torch.float16).to(torch.float32)
-                m = lo.to(torch.float16).to(torch.float32)
-                q = torch.round((w - m) / torch.where(d == 0, 1.0, d)).clamp(0, 15)
-                module.weight.copy_((d * q + m).reshape(module.weight.shape))
-    return LoadedModel(model, loaded.tokenizer, loaded.vocab, loaded.device, loaded.dtype)
 
 
 def test_tree_rows_equal_the_engines_own_decoding(q4_target: LoadedModel) -> None:
