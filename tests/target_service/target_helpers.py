@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
 import random
+import shutil
+import subprocess
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -137,3 +141,18 @@ def inject_failure(engine: Any, patch: Any, message: str = "simulated device fai
 
     patch.setattr(engine, "run_layers", failing_layers)
     return calls
+
+
+HAS_C_COMPILER = shutil.which("cc") is not None or shutil.which("gcc") is not None
+
+
+def portable_kernels(directory: Path) -> ctypes.CDLL:
+    """The kernel library (``q8._SOURCES``) built without AVX-512: its element-by-element code paths."""
+    from target_service import q8
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    assert compiler is not None
+    out = directory / "portable.so"
+    flags = ["-O3", "-mno-avx512f", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
+    subprocess.run([compiler, *flags, *(str(p) for p in q8._SOURCES), "-o", str(out)], check=True, capture_output=True)
+    return ctypes.CDLL(str(out))

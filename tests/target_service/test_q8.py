@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import ctypes
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import torch
-from target_helpers import random_tree, sequential_decode
+from target_helpers import HAS_C_COMPILER, portable_kernels, random_tree, sequential_decode
 
 from spec_decode.models import LoadedModel
 from spec_decode.tree import path_to
-from target_service import q8
 from target_service.kernels import make_linear, resolve_format
 from target_service.llama_engine import NativeEngine
 from target_service.q8 import Q8Linear, library_error, quantize_exact, to_panels
@@ -114,15 +111,10 @@ def test_panel_layout_round_trips() -> None:
     assert not panels.codes[1, :, 8:].any()  # padding columns hold zero codes
 
 
-@pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None, reason="no C compiler")
+@pytest.mark.skipif(not HAS_C_COMPILER, reason="no C compiler")
 def test_portable_build_gives_the_same_bits(tmp_path: Path) -> None:
     """Without AVX-512 the kernel computes element by element, in the same order: same bits."""
-    compiler = shutil.which("cc") or shutil.which("gcc")
-    assert compiler is not None
-    out = tmp_path / "portable.so"
-    flags = ["-O3", "-mno-avx512f", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
-    subprocess.run([compiler, *flags, *(str(p) for p in q8._SOURCES), "-o", str(out)], check=True, capture_output=True)
-    portable = ctypes.CDLL(str(out))
+    portable = portable_kernels(tmp_path)
     assert portable.q8_has_avx512() == 0
     weight = gguf_like(50, 96, "q4_1", seed=3)
     bias = torch.randn(50)
