@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from spec_decode.budget import TREE_BUDGETS
-from specd_cli.bench_beams import add_beam_bench_args, is_beam_bench, run_beam_bench
+from specd_cli.bench_beams import add_beam_bench_args, is_beam_bench, run_beam_bench, sequence_logprob
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_PROMPTS = REPO_ROOT.parent / "shared" / "bench" / "spec_bench.jsonl"
@@ -184,16 +184,7 @@ class HFRunner:
 
         if not tokens:
             return None
-        torch = self._torch
-
-        def score() -> float:
-            ids = torch.tensor([prompt + tokens], device=self.lm.device)  # [1, P + T]
-            with torch.inference_mode():
-                logits = self.lm.model(input_ids=ids).logits[0, len(prompt) - 1 : -1].to(torch.float64)  # [T, V]
-            logp = torch.log_softmax(logits, dim=-1)
-            return float(logp.gather(1, torch.tensor(tokens, device=logp.device)[:, None]).mean())
-
-        return float(model_thread().run(score))
+        return float(model_thread().run(sequence_logprob, self.lm.model, prompt, tokens)) / len(tokens)
 
     def run(self, method: str, prompt: list[int], max_new: int, pld_tokens: int) -> tuple[list[int], float, int]:
         from spec_decode.model_thread import model_thread

@@ -213,16 +213,20 @@ class _BeamStack:
         """The target's log-probability of ``tokens`` after ``prompt`` (one transformers forward)."""
         if not tokens:
             return 0.0
-        import torch
+        return float(self._thread.run(sequence_logprob, self.model, prompt, tokens))
 
-        def score() -> float:
-            ids = torch.tensor([prompt + tokens], device=self.target.engine.device)
-            with torch.inference_mode():
-                logits = self.model(input_ids=ids).logits[0, len(prompt) - 1 : -1].to(torch.float64)  # [T, V]
-            logp = torch.log_softmax(logits, dim=-1)
-            return float(logp.gather(1, torch.tensor(tokens, device=logp.device)[:, None]).sum())
 
-        return float(self._thread.run(score))
+def sequence_logprob(model: Any, prompt: list[int], tokens: list[int]) -> float:
+    """``log p(tokens | prompt)`` under a transformers causal LM: one forward, float64 softmax (run it
+    on the thread that owns the model). ``tokens`` must not be empty."""
+    import torch
+
+    device = next(model.parameters()).device
+    ids = torch.tensor([prompt + tokens], device=device)  # [1, P + T]
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].to(torch.float64)  # [T, V]
+    logp = torch.log_softmax(logits, dim=-1)
+    return float(logp.gather(1, torch.tensor(tokens, device=device)[:, None]).sum())
 
 
 def _math_correct(text: str, row: dict[str, Any]) -> bool | None:

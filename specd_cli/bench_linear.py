@@ -44,6 +44,7 @@ def run_bench_linear(args: argparse.Namespace) -> int:
 
     from spec_decode.models import load_model
     from target_service.kernels import WEIGHT_FORMATS, make_linear, resolve_format
+    from target_service.q8 import has_vnni
 
     rows = _ints(args.rows, "--rows")
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
@@ -64,7 +65,8 @@ def run_bench_linear(args: argparse.Namespace) -> int:
         "down": mlp.down_proj.weight,
         "lm_head": loaded.model.get_output_embeddings().weight,
     }
-    results: dict[str, dict[str, dict[str, float]]] = {}
+    results: dict[str, dict[str, dict[str, float]]] = {}  # "name [NxK]" -> "format (Kernel)" -> M -> ms
+    sizes: dict[str, int] = {}  # "name [NxK]" -> N * K
     bar = tqdm(total=len(matrices) * len(formats) * len(rows), desc="bench-linear", file=sys.stderr)
     with torch.inference_mode():
         for name, weight in matrices.items():
@@ -83,6 +85,7 @@ def run_bench_linear(args: argparse.Namespace) -> int:
                         times.append(time.perf_counter() - start)
                     ms = statistics.median(times) * 1e3
                     key = f"{name} [{n}x{k}]"
+                    sizes[key] = n * k
                     results.setdefault(key, {}).setdefault(f"{fmt} ({kind})", {})[str(m)] = round(ms, 4)
                     bar.update()
     bar.close()
@@ -91,21 +94,23 @@ def run_bench_linear(args: argparse.Namespace) -> int:
         "threads": torch.get_num_threads(),
         "repeats": args.repeats,
         "torch": torch.__version__,
+        "vnni": has_vnni(),  # without it q8a8 runs element by element (same bits, slow)
     }
     if args.json:
         print(json.dumps({"meta": meta, "ms": results}))
         return 0
-    print(_table(results, rows, meta))
+    print(_table(results, sizes, rows, meta))
     return 0
 
 
-def _table(results: dict[str, dict[str, dict[str, float]]], rows: list[int], meta: dict[str, Any]) -> str:
+def _table(
+    results: dict[str, dict[str, dict[str, float]]], sizes: dict[str, int], rows: list[int], meta: dict[str, Any]
+) -> str:
     lines = [f"# {', '.join(f'{k}={v}' for k, v in meta.items())}; cells: median ms (G multiply-adds/s)"]
     lines.append("| matrix | format | " + " | ".join(f"M={m}" for m in rows) + " |")
     lines.append("|---|---|" + "---:|" * len(rows))
     for name, by_format in results.items():
-        n, k = (int(s) for s in name.split("[")[1].rstrip("]").split("x"))
         for fmt, per_m in by_format.items():
-            cells = [f"{per_m[str(m)]:.3f} ({m * n * k / per_m[str(m)] / 1e6:.0f})" for m in rows]
+            cells = [f"{per_m[str(m)]:.3f} ({m * sizes[name] / per_m[str(m)] / 1e6:.0f})" for m in rows]
             lines.append(f"| {name} | {fmt} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -212,16 +212,17 @@ class Q8Panels:
     shift: torch.Tensor  # [P, K/32, 32] fp32
 
 
-def to_panels(weight: Q8Weight) -> Q8Panels:
-    n = weight.q.shape[0]
+def _panel_layout(t: torch.Tensor) -> torch.Tensor:
+    """``[N, C] -> [P, C, 32]``: output features in panels of 32, the last one padded with zeros."""
+    n = t.shape[0]
     panels = -(-n // PANEL)
     pad = panels * PANEL - n
+    t = torch.nn.functional.pad(t, (0, 0, 0, pad)) if pad else t  # [P*32, C]
+    return t.reshape(panels, PANEL, t.shape[1]).transpose(1, 2).contiguous()
 
-    def layout(t: torch.Tensor) -> torch.Tensor:  # [N, C] -> [P, C, 32]
-        t = torch.nn.functional.pad(t, (0, 0, 0, pad)) if pad else t  # [P*32, C]
-        return t.reshape(panels, PANEL, t.shape[1]).transpose(1, 2).contiguous()
 
-    return Q8Panels(layout(weight.q), layout(weight.d), layout(weight.m))
+def to_panels(weight: Q8Weight) -> Q8Panels:
+    return Q8Panels(_panel_layout(weight.q), _panel_layout(weight.d), _panel_layout(weight.m))
 
 
 class _KernelCall:
@@ -292,11 +293,10 @@ class Q8A8Panels:
 def to_a8_panels(weight: Q8Weight) -> Q8A8Panels:
     n, k = weight.q.shape
     sums = weight.q.to(torch.int32).reshape(n, k // GROUP, GROUP).sum(-1)  # [N, K/32]
-    base = to_panels(Q8Weight(weight.q, weight.d, weight.m))
-    panels = base.codes.shape[0]
-    codes = base.codes.reshape(panels, k // 4, 4, PANEL).transpose(2, 3).contiguous()  # [P, K/4, 32, 4]
-    start = to_panels(Q8Weight(weight.q, (-128 * sums).to(torch.float64), weight.m)).scale  # [P, K/32, 32]
-    return Q8A8Panels(codes, start.to(torch.int32).contiguous(), base.scale, base.shift)
+    codes = _panel_layout(weight.q)  # [P, K, 32]
+    codes = codes.reshape(codes.shape[0], k // 4, 4, PANEL).transpose(2, 3).contiguous()  # [P, K/4, 32, 4]
+    start = _panel_layout((-128 * sums).to(torch.int32))  # [P, K/32, 32] (sum() widened to int64)
+    return Q8A8Panels(codes, start, _panel_layout(weight.d), _panel_layout(weight.m))
 
 
 @dataclass(frozen=True)

@@ -54,8 +54,9 @@ int q8_has_avx512(void) {
 #endif
 }
 
-/* out = res + (sum + bias): the bias first, then the residual, as ``x + linear(h)`` rounds. */
-static inline void finish_row(const float *row, float *out, int cols, const float *bias, const float *res) {
+/* out = res + (sum + bias): the bias first, then the residual, as ``x + linear(h)`` rounds.
+ * Shared with q8a8_linear.c (one library). */
+void q8_finish_row(const float *row, float *out, int cols, const float *bias, const float *res) {
     for (int c = 0; c < cols; c++) {
         float v = bias ? row[c] + bias[c] : row[c];
         out[c] = res ? res[c] + v : v;
@@ -92,7 +93,7 @@ static inline void store_block(const __m512 *acc0, const __m512 *acc1, int R, fl
         float row[PANEL];
         _mm512_storeu_ps(row, acc0[r]);
         _mm512_storeu_ps(row + 16, acc1[r]);
-        finish_row(row, out + r * ldo, cols, bias, res ? res + r * ldo : NULL);
+        q8_finish_row(row, out + r * ldo, cols, bias, res ? res + r * ldo : NULL);
     }
 }
 
@@ -155,7 +156,7 @@ static void dequant_panel(const int8_t *codes, const float *scale, const float *
                 for (int64_t k = 0; k < K; k++) acc = fmaf(x[r * ldx + k], buf[k * PANEL + c], acc); \
                 row[c] = acc;                                                                        \
             }                                                                                        \
-            finish_row(row, out + r * ldo, cols, bias, res ? res + r * ldo : NULL);                  \
+            q8_finish_row(row, out + r * ldo, cols, bias, res ? res + r * ldo : NULL);                  \
         }                                                                                            \
     }
 

@@ -69,13 +69,8 @@ static void quantize_row(const float *x, int64_t K, uint8_t *a, float *s, float 
     }
 }
 
-/* out = res + (sum + bias), as in q8_linear.c. */
-static inline void a8_finish_row(const float *row, float *out, int cols, const float *bias, const float *res) {
-    for (int c = 0; c < cols; c++) {
-        float v = bias ? row[c] + bias[c] : row[c];
-        out[c] = res ? res[c] + v : v;
-    }
-}
+/* out = res + (sum + bias): q8_linear.c's, the same rounding order for both formats. */
+void q8_finish_row(const float *row, float *out, int cols, const float *bias, const float *res);
 
 #ifdef A8_VNNI
 
@@ -117,7 +112,7 @@ static inline void a8_finish_row(const float *row, float *out, int cols, const f
             float row[A8_PANEL];                                                                             \
             _mm512_storeu_ps(row, y0[r]);                                                                    \
             _mm512_storeu_ps(row + 16, y1[r]);                                                               \
-            a8_finish_row(row, out + r * ldo, cols, bias, res ? res + r * ldo : NULL);                      \
+            q8_finish_row(row, out + r * ldo, cols, bias, res ? res + r * ldo : NULL);                      \
         }                                                                                                    \
     }
 
@@ -143,7 +138,7 @@ static inline void a8_finish_row(const float *row, float *out, int cols, const f
                 }                                                                                            \
                 row[c] = y;                                                                                  \
             }                                                                                                \
-            a8_finish_row(row, out + r * ldo, cols, bias, res ? res + r * ldo : NULL);                      \
+            q8_finish_row(row, out + r * ldo, cols, bias, res ? res + r * ldo : NULL);                      \
         }                                                                                                    \
     }
 

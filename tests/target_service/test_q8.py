@@ -170,12 +170,14 @@ def test_q8_format_validation() -> None:
         resolve_format("q8", cpu, torch.float64)
 
 
-def test_a_batched_pass_gives_each_session_its_solo_bits(q4_target: LoadedModel) -> None:
+@pytest.mark.parametrize("fmt", ["q8", "q8a8"])
+def test_a_batched_pass_gives_each_session_its_solo_bits(q4_target: LoadedModel, fmt: str) -> None:
     """Sessions of different lengths and trees in one pass (one C attention call per layer for all
-    of them) get exactly the logits each would get alone."""
+    of them) get exactly the logits each would get alone -- with exact weights, and with int8
+    activations too (test_q8a8.py: the format that changes outputs against fp32)."""
     import random
 
-    engine = NativeEngine(q4_target.model, "q8")
+    engine = NativeEngine(q4_target.model, fmt)
     assert engine._ops is not None
     rng = random.Random(11)
     vocab = engine.vocab_size
