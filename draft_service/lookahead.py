@@ -46,8 +46,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from draft_service.drafter import common_prefix_len
 from spec_decode.acceptance import accept_greedy
+from spec_decode.tokens import common_prefix_len
 from spec_decode.tree import merge_paths, tree_pass_inputs
 from spec_decode.types import DraftTree
 

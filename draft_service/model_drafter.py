@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from draft_service.drafter import common_prefix_len
 from spec_decode.errors import InvalidArgument
 from spec_decode.sampling import sample_sparse, truncate_top_k, warp_probs
+from spec_decode.tokens import common_prefix_len
 from spec_decode.types import EMPTY_TREE, DraftOptions, DraftTree, SamplingParams, SparseProbs
 
 DEFAULT_DRAFT_TOP_K = 16

@@ -39,9 +39,9 @@ import torch
 
 from draft_service.lookahead import DEFAULT_WINDOW, JacobiWindow, LocalPool, LookaheadDecoder, Phrase
 from draft_service.model_drafter import ModelDrafter
-from draft_service.prompt_lookup import PromptLookupDrafter
 from phrase_store import PhraseStore, phrases_from_tokens
 from spec_decode.errors import InvalidArgument
+from spec_decode.prompt_lookup import PromptLookupDrafter
 from spec_decode.tree import children_lists, path_to
 from spec_decode.types import EMPTY_TREE, DraftOptions, DraftTree, SamplingParams, SparseProbs
 

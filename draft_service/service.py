@@ -29,7 +29,6 @@ from draft_service.hybrid import HybridDrafter
 from draft_service.lookahead import DEFAULT_WINDOW, MAX_WINDOW
 from draft_service.model_drafter import DEFAULT_DRAFT_TOP_K, MAX_DRAFT_TOP_K, ModelDrafter
 from draft_service.ouroboros import OuroborosDrafter
-from draft_service.prompt_lookup import PromptLookupDrafter
 from draft_service.redrafter import ReDrafterDrafter
 from phrase_store import PhraseStore, PhraseStoreConfig, PhraseStoreStats, open_store, store_kind
 from spec_decode.beam_api import BeamProposal, BeamUpdate
@@ -37,6 +36,7 @@ from spec_decode.errors import FailedPrecondition, InvalidArgument, NotFound, Re
 from spec_decode.hidden import hidden_from_bytes
 from spec_decode.model_thread import model_thread
 from spec_decode.models import LoadedModel, load_model, pick_device, pick_dtype
+from spec_decode.prompt_lookup import PromptLookupDrafter
 from spec_decode.redrafter_checkpoint import load_head, read_checkpoint
 from spec_decode.redrafter_head import ReDrafterHead
 from spec_decode.sampling import make_generator

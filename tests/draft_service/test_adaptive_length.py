@@ -5,7 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from draft_service.drafter import AdaptiveLength, common_prefix_len
+from draft_service.drafter import AdaptiveLength
+from spec_decode.tokens import common_prefix_len
 
 
 def test_grows_by_two_after_full_acceptance_and_shrinks_by_one_otherwise() -> None:

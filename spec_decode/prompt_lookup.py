@@ -20,8 +20,8 @@ from collections.abc import Sequence
 
 import torch
 
-from draft_service.drafter import common_prefix_len
 from spec_decode.errors import InvalidArgument
+from spec_decode.tokens import common_prefix_len
 from spec_decode.tree import merge_paths
 from spec_decode.types import EMPTY_TREE, DraftOptions, DraftTree, SamplingParams
 

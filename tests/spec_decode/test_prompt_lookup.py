@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from draft_service.prompt_lookup import NgramIndex, PromptLookupDrafter, continuation
 from spec_decode.errors import InvalidArgument
+from spec_decode.prompt_lookup import NgramIndex, PromptLookupDrafter, continuation
 from spec_decode.tree import children_lists, path_to
 from spec_decode.types import DraftOptions, DraftTree, SamplingParams
 
