@@ -75,11 +75,13 @@ class CpuOps:
         out = torch.empty(rows, heads * dim, dtype=torch.float32)
         sessions = len(plan.layer_step)
         caches = _int64s([plan.caches[i] + layer * plan.layer_step[i] for i in range(sessions)])
-        self.lib.cpu_attention(
+        status = self.lib.cpu_attention(
             q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), v.data_ptr(), v.stride(0), heads, kv_heads, dim,
             sessions, caches, plan.caps, plan.lens, plan.spans, plan.blocks, scale, out.data_ptr(),
             torch.get_num_threads(),
         )  # fmt: skip
+        if status != 0:  # the caller rolls the sessions back (the keys/values were written already)
+            raise MemoryError(f"attention: no memory for the scratch rows of a {rows}-row pass")
         return out
 
     def rope_(self, rows: torch.Tensor, heads: int, head_dim: int, cos: torch.Tensor, sin: torch.Tensor) -> None:

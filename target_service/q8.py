@@ -94,7 +94,7 @@ def _build_and_load() -> ctypes.CDLL:
         tmp.replace(out)  # atomic: a concurrent builder never loads a half-written file
     lib = ctypes.CDLL(str(out))
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
-    lib.q8_linear.restype = None
+    lib.q8_linear.restype = ctypes.c_int
     lib.q8_linear.argtypes = [ptr, i64, i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int]
     lib.q8a8_linear.restype = ctypes.c_int
     lib.q8a8_linear.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int]
@@ -108,7 +108,7 @@ def _build_and_load() -> ctypes.CDLL:
         ),
     ):
         fn = getattr(lib, name)
-        fn.restype, fn.argtypes = None, args
+        fn.restype, fn.argtypes = (ctypes.c_int if name == "cpu_attention" else None), args
     lib.q8_group_size.restype = ctypes.c_int
     lib.q8_panel_size.restype = ctypes.c_int
     if lib.q8_group_size() != GROUP or lib.q8_panel_size() != PANEL:
@@ -262,11 +262,13 @@ class Q8Linear(_KernelCall):
         assert lib is not None  # the format is only chosen when the kernel loaded
         x = x.contiguous()  # [M, K]
         w = self.weight
-        lib.q8_linear(
+        status = lib.q8_linear(
             x.data_ptr(), x.shape[0], self.in_features, w.codes.data_ptr(), w.scale.data_ptr(), w.shift.data_ptr(),
             self.out_features, None if self.bias is None else self.bias.data_ptr(),
             None if res is None else res.data_ptr(), y.data_ptr(), torch.get_num_threads(),
         )  # fmt: skip
+        if status != 0:
+            raise MemoryError(f"q8: no memory for the {self.in_features} x {PANEL} panel buffers")
 
     def nbytes(self) -> int:
         return self.weight.codes.numel() + 4 * (self.weight.scale.numel() + self.weight.shift.numel())

@@ -240,11 +240,12 @@ static void weighted_rows(const float *w, const float *base, const int64_t *inde
  * rows c with blocks[s][i * Q + c] != 0 (blocks[s] NULL: a single row, which sees itself). Query
  * head h reads KV head h / (H / Hkv). out: [T, H * D]. Every (row, head) is computed on its own,
  * in one fixed order, so results do not depend on the other rows or sessions of the pass.
+ * Returns 0, or -1 when a thread could not allocate its scratch rows (out is then incomplete).
  */
-void cpu_attention(const float *q, int64_t q_stride, const float *k, int64_t k_stride, const float *v, int64_t v_stride,
-                   int64_t H, int64_t Hkv, int64_t D,
-                   int64_t S, const int64_t *caches, const int64_t *caps, const int64_t *lens, const int64_t *spans,
-                   const int64_t *blocks, float scale, float *out, int threads) {
+int cpu_attention(const float *q, int64_t q_stride, const float *k, int64_t k_stride, const float *v, int64_t v_stride,
+                  int64_t H, int64_t Hkv, int64_t D,
+                  int64_t S, const int64_t *caches, const int64_t *caps, const int64_t *lens, const int64_t *spans,
+                  const int64_t *blocks, float scale, float *out, int threads) {
     for (int64_t s = 0; s < S; s++) {
         float *cache = (float *)caches[s];
         const int64_t cap = caps[s], len = lens[s];
@@ -261,13 +262,19 @@ void cpu_attention(const float *q, int64_t q_stride, const float *k, int64_t k_s
         const int64_t n = lens[s] + spans[s + 1] - spans[s];
         most = n > most ? n : most;
     }
+    int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
         float *scores = (float *)malloc((size_t)groups * (most + 16) * sizeof(float));
         int64_t *index = (int64_t *)malloc((size_t)(most + 16) * sizeof(int64_t));
         const int64_t ld = most + 16;
+        if (scores == NULL || index == NULL) {
+#pragma omp atomic write
+            failed = 1;
+        }
 #pragma omp for schedule(dynamic, 2)
         for (int64_t item = 0; item < T * Hkv; item++) {
+            if (scores == NULL || index == NULL) continue; /* no scratch here: the call reports failure */
             const int64_t t = item / Hkv, j = item % Hkv;
             int64_t s = 0;
             while (t >= spans[s + 1]) s++;
@@ -303,4 +310,5 @@ void cpu_attention(const float *q, int64_t q_stride, const float *k, int64_t k_s
         free(scores);
         free(index);
     }
+    return failed ? -1 : 0;
 }

@@ -214,18 +214,26 @@ static void panel_rows(const float *x, int64_t M, int64_t K, const float *buf, f
 }
 
 /* x: [M, K] fp32 row-major; codes/scale/shift: the panel layout above; bias: [N] or NULL; res: [M, N] or
- * NULL, added last (res may be y itself: y += x W^T in place); y: [M, N]. */
-void q8_linear(const float *x, int64_t M, int64_t K, const int8_t *codes, const float *scale, const float *shift,
-               int64_t N, const float *bias, const float *res, float *y, int threads) {
+ * NULL, added last (res may be y itself: y += x W^T in place); y: [M, N]. Returns 0, or -1 when a
+ * thread could not allocate its panel buffer (y is then incomplete). */
+int q8_linear(const float *x, int64_t M, int64_t K, const int8_t *codes, const float *scale, const float *shift,
+              int64_t N, const float *bias, const float *res, float *y, int threads) {
     const int64_t G = K / GROUP;
     const int64_t panels = (N + PANEL - 1) / PANEL;
+    int failed = 0;
 #pragma omp parallel num_threads(threads)
     {
         float *buf = NULL;
 #ifdef __AVX512F__
         if (M > FUSED_MAX)
 #endif
+        {
             buf = (float *)aligned_alloc(64, (size_t)K * PANEL * sizeof(float));
+            if (buf == NULL) {
+#pragma omp atomic write
+                failed = 1;
+            }
+        }
         for (int64_t c0 = 0; c0 < M; c0 += ROW_CHUNK) {
             const int64_t rows = M - c0 < ROW_CHUNK ? M - c0 : ROW_CHUNK;
 #pragma omp for schedule(static)
@@ -244,10 +252,12 @@ void q8_linear(const float *x, int64_t M, int64_t K, const int8_t *codes, const 
                     continue;
                 }
 #endif
+                if (buf == NULL) continue; /* this thread has no buffer: the call reports failure */
                 dequant_panel(pc, ps, pm, K, buf);
                 panel_rows(xc, rows, K, buf, yc, N, n0, cols, pb, rc);
             }
         }
         free(buf);
     }
+    return failed ? -1 : 0;
 }
