@@ -34,9 +34,18 @@ from spec_decode.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from spec_decode.prompt_lookup import DEFAULT_MAX_NGRAM, DEFAULT_MIN_NGRAM
 from spec_decode.stats import LoopStats
 from spec_decode.tree import truncate_tree
-from spec_decode.types import EMPTY_TREE, DraftTree, GenerationStats, HeadDraft, TargetLimits, VerifyResult
+from spec_decode.types import (
+    COLOCATED_DRAFTERS,
+    EMPTY_TREE,
+    ColocatedDraft,
+    DraftTree,
+    GenerationStats,
+    TargetLimits,
+    VerifyResult,
+)
 from specd_metrics.logs import enter_session, exit_session
 
 REDRAFTER_WIDTH = 10  # the co-located head's default beam width (DEFAULT_WIDTH, spec_decode/redrafter_head.py)
@@ -63,19 +72,20 @@ class DecodeLoop:
         eos_token_ids: tuple[int, ...],
         phrase_namespace: str = "",
         node_share: Callable[[], int] | None = None,
-        colocated_head: bool = False,
+        colocated: bool = False,
         budget: TreeBudget | None = None,
         concurrency: Callable[[], int] | None = None,
     ) -> None:
         self.session_id = session_id
-        # ReDrafter co-located with the target: every Prefill/Verify also drafts the next tree there.
-        self._colocated = colocated_head and method.drafter == "redrafter"
+        # A drafter co-located with the target (the ReDrafter head, prompt lookup): every
+        # Prefill/Verify also drafts the next tree there.
+        self._colocated = colocated and method.drafter in COLOCATED_DRAFTERS
         self._next_tree: DraftTree | None = None  # the tree the target drafted with the last result
         self._node_share = node_share  # this step's draft-node allowance under load (None: no budget)
         self._budget = budget  # the cost-model tree budget (None: every step asks for the cap)
         self._concurrency = concurrency  # requests sharing the target now (the budget weighs rows by it)
         self._requested = 0  # draft nodes this step asked for
-        self._next_budget = 0  # co-located head: the node budget its next tree was drafted within
+        self._next_budget = 0  # co-located drafting: the node budget the next tree was drafted within
         self._target = target
         self._drafters = draft if method.drafter is not None and not self._colocated else None
         self._replica: Replica | None = None  # the replica holding this session's drafter state
@@ -133,14 +143,14 @@ class DecodeLoop:
     def _prefill(self) -> None:
         with self.stats.time("prefill"):
             result = self._target.prefill(
-                self.session_id, self._prompt, self._params.sampling, self._want_hidden, self._head_draft()
+                self.session_id, self._prompt, self._params.sampling, self._want_hidden, self._colocated_draft()
             )
         self._hidden = result.hidden_state
         self._next_tree = result.next_tree
 
-    def _head_draft(self) -> HeadDraft | None:
-        """What to ask a co-located head for: the request's beam shape within the next step's node
-        allowance. The head drafts the next step's tree now, so its tree budget is chosen now too."""
+    def _colocated_draft(self) -> ColocatedDraft | None:
+        """What to ask a co-located drafter for: the request's tree shape within the next step's node
+        allowance. The target drafts the next step's tree now, so its tree budget is chosen now too."""
         if not self._colocated:
             return None
         max_nodes = self._limits.max_tree_nodes
@@ -149,9 +159,19 @@ class DecodeLoop:
         max_nodes = self._budgeted(max_nodes)
         self._next_budget = max_nodes
         options = self._options
-        return HeadDraft(
+        length = options.num_tokens or self._method.default_num_tokens
+        if self._method.drafter == "prompt_lookup":
+            return ColocatedDraft(
+                width=options.num_branches or 1,
+                length=length,
+                max_nodes=max_nodes,
+                drafter="prompt_lookup",
+                max_ngram=options.max_ngram or DEFAULT_MAX_NGRAM,
+                min_ngram=options.min_ngram or DEFAULT_MIN_NGRAM,
+            ).validate()
+        return ColocatedDraft(
             width=options.num_branches or REDRAFTER_WIDTH,
-            length=options.num_tokens or self._method.default_num_tokens,
+            length=length,
             max_nodes=max_nodes,
             top_k=options.draft_top_k or REDRAFTER_TOP_K,
         )
@@ -275,7 +295,7 @@ class DecodeLoop:
                     tree,
                     self._want_target_tokens and tree.size > 0,
                     self._want_hidden,
-                    self._head_draft(),
+                    self._colocated_draft(),
                 )
                 break
             except NotFound as err:
@@ -305,7 +325,7 @@ class DecodeLoop:
             sampling = dataclasses.replace(sampling, seed=(sampling.seed + len(self.tokens)) % 2**63)
         with self.stats.time("prefill"):
             rebuilt = self._target.prefill(
-                self.session_id, self._prompt + self.tokens, sampling, self._want_hidden, self._head_draft()
+                self.session_id, self._prompt + self.tokens, sampling, self._want_hidden, self._colocated_draft()
             )
         self._hidden = rebuilt.hidden_state
         self._next_tree = rebuilt.next_tree

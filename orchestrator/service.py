@@ -13,7 +13,7 @@ from typing import Any
 from orchestrator.beam_loop import BeamDecodeLoop
 from orchestrator.drafters import DrafterRouter, as_router
 from orchestrator.loop import DecodeLoop
-from orchestrator.methods import Method, available_methods, resolve_method
+from orchestrator.methods import METHODS, Method, available_methods, resolve_method
 from orchestrator.request import GenerateParams
 from orchestrator.text import IncrementalDetokenizer, prompt_tokens
 from spec_decode.api import DraftAPI, TargetAPI
@@ -23,6 +23,9 @@ from spec_decode.models import check_same_vocab, vocab_fingerprint
 from spec_decode.types import DraftInfo, GenerationStats, TargetInfo
 
 log = logging.getLogger(__name__)
+
+
+PLACEMENTS = ("auto", "draft", "target")  # where a co-locatable drafter drafts
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,11 @@ class OrchestratorConfig:
     # every verify result: no draft round trip), "draft" (a draft service), "auto" (target when
     # the target has a head, else a draft service).
     redrafter_placement: str = "auto"
+    # Where `pld` drafts: "target" (prompt lookup over the session's tokens inside the target
+    # service, drafted with every Prefill/Verify result: no draft round trip, no draft service
+    # needed), "draft" (a draft service), "auto" (target when the target offers it, else a
+    # draft service).
+    pld_placement: str = "auto"
     # How many draft nodes each step asks for: "cost" picks per step the budget that maximises
     # tokens per second from the measured step cost and the request's acceptance so far
     # (spec_decode/budget.py); "max" always asks for the cap (the target's max_tree_nodes).
@@ -46,10 +54,9 @@ class OrchestratorConfig:
     def validate(self) -> OrchestratorConfig:
         if self.tree_budget not in TREE_BUDGETS:
             raise InvalidArgument(f"tree_budget must be one of {', '.join(TREE_BUDGETS)}, got {self.tree_budget!r}")
-        if self.redrafter_placement not in ("auto", "draft", "target"):
-            raise InvalidArgument(
-                f"redrafter_placement must be auto, draft or target, got {self.redrafter_placement!r}"
-            )
+        for name in ("redrafter_placement", "pld_placement"):
+            if getattr(self, name) not in PLACEMENTS:
+                raise InvalidArgument(f"{name} must be auto, draft or target, got {getattr(self, name)!r}")
         if self.max_new_tokens <= 0:
             raise InvalidArgument(f"max_new_tokens cap must be > 0, got {self.max_new_tokens}")
         if self.max_prompt_tokens < 0:
@@ -189,18 +196,23 @@ class Orchestrator:
     def methods(self) -> list[str]:
         drafters = self.draft_info.drafters if self.draft_info else ()
         methods = available_methods(self._draft is not None, drafters)
-        if self._colocated_redrafter() and "redrafter" not in methods:
-            methods.append("redrafter")
-        return methods
+        for name in ("pld", "redrafter"):
+            if name not in methods and self._colocated(METHODS[name].drafter or ""):
+                methods.append(name)
+        return [m for m in METHODS if m in methods]
 
-    def _colocated_redrafter(self) -> bool:
-        """Whether `redrafter` requests draft on the target (its co-located head) rather than a draft service."""
-        placement = self.config.redrafter_placement
-        if placement == "target" and not self.target_info.draft_head:
-            raise FailedPrecondition(
-                "redrafter placement 'target' needs a target service with a head (specd target --redrafter-head DIR)"
-            )
-        return placement != "draft" and self.target_info.draft_head
+    def _colocated(self, drafter: str) -> bool:
+        """Whether requests for ``drafter`` draft on the target (co-located) rather than a draft service."""
+        placement = {"redrafter": self.config.redrafter_placement, "prompt_lookup": self.config.pld_placement}.get(
+            drafter, "draft"
+        )
+        offered = drafter in self.target_info.colocated_drafters or (
+            drafter == "redrafter" and self.target_info.draft_head  # a target from before colocated_drafters
+        )
+        if placement == "target" and not offered:
+            hint = " (specd target --redrafter-head DIR)" if drafter == "redrafter" else ""
+            raise FailedPrecondition(f"{drafter} placement 'target' needs a target service that drafts with it{hint}")
+        return placement != "draft" and offered
 
     def generate(self, params: GenerateParams, is_active: Callable[[], bool] = lambda: True) -> GenerationResult:
         """Run a request to the end; stops early (Cancelled) once ``is_active()`` is False."""
@@ -289,9 +301,11 @@ class Orchestrator:
     def _prepare(self, params: GenerateParams) -> DecodeLoop | BeamDecodeLoop:
         params.validate(max_new_tokens_cap=self.config.max_new_tokens)
         drafters = self.draft_info.drafters if self.draft_info else ()
-        colocated = params.method == "redrafter" and self._colocated_redrafter()
-        if colocated:  # no draft service involved: the target drafts
-            drafters = (*drafters, "redrafter")
+        wanted = METHODS.get(params.method or "vanilla")
+        here = wanted.drafter if wanted is not None and wanted.drafter and self._colocated(wanted.drafter) else None
+        colocated = here is not None
+        if here is not None:  # no draft service involved: the target drafts
+            drafters = (*drafters, here)
         method = resolve_method(
             params.method, has_draft_service=self._draft is not None or colocated, draft_drafters=drafters
         )
@@ -339,7 +353,7 @@ class Orchestrator:
             limits=limits,
             eos_token_ids=self.target_info.vocab.eos_token_ids,
             phrase_namespace=self.target_info.vocab.fingerprint,
-            colocated_head=colocated,
+            colocated=colocated,
             node_share=self._node_share if self.config.step_node_budget else None,
             budget=self._tree_budget(params, method, colocated),
             concurrency=lambda: self._admission.running,

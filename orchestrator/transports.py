@@ -15,10 +15,10 @@ from protos.serving import CHANNEL_OPTIONS, call
 from spec_decode.beam_types import BeamForest, BeamParams, BeamProposal, BeamUpdate, BeamVerifyResult
 from spec_decode.errors import Unavailable
 from spec_decode.types import (
+    ColocatedDraft,
     DraftInfo,
     DraftOptions,
     DraftTree,
-    HeadDraft,
     PrefillResult,
     ProposeResult,
     SamplingParams,
@@ -77,14 +77,14 @@ class GrpcTargetClient:
         prompt_tokens: Sequence[int],
         sampling: SamplingParams,
         return_hidden_state: bool = False,
-        head_draft: HeadDraft | None = None,
+        colocated_draft: ColocatedDraft | None = None,
     ) -> PrefillResult:
         req = target_pb2.PrefillRequest(
             session_id=session_id,
             prompt_tokens=prompt_tokens,
             sampling=convert.sampling_to_pb(sampling),
             return_hidden_state=return_hidden_state,
-            head_draft=convert.head_draft_to_pb(head_draft),
+            colocated_draft=convert.colocated_draft_to_pb(colocated_draft),
         )
         resp = self._call(self._stub.Prefill, req, self._t.prefill)
         next_tree = convert.tree_from_pb(resp.next_tree) if resp.HasField("next_tree") else None
@@ -98,14 +98,14 @@ class GrpcTargetClient:
         tree: DraftTree,
         return_target_tokens: bool = False,
         return_hidden_state: bool = False,
-        head_draft: HeadDraft | None = None,
+        colocated_draft: ColocatedDraft | None = None,
     ) -> VerifyResult:
         req = target_pb2.VerifyRequest(
             session_id=session_id,
             tree=convert.tree_to_pb(tree),
             return_target_tokens=return_target_tokens,
             return_hidden_state=return_hidden_state,
-            head_draft=convert.head_draft_to_pb(head_draft),
+            colocated_draft=convert.colocated_draft_to_pb(colocated_draft),
         )
         return convert.verify_from_pb(self._call(self._stub.Verify, req, self._t.verify))
 

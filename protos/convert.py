@@ -10,11 +10,11 @@ import dataclasses
 from protos import common_pb2, draft_pb2, orchestrator_pb2, target_pb2
 from spec_decode.types import (
     Acceptance,
+    ColocatedDraft,
     DraftInfo,
     DraftOptions,
     DraftTree,
     GenerationStats,
-    HeadDraft,
     PhaseTimes,
     SamplingParams,
     SparseProbs,
@@ -89,6 +89,7 @@ def target_info_to_pb(info: TargetInfo) -> target_pb2.TargetInfo:
         max_draft_top_k=info.limits.max_draft_top_k,
         hidden_size=info.hidden_size,
         draft_head=info.draft_head,
+        colocated_drafters=list(info.colocated_drafters),
     )
 
 
@@ -97,7 +98,16 @@ def target_info_from_pb(msg: target_pb2.TargetInfo) -> TargetInfo:
     if vocab is None:
         raise ValueError("target service reported no vocabulary")
     limits = TargetLimits(msg.max_sessions, msg.max_tree_nodes, msg.max_context, msg.max_draft_top_k)
-    return TargetInfo(vocab, msg.device, msg.dtype, limits, msg.active_sessions, msg.hidden_size, msg.draft_head)
+    return TargetInfo(
+        vocab,
+        msg.device,
+        msg.dtype,
+        limits,
+        msg.active_sessions,
+        msg.hidden_size,
+        msg.draft_head,
+        tuple(msg.colocated_drafters),
+    )
 
 
 def verify_to_pb(result: VerifyResult) -> target_pb2.VerifyResponse:
@@ -123,16 +133,32 @@ def verify_from_pb(msg: target_pb2.VerifyResponse) -> VerifyResult:
     )
 
 
-def head_draft_to_pb(spec: HeadDraft | None) -> target_pb2.HeadDraft | None:
+def colocated_draft_to_pb(spec: ColocatedDraft | None) -> target_pb2.ColocatedDraft | None:
     if spec is None:
         return None
-    return target_pb2.HeadDraft(width=spec.width, length=spec.length, max_nodes=spec.max_nodes, top_k=spec.top_k)
+    return target_pb2.ColocatedDraft(
+        width=spec.width,
+        length=spec.length,
+        max_nodes=spec.max_nodes,
+        top_k=spec.top_k,
+        drafter=spec.drafter,
+        max_ngram=spec.max_ngram,
+        min_ngram=spec.min_ngram,
+    )
 
 
-def head_draft_from_pb(msg: target_pb2.HeadDraft, present: bool) -> HeadDraft | None:
+def colocated_draft_from_pb(msg: target_pb2.ColocatedDraft, present: bool) -> ColocatedDraft | None:
     if not present:
         return None
-    return HeadDraft(msg.width, msg.length, msg.max_nodes, msg.top_k or 50).validate()
+    return ColocatedDraft(
+        msg.width,
+        msg.length,
+        msg.max_nodes,
+        msg.top_k or 50,
+        msg.drafter or "redrafter",
+        msg.max_ngram or 3,
+        msg.min_ngram or 1,
+    ).validate()
 
 
 _OPTION_FIELDS = tuple(f.name for f in dataclasses.fields(DraftOptions))

@@ -12,7 +12,7 @@ class TargetInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class TargetInfo(_message.Message):
-    __slots__ = ("vocab", "device", "dtype", "max_sessions", "max_tree_nodes", "max_context", "active_sessions", "max_draft_top_k", "hidden_size", "draft_head")
+    __slots__ = ("vocab", "device", "dtype", "max_sessions", "max_tree_nodes", "max_context", "active_sessions", "max_draft_top_k", "hidden_size", "draft_head", "colocated_drafters")
     VOCAB_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     DTYPE_FIELD_NUMBER: _ClassVar[int]
@@ -23,6 +23,7 @@ class TargetInfo(_message.Message):
     MAX_DRAFT_TOP_K_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
     DRAFT_HEAD_FIELD_NUMBER: _ClassVar[int]
+    COLOCATED_DRAFTERS_FIELD_NUMBER: _ClassVar[int]
     vocab: _common_pb2.VocabInfo
     device: str
     dtype: str
@@ -33,33 +34,40 @@ class TargetInfo(_message.Message):
     max_draft_top_k: int
     hidden_size: int
     draft_head: bool
-    def __init__(self, vocab: _Optional[_Union[_common_pb2.VocabInfo, _Mapping]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_sessions: _Optional[int] = ..., max_tree_nodes: _Optional[int] = ..., max_context: _Optional[int] = ..., active_sessions: _Optional[int] = ..., max_draft_top_k: _Optional[int] = ..., hidden_size: _Optional[int] = ..., draft_head: _Optional[bool] = ...) -> None: ...
+    colocated_drafters: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, vocab: _Optional[_Union[_common_pb2.VocabInfo, _Mapping]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_sessions: _Optional[int] = ..., max_tree_nodes: _Optional[int] = ..., max_context: _Optional[int] = ..., active_sessions: _Optional[int] = ..., max_draft_top_k: _Optional[int] = ..., hidden_size: _Optional[int] = ..., draft_head: _Optional[bool] = ..., colocated_drafters: _Optional[_Iterable[str]] = ...) -> None: ...
 
-class HeadDraft(_message.Message):
-    __slots__ = ("width", "length", "max_nodes", "top_k")
+class ColocatedDraft(_message.Message):
+    __slots__ = ("width", "length", "max_nodes", "top_k", "drafter", "max_ngram", "min_ngram")
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
     MAX_NODES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    DRAFTER_FIELD_NUMBER: _ClassVar[int]
+    MAX_NGRAM_FIELD_NUMBER: _ClassVar[int]
+    MIN_NGRAM_FIELD_NUMBER: _ClassVar[int]
     width: int
     length: int
     max_nodes: int
     top_k: int
-    def __init__(self, width: _Optional[int] = ..., length: _Optional[int] = ..., max_nodes: _Optional[int] = ..., top_k: _Optional[int] = ...) -> None: ...
+    drafter: str
+    max_ngram: int
+    min_ngram: int
+    def __init__(self, width: _Optional[int] = ..., length: _Optional[int] = ..., max_nodes: _Optional[int] = ..., top_k: _Optional[int] = ..., drafter: _Optional[str] = ..., max_ngram: _Optional[int] = ..., min_ngram: _Optional[int] = ...) -> None: ...
 
 class PrefillRequest(_message.Message):
-    __slots__ = ("session_id", "prompt_tokens", "sampling", "return_hidden_state", "head_draft")
+    __slots__ = ("session_id", "prompt_tokens", "sampling", "return_hidden_state", "colocated_draft")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     RETURN_HIDDEN_STATE_FIELD_NUMBER: _ClassVar[int]
-    HEAD_DRAFT_FIELD_NUMBER: _ClassVar[int]
+    COLOCATED_DRAFT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     prompt_tokens: _containers.RepeatedScalarFieldContainer[int]
     sampling: _common_pb2.SamplingParams
     return_hidden_state: bool
-    head_draft: HeadDraft
-    def __init__(self, session_id: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., return_hidden_state: _Optional[bool] = ..., head_draft: _Optional[_Union[HeadDraft, _Mapping]] = ...) -> None: ...
+    colocated_draft: ColocatedDraft
+    def __init__(self, session_id: _Optional[str] = ..., prompt_tokens: _Optional[_Iterable[int]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., return_hidden_state: _Optional[bool] = ..., colocated_draft: _Optional[_Union[ColocatedDraft, _Mapping]] = ...) -> None: ...
 
 class PrefillResponse(_message.Message):
     __slots__ = ("context_len", "compute_ms", "evicted_sessions", "hidden_state", "next_tree")
@@ -76,18 +84,18 @@ class PrefillResponse(_message.Message):
     def __init__(self, context_len: _Optional[int] = ..., compute_ms: _Optional[float] = ..., evicted_sessions: _Optional[int] = ..., hidden_state: _Optional[bytes] = ..., next_tree: _Optional[_Union[_common_pb2.DraftTree, _Mapping]] = ...) -> None: ...
 
 class VerifyRequest(_message.Message):
-    __slots__ = ("session_id", "tree", "return_target_tokens", "return_hidden_state", "head_draft")
+    __slots__ = ("session_id", "tree", "return_target_tokens", "return_hidden_state", "colocated_draft")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TREE_FIELD_NUMBER: _ClassVar[int]
     RETURN_TARGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
     RETURN_HIDDEN_STATE_FIELD_NUMBER: _ClassVar[int]
-    HEAD_DRAFT_FIELD_NUMBER: _ClassVar[int]
+    COLOCATED_DRAFT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     tree: _common_pb2.DraftTree
     return_target_tokens: bool
     return_hidden_state: bool
-    head_draft: HeadDraft
-    def __init__(self, session_id: _Optional[str] = ..., tree: _Optional[_Union[_common_pb2.DraftTree, _Mapping]] = ..., return_target_tokens: _Optional[bool] = ..., return_hidden_state: _Optional[bool] = ..., head_draft: _Optional[_Union[HeadDraft, _Mapping]] = ...) -> None: ...
+    colocated_draft: ColocatedDraft
+    def __init__(self, session_id: _Optional[str] = ..., tree: _Optional[_Union[_common_pb2.DraftTree, _Mapping]] = ..., return_target_tokens: _Optional[bool] = ..., return_hidden_state: _Optional[bool] = ..., colocated_draft: _Optional[_Union[ColocatedDraft, _Mapping]] = ...) -> None: ...
 
 class VerifyResponse(_message.Message):
     __slots__ = ("accepted_tokens", "accepted_nodes", "next_token", "bonus", "context_len", "compute_ms", "target_tokens", "hidden_state", "next_tree")

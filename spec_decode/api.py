@@ -11,10 +11,10 @@ from collections.abc import Sequence
 from typing import Protocol
 
 from spec_decode.types import (
+    ColocatedDraft,
     DraftInfo,
     DraftOptions,
     DraftTree,
-    HeadDraft,
     PrefillResult,
     ProposeResult,
     SamplingParams,
@@ -34,11 +34,11 @@ class TargetAPI(Protocol):
         prompt_tokens: Sequence[int],
         sampling: SamplingParams,
         return_hidden_state: bool = False,
-        head_draft: HeadDraft | None = None,
+        colocated_draft: ColocatedDraft | None = None,
     ) -> PrefillResult:
         """Create ``session_id`` (NOT a duplicate) and feed the prompt; its last token stays pending.
 
-        With ``head_draft`` (a target with a co-located ReDrafter head) the result carries the first tree.
+        With ``colocated_draft`` (a target with a co-located ReDrafter head) the result carries the first tree.
         """
         ...
 
@@ -48,13 +48,13 @@ class TargetAPI(Protocol):
         tree: DraftTree,
         return_target_tokens: bool = False,
         return_hidden_state: bool = False,
-        head_draft: HeadDraft | None = None,
+        colocated_draft: ColocatedDraft | None = None,
     ) -> VerifyResult:
         """Score ``tree`` in one forward pass, accept, commit the accepted path + pending token.
 
         With ``return_target_tokens`` the result also carries the target's argmax per row; with
         ``return_hidden_state`` the final hidden state at the last accepted row (float16 bytes);
-        with ``head_draft`` the co-located head's tree for the next step (``next_tree``).
+        with ``colocated_draft`` the co-located head's tree for the next step (``next_tree``).
         """
         ...
 

@@ -176,27 +176,51 @@ class TargetInfo:
     active_sessions: int = 0
     hidden_size: int = 0
     draft_head: bool = False  # a ReDrafter head runs inside the target service (co-located drafting)
+    colocated_drafters: tuple[str, ...] = ()  # what Prefill/Verify can draft the next tree with
+
+
+COLOCATED_DRAFTERS = ("redrafter", "prompt_lookup")  # what a target may draft with itself
 
 
 @dataclass(frozen=True)
-class HeadDraft:
-    """Ask the target to draft the next step itself with its co-located ReDrafter head.
+class ColocatedDraft:
+    """Ask the target to draft the next step itself, right after its pass (no draft round trip).
 
-    After the pass it runs beam search (``width`` beams of ``length`` tokens, top-``top_k``
-    warping) from the hidden state of the last accepted row and returns the packed tree (at
-    most ``max_nodes`` nodes), saving the round trip to a draft service.
+    ``drafter`` names the co-located drafter (the draft service's drafter names):
+
+    - ``"redrafter"``: beam search over the target's ReDrafter head (``width`` beams of ``length``
+      tokens, top-``top_k`` warping) from the hidden state of the last accepted row, packed into
+      one tree;
+    - ``"prompt_lookup"``: prompt lookup over the session's own tokens (``width`` distinct
+      continuations of ``length`` tokens, suffix n-grams of ``max_ngram`` down to ``min_ngram``).
+
+    Either tree has at most ``max_nodes`` nodes.
     """
 
     width: int
     length: int
     max_nodes: int
     top_k: int = 50
+    drafter: str = "redrafter"
+    max_ngram: int = 3
+    min_ngram: int = 1
 
-    def validate(self) -> HeadDraft:
-        if not (1 <= self.width <= 64 and 1 <= self.length <= 16 and self.max_nodes >= 0 and 1 <= self.top_k <= 1000):
+    def validate(self) -> ColocatedDraft:
+        if self.drafter not in COLOCATED_DRAFTERS:
             raise InvalidArgument(
-                f"head draft needs 1 <= width <= 64, 1 <= length <= 16, max_nodes >= 0 and 1 <= top_k <= 1000; got "
-                f"width={self.width}, length={self.length}, max_nodes={self.max_nodes}, top_k={self.top_k}"
+                f"co-located drafter must be one of {', '.join(COLOCATED_DRAFTERS)}, got {self.drafter!r}"
+            )
+        if self.drafter == "redrafter":
+            ok = 1 <= self.width <= 64 and 1 <= self.length <= 16 and 1 <= self.top_k <= 1000
+            shape = "1 <= width <= 64, 1 <= length <= 16, 1 <= top_k <= 1000"
+        else:
+            ok = 1 <= self.width <= 64 and 1 <= self.length <= 1024 and 1 <= self.min_ngram <= self.max_ngram <= 16
+            shape = "1 <= width <= 64, 1 <= length <= 1024, 1 <= min_ngram <= max_ngram <= 16"
+        if not ok or self.max_nodes < 0:
+            raise InvalidArgument(
+                f"co-located {self.drafter} draft needs {shape} and max_nodes >= 0; got width={self.width}, "
+                f"length={self.length}, max_nodes={self.max_nodes}, top_k={self.top_k}, "
+                f"ngram={self.min_ngram}..{self.max_ngram}"
             )
         return self
 

@@ -84,6 +84,12 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         choices=("draft", "target"),
         help="where the redrafter head drafts: the draft service, or co-located in the target service",
     )
+    p.add_argument(
+        "--pld-placement",
+        default="auto",
+        choices=("auto", "draft", "target"),
+        help="where pld drafts: co-located in the target service (auto) or in the draft service",
+    )
     p.add_argument("--engine", default="auto", help="specd target engine: auto | native | hf")
     p.add_argument(
         "--weight-format",
@@ -271,11 +277,13 @@ def run_bench(args: argparse.Namespace) -> int:
                 *(["--verify-lookahead"] if args.verify_lookahead else []),
                 *(["--redrafter-head", head] if head and not colocate else []),
             ],
+            extra_orchestrator_args=["--pld-placement", args.pld_placement],
         )
         clients["grpc"] = SpecdClient(stack.address, timeout=1800)
     head, colocate = args.redrafter_head, args.redrafter_placement == "target"
     if "inproc" in transports and any(_base(m) in SPECD_METHODS for m in methods):
         from draft_service.service import DraftConfig
+        from orchestrator.service import OrchestratorConfig
         from target_service.verifier import TargetConfig
 
         clients["inproc"] = build_inprocess(
@@ -294,6 +302,7 @@ def run_bench(args: argparse.Namespace) -> int:
                     verify_lookahead=args.verify_lookahead,
                     redrafter_head=None if colocate else head,
                 ),
+                OrchestratorConfig(pld_placement=args.pld_placement),
             )
         )
 
@@ -494,6 +503,7 @@ def write_outputs(args: argparse.Namespace, runs: list[Run], summary: dict[str, 
         "draft_model": args.draft_model,
         "weight_format": args.weight_format,
         "reference": args.reference,
+        "pld_placement": args.pld_placement,
         "command": " ".join(sys.argv),
     }
     (args.out / "results.json").write_text(

@@ -185,6 +185,14 @@ def _add_placement_flag(p: argparse.ArgumentParser, choices: tuple[str, ...]) ->
         help="where the 'redrafter' head drafts: in the draft service, or co-located in the target service "
         "(no draft round trip per step)" + ("; auto = target when the target has a head" if "auto" in choices else ""),
     )
+    p.add_argument(
+        "--pld-placement",
+        default="auto",
+        choices=("auto", "draft", "target"),
+        help="where 'pld' drafts: co-located in the target service (prompt lookup over the session's own "
+        "tokens, returned with every verify result: no draft round trip), or in the draft service; "
+        "auto = target when the target offers it",
+    )
 
 
 def _add_load_flags(p: argparse.ArgumentParser) -> None:
@@ -332,6 +340,7 @@ def cmd_orchestrator(args: argparse.Namespace) -> int:
         args.max_concurrent_requests,
         args.step_node_budget,
         redrafter_placement=args.redrafter_placement,
+        pld_placement=args.pld_placement,
         tree_budget=args.tree_budget,
     ).validate()
     orch = Orchestrator(GrpcTargetClient(args.target_address, tls=peer), draft, tokenizer, config)
@@ -419,6 +428,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             str(args.step_node_budget),
             "--tree-budget",
             args.tree_budget,
+            "--pld-placement",
+            args.pld_placement,
         ],
     )
     print(f"specd is up: orchestrator {stack.address} (logs in {stack.log_dir}); Ctrl-C stops it", flush=True)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
-from spec_decode.types import DraftTree, HeadDraft, VerifyResult
+from spec_decode.types import ColocatedDraft, DraftTree, VerifyResult
 
 
 @dataclass(eq=False)
@@ -35,7 +35,7 @@ class VerifyCall:
     tree: DraftTree
     return_target_tokens: bool
     return_hidden_state: bool = False
-    head_draft: HeadDraft | None = None  # draft the next tree with the co-located head after this pass
+    colocated_draft: ColocatedDraft | None = None  # draft the next tree with the co-located head after this pass
     enqueued: float = field(default_factory=time.monotonic)
     future: Future[VerifyResult] = field(default_factory=Future)
 

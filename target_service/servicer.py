@@ -50,13 +50,15 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
     def Prefill(self, request: target_pb2.PrefillRequest, context: grpc.ServicerContext) -> target_pb2.PrefillResponse:
         with self._call("prefill", request.session_id):
             sampling = convert.sampling_from_pb(request.sampling).validate()
-            head_draft = convert.head_draft_from_pb(request.head_draft, request.HasField("head_draft"))
+            colocated_draft = convert.colocated_draft_from_pb(
+                request.colocated_draft, request.HasField("colocated_draft")
+            )
             result = self._target.prefill(
                 session_id_arg(request.session_id),
                 list(request.prompt_tokens),
                 sampling,
                 request.return_hidden_state,
-                head_draft,
+                colocated_draft,
             )
         return target_pb2.PrefillResponse(
             context_len=result.context_len,
@@ -70,13 +72,15 @@ class TargetServicer(target_pb2_grpc.TargetServiceServicer):
     def Verify(self, request: target_pb2.VerifyRequest, context: grpc.ServicerContext) -> target_pb2.VerifyResponse:
         with self._call("verify", request.session_id):
             tree = convert.tree_from_pb(request.tree)
-            head_draft = convert.head_draft_from_pb(request.head_draft, request.HasField("head_draft"))
+            colocated_draft = convert.colocated_draft_from_pb(
+                request.colocated_draft, request.HasField("colocated_draft")
+            )
             result = self._target.verify(
                 session_id_arg(request.session_id),
                 tree,
                 request.return_target_tokens,
                 request.return_hidden_state,
-                head_draft,
+                colocated_draft,
             )
             if self._metrics is not None:
                 self._metrics.verify_nodes.inc(tree.size)

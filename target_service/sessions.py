@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from spec_decode.errors import InvalidArgument, NotFound, ResourceExhausted
+from spec_decode.prompt_lookup import PromptLookupDrafter
 from spec_decode.types import SamplingParams
 
 
@@ -33,6 +34,10 @@ class Session:
     prefix_len: int = 0  # committed tokens in the KV cache
     pending_token: int = -1  # last emitted token, not in the cache (-1 until prefilled)
     kv_bytes: int = 0
+    # The session's tokens, the pending one included (prompt, then every accepted token): what a
+    # co-located prompt lookup drafts from. Not kept for beam methods (each beam has its own).
+    tokens: list[int] = field(default_factory=list)
+    lookup: PromptLookupDrafter | None = None  # the co-located prompt lookup (its n-gram index), on first use
     last_used: float = 0.0
     busy: int = 0  # calls holding the session (guarded by the store's lock)
     closed: bool = False  # released or evicted; a waiting call then sees NotFound

@@ -28,14 +28,16 @@ from spec_decode.forest import BeamForest
 from spec_decode.hidden import hidden_bytes
 from spec_decode.model_thread import model_thread
 from spec_decode.models import LoadedModel, load_model
+from spec_decode.prompt_lookup import PromptLookupDrafter
 from spec_decode.redrafter_checkpoint import load_head, read_checkpoint
 from spec_decode.redrafter_head import ReDrafterHead, beam_search, beam_shape, pack_beams
 from spec_decode.sampling import make_generator, warp_probs
 from spec_decode.tree import validate_tree
 from spec_decode.types import (
     EMPTY_TREE,
+    ColocatedDraft,
+    DraftOptions,
     DraftTree,
-    HeadDraft,
     PrefillResult,
     SamplingParams,
     TargetInfo,
@@ -148,7 +150,15 @@ class TargetVerifier:
             Path(directory), model.get_input_embeddings().weight.detach(), model.get_output_embeddings().weight.detach()
         )
 
-    def _head_tree(self, hidden: torch.Tensor | None, token: int, spec: HeadDraft) -> DraftTree:
+    def _colocated_tree(
+        self, session: Session, hidden: torch.Tensor | None, token: int, spec: ColocatedDraft
+    ) -> DraftTree:
+        """The next tree, drafted here right after the pass (``token``: the new pending token)."""
+        if spec.drafter == "prompt_lookup":
+            return self._lookup_tree(session, spec)
+        return self._head_tree(hidden, token, spec)
+
+    def _head_tree(self, hidden: torch.Tensor | None, token: int, spec: ColocatedDraft) -> DraftTree:
         """The co-located head's packed beams after ``token`` from ``hidden`` ([E]); empty without a state."""
         width, length = beam_shape(spec.width, spec.length, spec.max_nodes)  # what the node budget can hold
         if hidden is None or length <= 0 or self._head is None:
@@ -156,11 +166,21 @@ class TargetVerifier:
         beams = beam_search(self._head, hidden, token, width, length, spec.top_k)
         return pack_beams(beams, spec.max_nodes)
 
-    def _check_head_draft(self, spec: HeadDraft | None) -> None:
+    @staticmethod
+    def _lookup_tree(session: Session, spec: ColocatedDraft) -> DraftTree:
+        """Prompt lookup over the session's own tokens (its n-gram index grows with them)."""
+        if session.lookup is None:
+            session.lookup = PromptLookupDrafter()
+        session.lookup.configure(
+            DraftOptions(max_ngram=spec.max_ngram, min_ngram=spec.min_ngram, num_branches=spec.width)
+        )
+        return session.lookup.propose(session.tokens, spec.length, spec.max_nodes, session.sampling, None)
+
+    def _check_colocated_draft(self, spec: ColocatedDraft | None) -> None:
         if spec is None:
             return
         spec.validate()
-        if self._head is None:
+        if spec.drafter == "redrafter" and self._head is None:
             raise FailedPrecondition(
                 "this target service has no co-located draft head; start it with --redrafter-head DIR "
                 "(or draft in a draft service)"
@@ -189,6 +209,7 @@ class TargetVerifier:
             active_sessions=len(self.sessions),
             hidden_size=self._hidden_size,
             draft_head=self._head is not None,
+            colocated_drafters=("prompt_lookup", *(("redrafter",) if self._head is not None else ())),
         )
 
     def prefill(
@@ -197,17 +218,17 @@ class TargetVerifier:
         prompt_tokens: Sequence[int],
         sampling: SamplingParams,
         return_hidden_state: bool = False,
-        head_draft: HeadDraft | None = None,
+        colocated_draft: ColocatedDraft | None = None,
     ) -> PrefillResult:
         """Create ``session_id`` and feed the prompt; its last token stays pending.
 
         With ``return_hidden_state`` the result carries the final hidden state before the pending
-        token (float16 bytes; empty for a one-token prompt); with ``head_draft`` the co-located
+        token (float16 bytes; empty for a one-token prompt); with ``colocated_draft`` the co-located
         head's first tree (``next_tree``).
         """
-        self._check_head_draft(head_draft)
+        self._check_colocated_draft(colocated_draft)
         return self._model_thread.run(
-            self._prefill, session_id, prompt_tokens, sampling, return_hidden_state, head_draft
+            self._prefill, session_id, prompt_tokens, sampling, return_hidden_state, colocated_draft
         )
 
     def verify(
@@ -216,7 +237,7 @@ class TargetVerifier:
         tree: DraftTree,
         return_target_tokens: bool = False,
         return_hidden_state: bool = False,
-        head_draft: HeadDraft | None = None,
+        colocated_draft: ColocatedDraft | None = None,
     ) -> VerifyResult:
         """Score ``tree`` in one pass, accept, commit the pending token + accepted path.
 
@@ -226,8 +247,8 @@ class TargetVerifier:
         ``max_batch``, see :mod:`target_service.batching`); the result of each is exactly what a
         pass of its own would give. Runs on the service's single model thread.
         """
-        self._check_head_draft(head_draft)
-        call = VerifyCall(session_id, tree, return_target_tokens, return_hidden_state, head_draft)
+        self._check_colocated_draft(colocated_draft)
+        call = VerifyCall(session_id, tree, return_target_tokens, return_hidden_state, colocated_draft)
         self._batcher.submit(call)
         # Wait for this call's result, not for the drain queued here: an earlier drain may take
         # the call, and waiting for one's own (then empty) drain held every caller behind the
@@ -301,7 +322,7 @@ class TargetVerifier:
         prompt_tokens: Sequence[int],
         sampling: SamplingParams,
         return_hidden_state: bool,
-        head_draft: HeadDraft | None = None,
+        colocated_draft: ColocatedDraft | None = None,
     ) -> PrefillResult:
         if not session_id:
             raise InvalidArgument("session id is empty")
@@ -320,6 +341,7 @@ class TargetVerifier:
                 start = time.perf_counter()
                 session.pending_token = self.engine.prefill(session.cache, tokens)
                 session.prefix_len = len(tokens) - 1
+                session.tokens = list(tokens)
                 session.kv_bytes = self.engine.kv_bytes(session.cache)
                 compute_s = time.perf_counter() - start
                 if self.config.max_kv_bytes:
@@ -330,12 +352,14 @@ class TargetVerifier:
             finally:
                 self.sessions.finish(session)
         hidden = b""
-        rows = self.engine.hidden_rows(session.cache) if return_hidden_state or head_draft else None
+        need_rows = return_hidden_state or (colocated_draft is not None and colocated_draft.drafter == "redrafter")
+        rows = self.engine.hidden_rows(session.cache) if need_rows else None
         if return_hidden_state and rows is not None:
             hidden = hidden_bytes(rows[-1])
         next_tree = None
-        if head_draft is not None:
-            next_tree = self._head_tree(None if rows is None else rows[-1], session.pending_token, head_draft)
+        if colocated_draft is not None:
+            hidden_row = None if rows is None else rows[-1]
+            next_tree = self._colocated_tree(session, hidden_row, session.pending_token, colocated_draft)
         return PrefillResult(session.context_len, compute_s, evicted, hidden, next_tree)
 
     def _run_batch(self, calls: list[VerifyCall]) -> None:
@@ -409,20 +433,23 @@ class TargetVerifier:
         self.engine.commit(session.cache, session.prefix_len, keep_rows)
         session.prefix_len += len(keep_rows)
         session.pending_token = acceptance.next_token
+        session.tokens += [*acceptance.tokens, acceptance.next_token]
         session.kv_bytes = self.engine.kv_bytes(session.cache)
         target_tokens = tuple(argmax) if call.return_target_tokens else ()
         hidden = b""
         row = None
-        if call.return_hidden_state or call.head_draft is not None:
+        if call.return_hidden_state or (
+            call.colocated_draft is not None and call.colocated_draft.drafter == "redrafter"
+        ):
             rows = self.engine.hidden_rows(session.cache)  # [1 + N, E] of this pass
             if rows is not None:
                 row = rows[acceptance.path[-1] + 1 if acceptance.path else 0]  # [E], its output: next_token
         if call.return_hidden_state and row is not None:
             hidden = hidden_bytes(row)
         next_tree = None
-        if call.head_draft is not None:  # its time counts as this call's compute (it runs on the model thread)
+        if call.colocated_draft is not None:  # its time counts as this call's compute (it runs on the model thread)
             start = time.perf_counter()
-            next_tree = self._head_tree(row, acceptance.next_token, call.head_draft)
+            next_tree = self._colocated_tree(session, row, acceptance.next_token, call.colocated_draft)
             compute_s += time.perf_counter() - start
         return VerifyResult(acceptance, session.context_len, compute_s, target_tokens, hidden, next_tree)
 

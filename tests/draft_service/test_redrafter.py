@@ -250,7 +250,7 @@ def test_colocated_head_drafts_within_the_tree_budget(tiny_target: Path, head_di
 
 def test_colocated_head_over_grpc_and_its_refusals(tiny_target: Path, head_dir: Path) -> None:
     from spec_decode.errors import FailedPrecondition as Precondition
-    from spec_decode.types import DraftTree, HeadDraft
+    from spec_decode.types import ColocatedDraft, DraftTree
 
     stack = start_thread_stack(_colocated(tiny_target, head_dir, placement="target"))
     try:
@@ -260,17 +260,17 @@ def test_colocated_head_over_grpc_and_its_refusals(tiny_target: Path, head_dir: 
             assert list(result.token_ids) == greedy_reference(tiny_target, prompt, 16, torch.float64)
             assert result.stats.draft_tokens > 0
         target_client = stack.clients[0]
-        first = target_client.prefill("s1", prompt, SamplingParams(), head_draft=HeadDraft(4, 3, 9))
+        first = target_client.prefill("s1", prompt, SamplingParams(), colocated_draft=ColocatedDraft(4, 3, 9))
         assert first.next_tree is not None and 0 < first.next_tree.size <= 9
-        step = target_client.verify("s1", first.next_tree, head_draft=HeadDraft(2, 2, 4))
+        step = target_client.verify("s1", first.next_tree, colocated_draft=ColocatedDraft(2, 2, 4))
         assert step.next_tree is not None and step.next_tree.size <= 4
         with pytest.raises(InvalidArgument, match="width"):
-            target_client.verify("s1", DraftTree((), ()), head_draft=HeadDraft(0, 2, 4))
+            target_client.verify("s1", DraftTree((), ()), colocated_draft=ColocatedDraft(0, 2, 4))
     finally:
         stack.stop()
     plain = build_inprocess(stack_config(tiny_target, None))
     with pytest.raises(Precondition, match="co-located draft head"):
-        plain._target.prefill("s2", [1, 2, 3], SamplingParams(), head_draft=HeadDraft(4, 3, 9))
+        plain._target.prefill("s2", [1, 2, 3], SamplingParams(), colocated_draft=ColocatedDraft(4, 3, 9))
     no_head = build_inprocess(
         dataclasses.replace(
             stack_config(tiny_target, None),

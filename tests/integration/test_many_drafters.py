@@ -5,6 +5,7 @@ output equal to transformers' own greedy decoding in every case."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -53,7 +54,8 @@ class Replica:
 
 @pytest.fixture(scope="module")
 def cfg(tiny_target, tiny_draft):
-    return stack_config(tiny_target, tiny_draft)
+    config = stack_config(tiny_target, tiny_draft)  # pld drafts on the replicas here, not in the target
+    return dataclasses.replace(config, orchestrator=dataclasses.replace(config.orchestrator, pld_placement="draft"))
 
 
 @pytest.fixture(scope="module")
