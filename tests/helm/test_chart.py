@@ -473,6 +473,12 @@ def test_tls_off_by_default():
 # --- components disabled ---------------------------------------------------------------------
 
 
+def test_placements_reach_the_orchestrator():
+    args = args_of(render({"orchestrator": {"pldPlacement": "draft", "redrafterPlacement": "target"}}), "orchestrator")
+    parsed = parse_with_cli("orchestrator", args)
+    assert (parsed.pld_placement, parsed.redrafter_placement) == ("draft", "target")
+
+
 def test_orchestrator_alone_against_an_external_target():
     rendered = render(DISABLED)
     assert rendered.kinds() == sorted(
@@ -486,6 +492,7 @@ def test_orchestrator_alone_against_an_external_target():
     assert flag(args, "--target-address") == "big-gpu.models.svc:50052"
     assert flag(args, "--draft-address") == "none"
     assert flag(args, "--metrics-port") is None
+    assert (flag(args, "--pld-placement"), flag(args, "--redrafter-placement")) == ("auto", "auto")
     d = rendered.get("Deployment", "orchestrator")
     assert [p["name"] for p in container(d)["ports"]] == ["grpc"]
     assert "annotations" not in d["spec"]["template"]["metadata"]
@@ -507,6 +514,7 @@ def test_orchestrator_alone_against_an_external_target():
         ({"phraseStore": {"mode": "sentinel"}}, "/phraseStore/mode"),
         ({"draftService": {"autoscaling": {"maxReplicas": 0}}}, "/draftService/autoscaling/maxReplicas"),
         ({"orchestrator": {"draftAddress": "k8s:missing-port"}}, "/orchestrator/draftAddress"),
+        ({"orchestrator": {"pldPlacement": "gpu"}}, "/orchestrator/pldPlacement"),
     ],
     ids=[
         "string-replicas",
@@ -518,6 +526,7 @@ def test_orchestrator_alone_against_an_external_target():
         "bad-mode",
         "zero-max-replicas",
         "bad-draft-address",
+        "bad-placement",
     ],
 )
 def test_schema_rejects_bad_values(values, message):
