@@ -163,12 +163,12 @@ class DecodeLoop:
         if self._method.drafter == "prompt_lookup":
             return ColocatedDraft(
                 width=options.num_branches or 1,
-                length=length,
+                length=max(1, min(length, self._limits.max_tree_nodes)),  # no deeper than a tree can be
                 max_nodes=max_nodes,
                 drafter="prompt_lookup",
                 max_ngram=options.max_ngram or DEFAULT_MAX_NGRAM,
                 min_ngram=options.min_ngram or DEFAULT_MIN_NGRAM,
-            ).validate()
+            )
         return ColocatedDraft(
             width=options.num_branches or REDRAFTER_WIDTH,
             length=length,

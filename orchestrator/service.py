@@ -20,7 +20,7 @@ from spec_decode.api import DraftAPI, TargetAPI
 from spec_decode.budget import TREE_BUDGETS, AcceptanceProfile, StepCost, TreeBudget
 from spec_decode.errors import Cancelled, FailedPrecondition, InvalidArgument, ResourceExhausted
 from spec_decode.models import check_same_vocab, vocab_fingerprint
-from spec_decode.types import DraftInfo, GenerationStats, TargetInfo
+from spec_decode.types import COLOCATED_DRAFTERS, DraftInfo, GenerationStats, TargetInfo
 
 log = logging.getLogger(__name__)
 
@@ -196,23 +196,23 @@ class Orchestrator:
     def methods(self) -> list[str]:
         drafters = self.draft_info.drafters if self.draft_info else ()
         methods = available_methods(self._draft is not None, drafters)
-        for name in ("pld", "redrafter"):
-            if name not in methods and self._colocated(METHODS[name].drafter or ""):
-                methods.append(name)
-        return [m for m in METHODS if m in methods]
+        methods += [name for name in METHODS if name not in methods and self._drafts_on_target(name)]
+        return [name for name in METHODS if name in methods]
 
-    def _colocated(self, drafter: str) -> bool:
-        """Whether requests for ``drafter`` draft on the target (co-located) rather than a draft service."""
-        placement = {"redrafter": self.config.redrafter_placement, "prompt_lookup": self.config.pld_placement}.get(
-            drafter, "draft"
-        )
-        offered = drafter in self.target_info.colocated_drafters or (
-            drafter == "redrafter" and self.target_info.draft_head  # a target from before colocated_drafters
-        )
+    def _drafts_on_target(self, name: str) -> str | None:
+        """The drafter the target runs itself for method ``name``; None when a draft service drafts
+        (or nothing does). Beam methods always draft in a draft service."""
+        method = METHODS.get(name)
+        if method is None or method.beams or method.drafter not in COLOCATED_DRAFTERS:
+            return None
+        placement = self.config.pld_placement if method.drafter == "prompt_lookup" else self.config.redrafter_placement
+        offered = method.drafter in self.target_info.colocated_drafters
         if placement == "target" and not offered:
-            hint = " (specd target --redrafter-head DIR)" if drafter == "redrafter" else ""
-            raise FailedPrecondition(f"{drafter} placement 'target' needs a target service that drafts with it{hint}")
-        return placement != "draft" and offered
+            hint = " (specd target --redrafter-head DIR)" if method.drafter == "redrafter" else ""
+            raise FailedPrecondition(
+                f"{method.drafter} placement 'target' needs a target service that drafts with it{hint}"
+            )
+        return method.drafter if placement != "draft" and offered else None
 
     def generate(self, params: GenerateParams, is_active: Callable[[], bool] = lambda: True) -> GenerationResult:
         """Run a request to the end; stops early (Cancelled) once ``is_active()`` is False."""
@@ -301,8 +301,7 @@ class Orchestrator:
     def _prepare(self, params: GenerateParams) -> DecodeLoop | BeamDecodeLoop:
         params.validate(max_new_tokens_cap=self.config.max_new_tokens)
         drafters = self.draft_info.drafters if self.draft_info else ()
-        wanted = METHODS.get(params.method or "vanilla")
-        here = wanted.drafter if wanted is not None and wanted.drafter and self._colocated(wanted.drafter) else None
+        here = self._drafts_on_target(params.method or "vanilla")
         colocated = here is not None
         if here is not None:  # no draft service involved: the target drafts
             drafters = (*drafters, here)

@@ -227,6 +227,17 @@ def test_colocated_head_drafts_the_same_trees_without_a_draft_service(tiny_targe
         sampled = colocated.generate(dataclasses.replace(params, sampling=SamplingParams(temperature=0.8, seed=3)))
         assert len(sampled.token_ids) == 20
     assert colocated._draft is not None and colocated._draft.info().active_sessions == 0  # never asked
+    # the beam method drafts its beams in a draft service, never on the target's co-located head
+    assert "dsbd-redrafter" not in colocated.methods
+    with pytest.raises(FailedPrecondition, match="does not offer"):
+        colocated.generate(
+            GenerateParams(
+                prompt_token_ids=(1, 2, 3),
+                method="dsbd-redrafter",
+                max_new_tokens=4,
+                sampling=SamplingParams(temperature=1.0, seed=1),
+            )
+        )
 
 
 def test_colocated_head_drafts_within_the_tree_budget(tiny_target: Path, head_dir: Path) -> None:
