@@ -44,7 +44,7 @@ def run_bench_linear(args: argparse.Namespace) -> int:
 
     from spec_decode.models import load_model
     from target_service.kernels import WEIGHT_FORMATS, make_linear, resolve_format
-    from target_service.q8 import has_vnni
+    from target_service.q8 import has_vnni, simd_width
 
     rows = _ints(args.rows, "--rows")
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
@@ -94,6 +94,7 @@ def run_bench_linear(args: argparse.Namespace) -> int:
         "threads": torch.get_num_threads(),
         "repeats": args.repeats,
         "torch": torch.__version__,
+        "simd": simd_width(),  # 512, 256 (AVX2 + FMA) or 0: q8 then runs element by element
         "vnni": has_vnni(),  # without it q8a8 runs element by element (same bits, slow)
     }
     if args.json:

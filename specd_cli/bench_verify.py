@@ -143,12 +143,22 @@ def _meta(engine: Any, loaded: Any, torch: Any, args: argparse.Namespace) -> dic
         "engine": engine.kind,
         "weight_format": getattr(engine, "weight_format", "-"),
         "cuda_graphs": getattr(engine, "static", None) is not None,
+        "kernel_simd": _kernel_simd(engine),
         "context": args.context,
         "repeats": args.repeats,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "hf_attention": loaded.model.config._attn_implementation,
     }
+
+
+def _kernel_simd(engine: Any) -> int | str:
+    """The C kernels' vector width (512, 256 or 0) where the engine runs them, else "-"."""
+    if engine.device.type != "cpu":
+        return "-"
+    from target_service.q8 import simd_width
+
+    return simd_width()
 
 
 def _table(medians: dict[str, dict[str, float]], tokens: list[int], meta: dict[str, Any]) -> str:

@@ -9,7 +9,8 @@ whole pass is measured by ``specd bench-verify --weight-format F`` (docs/BENCHMA
 * ``q8`` -- exact int8 (:mod:`target_service.q8`): for checkpoints that were group-quantized
   (GGUF Q4_0/Q4_1/Q8_0, like the default SmolLM2), the 1-byte codes rebuild every fp32 weight bit
   for bit, so the model is unchanged and a decode step reads a quarter of the bytes. The default
-  on CPU; weights that are not such codes stay ``packed``.
+  on CPU when the kernel has vector code for it (AVX-512, or AVX2 + FMA); weights that are not
+  such codes stay ``packed``.
 * ``q8a8`` -- opt-in, never chosen by ``auto``: the same exact int8 weights, times activations
   quantized to int8 per row and per group of 32 (as llama.cpp's CPU dot products do), summed in
   integers with AVX-512 VNNI (four times the multiply-adds per instruction of fp32). It CHANGES
@@ -33,6 +34,7 @@ Every kernel is a frozen dataclass built once (:func:`make_linear`) and called a
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -40,6 +42,8 @@ import torch
 import torch.nn.functional as F
 
 from spec_decode.errors import InvalidArgument
+
+log = logging.getLogger(__name__)
 
 WeightFormat = Literal["dense", "packed", "q8", "q8a8"]
 WEIGHT_FORMATS: tuple[str, ...] = ("auto", "dense", "packed", "q8", "q8a8")
@@ -103,9 +107,9 @@ def resolve_format(requested: str | None, device: torch.device, dtype: torch.dty
     if name == "auto":  # q8 where the kernel builds (it keeps fp32 for weights it cannot reproduce)
         if not (cpu_fp32 and _mkl_packing_available()):
             return "dense"
-        from target_service.q8 import library_error
+        from target_service.q8 import library_error, simd_width
 
-        return "q8" if library_error() is None else "packed"
+        return "q8" if library_error() is None and simd_width() > 0 else "packed"
     if name == "packed" and not (cpu_fp32 and _mkl_packing_available()):
         raise InvalidArgument(f"weight format 'packed' needs float32 on a CPU with MKL (got {dtype} on {device})")
     if name in ("q8", "q8a8"):
@@ -116,7 +120,18 @@ def resolve_format(requested: str | None, device: torch.device, dtype: torch.dty
         error = library_error()
         if error is not None:
             raise InvalidArgument(f"weight format {name!r} needs its C kernel, which could not be built: {error}")
+        _warn_if_slow(name)
     return name  # type: ignore[return-value]
+
+
+def _warn_if_slow(name: str) -> None:
+    """Say so when a format asked for by name runs element by element on this CPU (same bits, slow)."""
+    from target_service.q8 import has_vnni, simd_width
+
+    if name == "q8" and simd_width() == 0:
+        log.warning("weight format 'q8': this CPU has neither AVX-512 nor AVX2+FMA; the kernel runs element by element")
+    if name == "q8a8" and not has_vnni():
+        log.warning("weight format 'q8a8': this CPU has no AVX-512 VNNI; its int8 sums run element by element (slow)")
 
 
 def _mkl_packing_available() -> bool:

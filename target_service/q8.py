@@ -8,7 +8,8 @@ element, that they reproduce them bit for bit; only then does the engine use the
 (``csrc/q8_linear.c``) that streams the int8 codes instead of the floats. A weight that does not
 reproduce exactly stays fp32: this format never changes the model.
 
-The kernel is compiled on first use with the system C compiler (``cc -O3 -march=native``) into
+The kernel is compiled on first use with the system C compiler (``cc -O3 -march=native``: AVX-512
+where the CPU has it, else AVX2 + FMA, else element by element, the same bits each way) into
 ``$SPECD_CACHE/kernels`` and loaded with ctypes; its OpenMP runtime is the one torch already
 loaded (same soname), so both share one thread team. No compiler, or a K that is not a
 multiple of 32: the format is unavailable and ``auto`` falls back to MKL-packed fp32.
@@ -92,13 +93,18 @@ def _build_and_load() -> ctypes.CDLL:
         sources = [str(path) for path in _SOURCES]
         subprocess.run([*cmd, *sources, "-o", str(tmp)], check=True, capture_output=True, text=True)
         tmp.replace(out)  # atomic: a concurrent builder never loads a half-written file
-    lib = ctypes.CDLL(str(out))
+    return declare(ctypes.CDLL(str(out)))
+
+
+def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
+    """Give a build of ``_SOURCES`` its functions' ctypes signatures (also for tests' other builds)."""
     ptr, i64 = ctypes.c_void_p, ctypes.c_int64
     lib.q8_linear.restype = ctypes.c_int
     lib.q8_linear.argtypes = [ptr, i64, i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int]
     lib.q8a8_linear.restype = ctypes.c_int
     lib.q8a8_linear.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int]
     lib.q8a8_has_vnni.restype = ctypes.c_int
+    lib.q8_simd_width.restype = ctypes.c_int
     for name, args in (
         ("cpu_rms_norm", [ptr, i64, i64, ptr, ctypes.c_float, ptr]),
         ("cpu_rope", [ptr, i64, i64, i64, i64, ptr, ptr]),
@@ -331,6 +337,16 @@ class Q8A8Linear(_KernelCall):
     def nbytes(self) -> int:
         w = self.weight
         return w.codes.numel() + 4 * (w.start.numel() + w.scale.numel() + w.shift.numel())
+
+
+def simd_width() -> int:
+    """The vector width the library was built for: 512 (AVX-512), 256 (AVX2 + FMA), 0 (none, or no library).
+
+    ``q8`` gives the same bits at every width; at 0 it runs element by element, far slower than
+    MKL's fp32 GEMM, so ``auto`` then picks ``packed``.
+    """
+    lib = load_library()
+    return int(lib.q8_simd_width()) if lib is not None else 0
 
 
 def has_vnni() -> bool:

@@ -7,14 +7,20 @@
  * Built into the same library as q8_linear.c (target_service/q8.py), with -ffp-contract=off:
  * each multiply and add rounds separately, so rope gives exactly the bits of the torch ops it
  * replaces; rms_norm differs from torch's only in the order of the mean's sum.
+ * Vector code for AVX-512 and, on CPUs without it, AVX2 + FMA; element by element otherwise.
+ * The widths sum in different orders (attention agrees across them to float32 rounding), but
+ * within one build every (row, head) still sums in one fixed order of its own.
  */
 #include <stdint.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef __AVX512F__
+#if defined(__AVX512F__)
 #include <immintrin.h>
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define OPS_AVX2 1 /* 8-lane versions of the AVX-512 code below, for CPUs without AVX-512 */
 #endif
 
 void cpu_rms_norm(const float *x, int64_t M, int64_t E, const float *w, float eps, float *y) {
@@ -49,6 +55,13 @@ void cpu_rope(float *x, int64_t T, int64_t stride, int64_t heads, int64_t D, con
                 _mm512_storeu_ps(x1 + j, _mm512_sub_ps(_mm512_mul_ps(a, cv), _mm512_mul_ps(b, sv)));
                 _mm512_storeu_ps(x2 + j, _mm512_add_ps(_mm512_mul_ps(b, cv), _mm512_mul_ps(a, sv)));
             }
+#elif defined(OPS_AVX2)
+            for (; j + 8 <= half; j += 8) {
+                const __m256 a = _mm256_loadu_ps(x1 + j), b = _mm256_loadu_ps(x2 + j);
+                const __m256 cv = _mm256_loadu_ps(c + j), sv = _mm256_loadu_ps(s + j);
+                _mm256_storeu_ps(x1 + j, _mm256_sub_ps(_mm256_mul_ps(a, cv), _mm256_mul_ps(b, sv)));
+                _mm256_storeu_ps(x2 + j, _mm256_add_ps(_mm256_mul_ps(b, cv), _mm256_mul_ps(a, sv)));
+            }
 #endif
             for (; j < half; j++) {
                 const float a = x1[j], b = x2[j];
@@ -61,6 +74,12 @@ void cpu_rope(float *x, int64_t T, int64_t stride, int64_t heads, int64_t D, con
 }
 
 /* ---- attention over every session of a pass, one call per layer ------------------------------ */
+
+#if defined(__AVX512F__)
+#define GROUP_MAX 4 /* query heads per KV head that the D = 64 kernels take at once */
+#else
+#define GROUP_MAX 3
+#endif
 
 #ifdef __AVX512F__
 /* e^x for x <= 0 (Cephes' expf polynomial on [-ln2/2, ln2/2], scaled by 2^n with scalef):
@@ -80,6 +99,98 @@ static inline __m512 exp_le0(__m512 x) {
     const __m512 y = _mm512_add_ps(_mm512_fmadd_ps(_mm512_mul_ps(p, r), r, r), _mm512_set1_ps(1.0f));
     return _mm512_scalef_ps(y, n);
 }
+#elif defined(OPS_AVX2)
+/* The same polynomial in 8 lanes; 2^n is built in the exponent bits (n >= -126 after the clamp). */
+static inline __m256 exp_le0(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    const __m256 y = _mm256_add_ps(_mm256_fmadd_ps(_mm256_mul_ps(p, r), r, r), _mm256_set1_ps(1.0f));
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+
+/* Lane sums in one fixed tree (neighbouring pairs, pairs of pairs, the two 128-bit halves). */
+static inline float reduce_add8(__m256 a) {
+    const __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    const __m128 q = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_add_ss(q, _mm_movehdup_ps(q)));
+}
+
+static inline float reduce_max8(__m256 a) {
+    const __m128 h = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    const __m128 q = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    return _mm_cvtss_f32(_mm_max_ss(q, _mm_movehdup_ps(q)));
+}
+
+/* The lane sums of four accumulators, the same fixed tree for each of the four slots. */
+static inline __m128 reduce4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    const __m256 u = _mm256_hadd_ps(_mm256_hadd_ps(a0, a1), _mm256_hadd_ps(a2, a3));
+    return _mm_add_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps(u, 1));
+}
+
+/* Lanes [0, n) of a vector load, for n < 8 (the others read as zero, nothing past the end). */
+static inline __m256i tail_mask(int64_t n) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+/* scores[g][p] = scale * q_g . keys[index[p]] for the G query heads of one KV head, D = 64: one
+ * head at a time with its query in eight registers, four positions at a time (missing ones read
+ * a zero row). */
+static void group_scores_64(const float *q, int64_t G, const float *keys, const int64_t *index, int64_t n,
+                            float scale, float *scores, int64_t ld) {
+    static const float zeros[64] = {0};
+    const __m128 sv = _mm_set1_ps(scale);
+    for (int64_t g = 0; g < G; g++) {
+        __m256 qv[8];
+        for (int c = 0; c < 8; c++) qv[c] = _mm256_loadu_ps(q + g * 64 + c * 8);
+        for (int64_t p = 0; p < n; p += 4) {
+            const float *rows[4];
+            for (int r = 0; r < 4; r++) rows[r] = p + r < n ? keys + index[p + r] * 64 : zeros;
+            __m256 acc[4];
+            for (int r = 0; r < 4; r++) {
+                acc[r] = _mm256_mul_ps(qv[0], _mm256_loadu_ps(rows[r]));
+                for (int c = 1; c < 8; c++) acc[r] = _mm256_fmadd_ps(qv[c], _mm256_loadu_ps(rows[r] + c * 8), acc[r]);
+            }
+            float out[4];
+            _mm_storeu_ps(out, _mm_mul_ps(reduce4(acc[0], acc[1], acc[2], acc[3]), sv));
+            for (int r = 0; r < 4 && p + r < n; r++) scores[g * ld + p + r] = out[r];
+        }
+    }
+}
+
+/* out[g][64] = sum_p w[g][p] * values[index[p]] for the G (<= 3) heads at once, 32 of the 64
+ * columns at a time (G x 4 accumulators); each head's sum runs p = 0..n-1, as weighted_rows does. */
+static void group_weighted_rows_64(const float *w, int64_t ld, int64_t G, const float *values, const int64_t *index,
+                                   int64_t n, float *out) {
+    for (int half = 0; half < 2; half++) {
+        __m256 acc[3][4];
+        for (int g = 0; g < 3; g++)
+            for (int c = 0; c < 4; c++) acc[g][c] = _mm256_setzero_ps();
+        for (int64_t p = 0; p < n; p++) {
+            const float *row = values + index[p] * 64 + half * 32;
+            const __m256 v0 = _mm256_loadu_ps(row), v1 = _mm256_loadu_ps(row + 8);
+            const __m256 v2 = _mm256_loadu_ps(row + 16), v3 = _mm256_loadu_ps(row + 24);
+            for (int64_t g = 0; g < G; g++) {
+                const __m256 wv = _mm256_broadcast_ss(w + g * ld + p);
+                acc[g][0] = _mm256_fmadd_ps(wv, v0, acc[g][0]);
+                acc[g][1] = _mm256_fmadd_ps(wv, v1, acc[g][1]);
+                acc[g][2] = _mm256_fmadd_ps(wv, v2, acc[g][2]);
+                acc[g][3] = _mm256_fmadd_ps(wv, v3, acc[g][3]);
+            }
+        }
+        for (int64_t g = 0; g < G; g++)
+            for (int c = 0; c < 4; c++) _mm256_storeu_ps(out + g * 64 + half * 32 + c * 8, acc[g][c]);
+    }
+}
 #endif
 
 static float dot(const float *a, const float *b, int64_t D) {
@@ -88,6 +199,12 @@ static float dot(const float *a, const float *b, int64_t D) {
         __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(a), _mm512_loadu_ps(b));
         for (int64_t d = 16; d < D; d += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + d), _mm512_loadu_ps(b + d), acc);
         return _mm512_reduce_add_ps(acc);
+    }
+#elif defined(OPS_AVX2)
+    if (D % 8 == 0) {
+        __m256 acc = _mm256_mul_ps(_mm256_loadu_ps(a), _mm256_loadu_ps(b));
+        for (int64_t d = 8; d < D; d += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + d), _mm256_loadu_ps(b + d), acc);
+        return reduce_add8(acc);
     }
 #endif
     float s = 0.0f;
@@ -168,6 +285,10 @@ static float softmax_numerators(float *scores, int64_t n) {
     __m512 mx = _mm512_set1_ps(-INFINITY);
     for (; p + 16 <= n; p += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(scores + p));
     m = _mm512_reduce_max_ps(mx); /* a maximum is the same in any order */
+#elif defined(OPS_AVX2)
+    __m256 mx = _mm256_set1_ps(-INFINITY);
+    for (; p + 8 <= n; p += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(scores + p));
+    m = reduce_max8(mx);
 #endif
     for (; p < n; p++) m = scores[p] > m ? scores[p] : m;
     float sum = 0.0f;
@@ -188,6 +309,23 @@ static float softmax_numerators(float *scores, int64_t n) {
         p = n;
     }
     sum = _mm512_reduce_add_ps(acc);
+#elif defined(OPS_AVX2)
+    const __m256 mv = _mm256_set1_ps(m);
+    __m256 acc = _mm256_setzero_ps();
+    for (; p + 8 <= n; p += 8) {
+        const __m256 e = exp_le0(_mm256_sub_ps(_mm256_loadu_ps(scores + p), mv));
+        _mm256_storeu_ps(scores + p, e);
+        acc = _mm256_add_ps(acc, e);
+    }
+    if (p < n) {
+        const __m256i tail = tail_mask(n - p);
+        const __m256 e = _mm256_and_ps(exp_le0(_mm256_sub_ps(_mm256_maskload_ps(scores + p, tail), mv)),
+                                       _mm256_castsi256_ps(tail));
+        _mm256_maskstore_ps(scores + p, tail, e);
+        acc = _mm256_add_ps(acc, e);
+        p = n;
+    }
+    sum = reduce_add8(acc);
 #endif
     for (; p < n; p++) {
         scores[p] = expf(scores[p] - m);
@@ -225,6 +363,10 @@ static void weighted_rows(const float *w, const float *base, const int64_t *inde
         const __m512 wv = _mm512_set1_ps(wp);
         for (; d + 16 <= D; d += 16)
             _mm512_storeu_ps(out + d, _mm512_fmadd_ps(wv, _mm512_loadu_ps(row + d), _mm512_loadu_ps(out + d)));
+#elif defined(OPS_AVX2)
+        const __m256 wv = _mm256_set1_ps(wp);
+        for (; d + 8 <= D; d += 8)
+            _mm256_storeu_ps(out + d, _mm256_fmadd_ps(wv, _mm256_loadu_ps(row + d), _mm256_loadu_ps(out + d)));
 #endif
         for (; d < D; d++) out[d] = fmaf(wp, row[d], out[d]);
     }
@@ -287,8 +429,8 @@ int cpu_attention(const float *q, int64_t q_stride, const float *k, int64_t k_st
             for (int64_t c = 0; c < Q; c++)
                 if (block ? block[i * Q + c] : c == i) index[n++] = len + c;
             const float *q0 = q + t * q_stride + j * groups * D; /* the query heads of KV head j */
-#ifdef __AVX512F__
-            if (D == 64 && groups <= 4)
+#if defined(__AVX512F__) || defined(OPS_AVX2)
+            if (D == 64 && groups <= GROUP_MAX)
                 group_scores_64(q0, groups, keys, index, n, scale, scores, ld);
             else
 #endif
@@ -300,8 +442,8 @@ int cpu_attention(const float *q, int64_t q_stride, const float *k, int64_t k_st
                 for (int64_t p = 0; p < n; p++) sg[p] *= inv;
             }
             float *o = out + t * H * D + j * groups * D; /* the G heads' outputs, side by side */
-#ifdef __AVX512F__
-            if (D == 64 && groups <= 4)
+#if defined(__AVX512F__) || defined(OPS_AVX2)
+            if (D == 64 && groups <= GROUP_MAX)
                 group_weighted_rows_64(scores, ld, groups, values, index, n, o);
             else
 #endif

@@ -12,8 +12,9 @@
  *     shift[p, g, j] = m[32 p + j, g]           fp32  [P, K/32, 32]
  *
  * The product is an outer-product GEMM: for each panel, 32 output columns of up to 12 rows sit
- * in 24 vector accumulators, and k advances one at a time (one broadcast of x[r, k] times the
- * panel's row k). Every output element therefore sums its K products in one fixed order --
+ * in 24 vector accumulators (AVX-512; with AVX2's 16 registers, 16 columns of up to 6 rows in
+ * 12, one half panel after the other), and k advances one at a time (one broadcast of x[r, k]
+ * times the panel's row k). Every output element therefore sums its K products in one fixed order --
  * k = 0, 1, ..., K - 1, one fused multiply-add each -- whatever M is, however the rows are
  * blocked and however panels are split across threads. A row's result does not depend on the
  * other rows of the call, so a tree pass's linear layers give each branch exactly what decoding
@@ -33,26 +34,34 @@
 #include <stdlib.h>
 #include <math.h>
 
-#ifdef __AVX512F__
+#if defined(__AVX512F__)
 #include <immintrin.h>
+#define Q8_SIMD 512
+#define MAX_R 12     /* rows per register block: 12 x 2 vectors = 24 of the 32 registers */
+#define FUSED_MAX 12 /* up to this many rows (one register block) dequantize in registers, as they go */
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define Q8_SIMD 256
+#define MAX_R 6     /* 16 registers: 6 rows x 2 accumulators of a half panel, 2 weights, 1 broadcast */
+#define FUSED_MAX 6
+#else
+#define Q8_SIMD 0
+#define MAX_R 12
 #endif
 
 #define GROUP 32
 #define PANEL 32
-#define MAX_R 12   /* rows per register block: 12 x 2 vectors = 24 accumulators */
-#define FUSED_MAX 12 /* up to this many rows (one register block) dequantize in registers, as they go */
 #define ROW_CHUNK 192 /* rows per pass over the panels (keeps x's chunk in L2 for long prompts) */
 
 int q8_group_size(void) { return GROUP; }
 int q8_panel_size(void) { return PANEL; }
 
-int q8_has_avx512(void) {
-#ifdef __AVX512F__
-    return 1;
-#else
-    return 0;
-#endif
-}
+int q8_has_avx512(void) { return Q8_SIMD == 512; }
+
+/* The vector width the kernels were built for: 512 (AVX-512), 256 (AVX2 + FMA) or 0 (element by
+ * element). All three give the same bits: each output sums k = 0, 1, ..., K - 1 with one fused
+ * multiply-add each, and each weight is dequantized as fl(fl(d * q) + m). */
+int q8_simd_width(void) { return Q8_SIMD; }
 
 /* out = res + (sum + bias): the bias first, then the residual, as ``x + linear(h)`` rounds.
  * Shared with q8a8_linear.c (one library). */
@@ -63,7 +72,7 @@ void q8_finish_row(const float *row, float *out, int cols, const float *bias, co
     }
 }
 
-#ifdef __AVX512F__
+#if Q8_SIMD == 512
 
 /* Row k of a panel, dequantized: two 16-lane vectors. */
 static inline void dequant_k(const int8_t *codes, const float *scale, const float *shift, int64_t k, __m512 *w0,
@@ -134,6 +143,79 @@ static inline void store_block(const __m512 *acc0, const __m512 *acc1, int R, fl
         store_block(acc0, acc1, R, out, ldo, cols, bias, res);                                            \
     }
 
+#elif Q8_SIMD == 256
+
+/* AVX2: 8 lanes and 16 registers, so a panel runs as two halves of 16 features (h = 0, 1). */
+
+/* Features 16 h .. 16 h + 15 of a panel's row k, dequantized: two 8-lane vectors. */
+static inline void dequant_half(const int8_t *codes, const float *scale, const float *shift, int64_t k, int h,
+                                __m256 *w0, __m256 *w1) {
+    const int64_t g = k / GROUP;
+    const __m128i raw = _mm_loadu_si128((const __m128i *)(codes + k * PANEL + h * 16));
+    const __m256 q0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(raw));
+    const __m256 q1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(raw, 8)));
+    const float *sc = scale + g * PANEL + h * 16, *sh = shift + g * PANEL + h * 16;
+    *w0 = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(sc), q0), _mm256_loadu_ps(sh));
+    *w1 = _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(sc + 8), q1), _mm256_loadu_ps(sh + 8));
+}
+
+static void dequant_panel(const int8_t *codes, const float *scale, const float *shift, int64_t K, float *buf) {
+    for (int64_t k = 0; k < K; k++)
+        for (int h = 0; h < 2; h++) {
+            __m256 w0, w1;
+            dequant_half(codes, scale, shift, k, h, &w0, &w1);
+            _mm256_store_ps(buf + k * PANEL + h * 16, w0);
+            _mm256_store_ps(buf + k * PANEL + h * 16 + 8, w1);
+        }
+}
+
+/* R rows of x against a panel, one half at a time: from the dequantized buffer buf [K, 32]
+ * (FUSED 0), or straight from the codes, dequantizing row k of the half as it goes (FUSED 1). */
+#define DEFINE_HALVES(NAME, R, FUSED)                                                                \
+    static void NAME(const float *x, int64_t ldx, int64_t K, const float *buf, const int8_t *codes,  \
+                     const float *scale, const float *shift, float *out, int64_t ldo, int cols,      \
+                     const float *bias, const float *res) {                                         \
+        float rows[R][PANEL];                                                                        \
+        for (int h = 0; h < 2 && h * 16 < cols; h++) {                                               \
+            __m256 acc0[R], acc1[R];                                                                 \
+            for (int r = 0; r < R; r++) acc0[r] = acc1[r] = _mm256_setzero_ps();                     \
+            for (int64_t k = 0; k < K; k++) {                                                        \
+                __m256 w0, w1;                                                                       \
+                if (FUSED) {                                                                         \
+                    dequant_half(codes, scale, shift, k, h, &w0, &w1);                               \
+                } else {                                                                             \
+                    w0 = _mm256_load_ps(buf + k * PANEL + h * 16);                                   \
+                    w1 = _mm256_load_ps(buf + k * PANEL + h * 16 + 8);                               \
+                }                                                                                    \
+                for (int r = 0; r < R; r++) {                                                        \
+                    const __m256 xb = _mm256_broadcast_ss(x + r * ldx + k);                          \
+                    acc0[r] = _mm256_fmadd_ps(xb, w0, acc0[r]);                                      \
+                    acc1[r] = _mm256_fmadd_ps(xb, w1, acc1[r]);                                      \
+                }                                                                                    \
+            }                                                                                        \
+            for (int r = 0; r < R; r++) {                                                            \
+                _mm256_storeu_ps(rows[r] + h * 16, acc0[r]);                                         \
+                _mm256_storeu_ps(rows[r] + h * 16 + 8, acc1[r]);                                     \
+            }                                                                                        \
+        }                                                                                            \
+        for (int r = 0; r < R; r++) q8_finish_row(rows[r], out + r * ldo, cols, bias, res ? res + r * ldo : NULL); \
+    }
+
+#define DEFINE_BLOCK(R)                                                                              \
+    DEFINE_HALVES(halves_##R, R, 0)                                                                  \
+    static void block_##R(const float *x, int64_t ldx, int64_t K, const float *buf, float *out,      \
+                          int64_t ldo, int cols, const float *bias, const float *res) {              \
+        halves_##R(x, ldx, K, buf, NULL, NULL, NULL, out, ldo, cols, bias, res);                     \
+    }
+
+#define DEFINE_FUSED(R)                                                                              \
+    DEFINE_HALVES(fused_halves_##R, R, 1)                                                            \
+    static void fused_##R(const float *x, int64_t ldx, int64_t K, const int8_t *codes,               \
+                          const float *scale, const float *shift, float *out, int64_t ldo, int cols, \
+                          const float *bias, const float *res) {                                     \
+        fused_halves_##R(x, ldx, K, NULL, codes, scale, shift, out, ldo, cols, bias, res);           \
+    }
+
 #else /* portable build: the same arithmetic, element by element */
 
 static void dequant_panel(const int8_t *codes, const float *scale, const float *shift, int64_t K, float *buf) {
@@ -168,36 +250,44 @@ DEFINE_BLOCK(3)
 DEFINE_BLOCK(4)
 DEFINE_BLOCK(5)
 DEFINE_BLOCK(6)
+#if MAX_R > 6
 DEFINE_BLOCK(7)
 DEFINE_BLOCK(8)
 DEFINE_BLOCK(9)
 DEFINE_BLOCK(10)
 DEFINE_BLOCK(11)
 DEFINE_BLOCK(12)
+#define BLOCKS_7_12 , block_7, block_8, block_9, block_10, block_11, block_12
+#else
+#define BLOCKS_7_12
+#endif
 
 typedef void (*block_fn)(const float *, int64_t, int64_t, const float *, float *, int64_t, int, const float *,
                          const float *);
-static const block_fn BLOCKS[MAX_R + 1] = {NULL,    block_1, block_2, block_3,  block_4,  block_5, block_6,
-                                           block_7, block_8, block_9, block_10, block_11, block_12};
+static const block_fn BLOCKS[MAX_R + 1] = {NULL, block_1, block_2, block_3, block_4, block_5, block_6 BLOCKS_7_12};
 
-#ifdef __AVX512F__
+#if Q8_SIMD
 DEFINE_FUSED(1)
 DEFINE_FUSED(2)
 DEFINE_FUSED(3)
 DEFINE_FUSED(4)
 DEFINE_FUSED(5)
 DEFINE_FUSED(6)
+#if FUSED_MAX > 6
 DEFINE_FUSED(7)
 DEFINE_FUSED(8)
 DEFINE_FUSED(9)
 DEFINE_FUSED(10)
 DEFINE_FUSED(11)
 DEFINE_FUSED(12)
+#define FUSED_7_12 , fused_7, fused_8, fused_9, fused_10, fused_11, fused_12
+#else
+#define FUSED_7_12
+#endif
 
 typedef void (*fused_fn)(const float *, int64_t, int64_t, const int8_t *, const float *, const float *, float *,
                          int64_t, int, const float *, const float *);
-static const fused_fn FUSED[MAX_R + 1] = {NULL,    fused_1, fused_2, fused_3,  fused_4,  fused_5, fused_6,
-                                          fused_7, fused_8, fused_9, fused_10, fused_11, fused_12};
+static const fused_fn FUSED[FUSED_MAX + 1] = {NULL, fused_1, fused_2, fused_3, fused_4, fused_5, fused_6 FUSED_7_12};
 #endif
 
 /* Rows [0, M) of x against one panel, in register blocks of at most MAX_R rows, sized evenly
@@ -224,7 +314,7 @@ int q8_linear(const float *x, int64_t M, int64_t K, const int8_t *codes, const f
 #pragma omp parallel num_threads(threads)
     {
         float *buf = NULL;
-#ifdef __AVX512F__
+#if Q8_SIMD
         if (M > FUSED_MAX)
 #endif
         {
@@ -246,7 +336,7 @@ int q8_linear(const float *x, int64_t M, int64_t K, const int8_t *codes, const f
                 const float *xc = x + c0 * K;
                 float *yc = y + c0 * N;
                 const float *rc = res ? res + c0 * N : NULL;
-#ifdef __AVX512F__
+#if Q8_SIMD
                 if (M <= FUSED_MAX) {
                     FUSED[M](xc, K, K, pc, ps, pm, yc + n0, N, cols, pb, rc ? rc + n0 : NULL);
                     continue;

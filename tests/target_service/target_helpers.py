@@ -147,12 +147,17 @@ HAS_C_COMPILER = shutil.which("cc") is not None or shutil.which("gcc") is not No
 
 
 def portable_kernels(directory: Path) -> ctypes.CDLL:
-    """The kernel library (``q8._SOURCES``) built without AVX-512: its element-by-element code paths."""
+    """The kernel library (``q8._SOURCES``) built for baseline x86-64: its element-by-element code paths."""
+    return kernel_build(directory, "portable", ["-mno-avx512f"])
+
+
+def kernel_build(directory: Path, name: str, arch: list[str]) -> ctypes.CDLL:
+    """The kernel library built with other ``-m`` flags than the engine's ``-march=native``, declared."""
     from target_service import q8
 
     compiler = shutil.which("cc") or shutil.which("gcc")
     assert compiler is not None
-    out = directory / "portable.so"
-    flags = ["-O3", "-mno-avx512f", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
+    out = directory / f"{name}.so"
+    flags = ["-O3", *arch, "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
     subprocess.run([compiler, *flags, *(str(p) for p in q8._SOURCES), "-o", str(out)], check=True, capture_output=True)
-    return ctypes.CDLL(str(out))
+    return q8.declare(ctypes.CDLL(str(out)))

@@ -1,0 +1,128 @@
+"""The kernel library at each vector width: AVX2 + FMA and element by element, beside this CPU's own build.
+
+The engine compiles ``-march=native``, so on an AVX-512 machine the AVX2 code never runs in the
+other tests (and vice versa). Here each width is built on purpose and put in the engine's place:
+the ``q8`` matmuls must give the native build's bits (every width sums k = 0..K-1 with one fused
+multiply-add each), and a whole engine on that build must keep its own guarantees -- a tree pass
+equal, bit for bit, to decoding each branch alone, and logits within the engine's tolerance of
+transformers'. The models have 64-wide heads, three and four query heads per KV head: the
+attention kernels' grouped path and their general one.
+"""
+
+from __future__ import annotations
+
+import copy
+import ctypes
+import platform
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from target_helpers import HAS_C_COMPILER, kernel_build, random_tree, sequential_decode
+from test_q8 import gguf_like
+from testkit import snap_linears_to_q4_1
+
+from spec_decode.tree import path_to
+from target_service import q8
+from target_service.kernels import make_linear
+from target_service.llama_engine import NativeEngine
+from target_service.q8 import Q8Linear
+
+# name -> (compiler flags, the width the build reports, cpu flags it needs)
+BUILDS = {
+    "avx2": (["-march=x86-64-v3"], 256, ("avx2", "fma")),
+    "portable": (["-mno-avx512f"], 0, ()),
+}
+
+pytestmark = pytest.mark.skipif(
+    not HAS_C_COMPILER or platform.machine() not in ("x86_64", "AMD64") or q8.load_library() is None,
+    reason="needs an x86-64 CPU, a C compiler and the native kernel library",
+)
+
+
+def _cpu_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDS))
+def build(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, ctypes.CDLL]:
+    name = str(request.param)
+    flags, _, needs = BUILDS[name]
+    missing = [f for f in needs if f not in _cpu_flags()]
+    if missing:
+        pytest.skip(f"this CPU lacks {', '.join(missing)}")
+    return name, kernel_build(tmp_path_factory.mktemp(name), name, flags)
+
+
+def test_the_build_reports_its_width(build: tuple[str, ctypes.CDLL]) -> None:
+    name, lib = build
+    assert lib.q8_simd_width() == BUILDS[name][1]
+    assert q8.simd_width() in (256, 512)  # this machine's own build has vector code (CI runs on x86-64 v3+)
+
+
+@pytest.mark.parametrize("kind", ["q4_1", "q8_0"])
+def test_linear_gives_the_native_builds_bits(build: tuple[str, ctypes.CDLL], kind: str) -> None:
+    _, lib = build
+    weight = gguf_like(70, 96, kind, seed=8)  # 3 panels, the last one partial (6 of its 32 columns)
+    bias = torch.randn(70)
+    kernel = make_linear(weight, bias, "q8")
+    assert isinstance(kernel, Q8Linear)
+    w = kernel.weight
+    for rows in (1, 2, 5, 6, 7, 8, 12, 13, 16, 200):  # one block in registers, two, a dequantized panel
+        x = torch.randn(rows, 96)
+        y = torch.empty(rows, 70)
+        status = lib.q8_linear(
+            x.data_ptr(), rows, 96, w.codes.data_ptr(), w.scale.data_ptr(), w.shift.data_ptr(), 70,
+            bias.data_ptr(), None, y.data_ptr(), 2,
+        )  # fmt: skip
+        assert status == 0
+        assert torch.equal(y, kernel(x)), rows
+
+
+def _q4_model(heads: int, kv_heads: int) -> torch.nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(5)
+    config = LlamaConfig(
+        vocab_size=320,
+        hidden_size=64 * heads,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+    )
+    model = LlamaForCausalLM(config).float().eval()
+    snap_linears_to_q4_1(model)
+    return model
+
+
+@pytest.mark.parametrize("heads", [3, 4])  # 3 per KV head: the grouped D = 64 kernels; 4: the general path (AVX2)
+def test_engine_on_the_build_keeps_its_guarantees(
+    build: tuple[str, ctypes.CDLL], heads: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, lib = build
+    model = _q4_model(heads, 1)
+    monkeypatch.setattr(q8, "_LIB", lib)  # every kernel call of the engine below goes to this build
+    engine = NativeEngine(copy.deepcopy(model), "q8")
+    assert engine._ops is not None and engine._ops.lib is lib
+    assert all(isinstance(layer.gate_up, Q8Linear) for layer in engine.weights.layers)
+    rng = random.Random(heads)
+    prompt = [rng.randrange(320) for _ in range(37)]  # 37 + depth: positions that end mid-vector
+    tree = random_tree(rng, 320, max_nodes=12)
+    cache = engine.new_cache()
+    pending = engine.prefill(cache, prompt)
+    logits = engine.score_tree(cache, pending, torch.tensor(tree.parents), tree.tokens)  # [1+N, V]
+    for node in range(-1, tree.size):
+        branch = [] if node < 0 else [tree.tokens[i] for i in path_to(node, tree.parents)]
+        tokens = prompt + branch
+        _, want = sequential_decode(model, tokens)  # transformers, the same fp32 weights
+        torch.testing.assert_close(logits[node + 1], want[-1], atol=1e-4, rtol=0)
+        solo = engine.new_cache()
+        row = engine.score_tree(solo, engine.prefill(solo, tokens[:-1]), torch.tensor([-1]), [tokens[-1]])
+        assert torch.equal(row[1], logits[node + 1]), node
