@@ -13,7 +13,8 @@ whole pass is measured by ``specd bench-verify --weight-format F`` (docs/BENCHMA
   such codes stay ``packed``.
 * ``q8a8`` -- opt-in, never chosen by ``auto``: the same exact int8 weights, times activations
   quantized to int8 per row and per group of 32 (as llama.cpp's CPU dot products do), summed in
-  integers with AVX-512 VNNI (four times the multiply-adds per instruction of fp32). It CHANGES
+  integers with AVX-512 VNNI (four times the multiply-adds per instruction of fp32) or AVX2's byte
+  multiplies (the same bits). It CHANGES
   the outputs against fp32 (the activations are rounded), so greedy text can differ from
   ``hf-generate``'s; but every row is still computed alone in a fixed order, so speculative
   decoding on it stays lossless against the same engine's own greedy decoding.
@@ -126,12 +127,12 @@ def resolve_format(requested: str | None, device: torch.device, dtype: torch.dty
 
 def _warn_if_slow(name: str) -> None:
     """Say so when a format asked for by name runs element by element on this CPU (same bits, slow)."""
-    from target_service.q8 import has_vnni, simd_width
+    from target_service.q8 import a8_path, simd_width
 
     if name == "q8" and simd_width() == 0:
         log.warning("weight format 'q8': this CPU has neither AVX-512 nor AVX2+FMA; the kernel runs element by element")
-    if name == "q8a8" and not has_vnni():
-        log.warning("weight format 'q8a8': this CPU has no AVX-512 VNNI; its int8 sums run element by element (slow)")
+    if name == "q8a8" and a8_path() == 0:
+        log.warning("weight format 'q8a8': this CPU has neither AVX-512 VNNI nor AVX2; its sums run element by element")
 
 
 def _mkl_packing_available() -> bool:

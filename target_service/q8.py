@@ -102,8 +102,10 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.q8_linear.restype = ctypes.c_int
     lib.q8_linear.argtypes = [ptr, i64, i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int]
     lib.q8a8_linear.restype = ctypes.c_int
-    lib.q8a8_linear.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int]
+    lib.q8a8_linear.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int, ctypes.c_int]
     lib.q8a8_has_vnni.restype = ctypes.c_int
+    lib.q8a8_path.restype = ctypes.c_int
+    lib.q8a8_path.argtypes = [ctypes.c_int]
     lib.q8_simd_width.restype = ctypes.c_int
     for name, args in (
         ("cpu_rms_norm", [ptr, i64, i64, ptr, ctypes.c_float, ptr]),
@@ -296,6 +298,7 @@ class Q8A8Panels:
     start: torch.Tensor  # [P, K/32, 32] int32
     scale: torch.Tensor  # [P, K/32, 32] fp32
     shift: torch.Tensor  # [P, K/32, 32] fp32
+    max_abs: int  # max |q|: picks the kernel's AVX2 route (byte products must not saturate)
 
 
 def to_a8_panels(weight: Q8Weight) -> Q8A8Panels:
@@ -304,7 +307,8 @@ def to_a8_panels(weight: Q8Weight) -> Q8A8Panels:
     codes = _panel_layout(weight.q)  # [P, K, 32]
     codes = codes.reshape(codes.shape[0], k // 4, 4, PANEL).transpose(2, 3).contiguous()  # [P, K/4, 32, 4]
     start = _panel_layout((-128 * sums).to(torch.int32))  # [P, K/32, 32] (sum() widened to int64)
-    return Q8A8Panels(codes, start, _panel_layout(weight.d), _panel_layout(weight.m))
+    max_abs = int(weight.q.to(torch.int32).abs().max()) if weight.q.numel() else 0
+    return Q8A8Panels(codes, start, _panel_layout(weight.d), _panel_layout(weight.m), max_abs)
 
 
 @dataclass(frozen=True)
@@ -329,7 +333,7 @@ class Q8A8Linear(_KernelCall):
         status = lib.q8a8_linear(
             x.data_ptr(), x.shape[0], self.in_features, w.codes.data_ptr(), w.start.data_ptr(), w.scale.data_ptr(),
             w.shift.data_ptr(), self.out_features, None if self.bias is None else self.bias.data_ptr(),
-            None if res is None else res.data_ptr(), y.data_ptr(), torch.get_num_threads(),
+            None if res is None else res.data_ptr(), y.data_ptr(), torch.get_num_threads(), w.max_abs,
         )  # fmt: skip
         if status != 0:
             raise MemoryError(f"q8a8: no memory to quantize {x.shape[0]} x {self.in_features} activations")
@@ -347,6 +351,12 @@ def simd_width() -> int:
     """
     lib = load_library()
     return int(lib.q8_simd_width()) if lib is not None else 0
+
+
+def a8_path(max_abs: int = 127) -> int:
+    """How ``q8a8`` sums codes up to ``max_abs``: 2 = AVX-512 VNNI, 1 = AVX2, 0 = element by element."""
+    lib = load_library()
+    return int(lib.q8a8_path(max_abs)) if lib is not None else 0
 
 
 def has_vnni() -> bool:

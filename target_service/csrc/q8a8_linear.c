@@ -25,7 +25,8 @@
  *     scale[p, g, j] = d[32 p + j, g],  shift[p, g, j] = m[32 p + j, g]   fp32 [P, K/32, 32]
  * so one vpdpbusd multiplies a broadcast of a[r, k..k+3] + 128 by a 64-byte row of the panel.
  *
- * Without AVX-512 VNNI the same arithmetic runs element by element (same bits, slower).
+ * Without AVX-512 VNNI: AVX2's byte multiplies (below, two exact routes by the size of the codes),
+ * else element by element; the same bits every way.
  */
 #include <stdint.h>
 #include <string.h>
@@ -35,6 +36,9 @@
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #include <immintrin.h>
 #define A8_VNNI 1
+#elif defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define A8_AVX2 1
 #endif
 
 #define A8_GROUP 32
@@ -45,6 +49,20 @@ int q8a8_has_vnni(void) {
 #ifdef A8_VNNI
     return 1;
 #else
+    return 0;
+#endif
+}
+
+/* Which integer path runs a matrix whose codes reach max_abs = max |q|: 2 = VNNI, 1 = AVX2, 0 = element
+ * by element (AVX2 takes codes up to 127 in magnitude: Q4_0, Q4_1 and Q8_0 all qualify). */
+int q8a8_path(int max_abs) {
+#if defined(A8_VNNI)
+    (void)max_abs;
+    return 2;
+#elif defined(A8_AVX2)
+    return max_abs <= 127 ? 1 : 0;
+#else
+    (void)max_abs;
     return 0;
 #endif
 }
@@ -118,6 +136,115 @@ void q8_finish_row(const float *row, float *out, int cols, const float *bias, co
 
 #else /* the same arithmetic, element by element */
 
+#ifdef A8_AVX2
+/*
+ * AVX2 has no vpdpbusd; vpmaddubsw multiplies 32 unsigned by 32 signed bytes and adds neighbouring
+ * pairs into int16 lanes, which saturate, so each matrix takes one of two exact routes (max_abs =
+ * max |q| over its codes, from Python):
+ *   max_abs <= 64: the stored a + 128 (0..254) times q, as VNNI does: a pair is at most
+ *      2 * 254 * 64 = 32512, never saturated; the integer sum starts at the same -128 sum q.
+ *      With max_abs <= 16 (Q4_0, Q4_1) four quads' pairs add up in int16 (<= 4 * 8128) before
+ *      widening: fewer multiply instructions per product, the same exact sums.
+ *   otherwise (Q8_0, |q| <= 127): the sign moves to the weights, |a| * sign(q, a), a pair at most
+ *      2 * 127 * 127 = 32258; the sum is sum a q itself, so it starts at 0.
+ * vpmaddwd with ones widens the pairs to int32. Either way every group's integer sum is exact,
+ * so it equals the VNNI one, and the float steps are the same operations in 8 lanes: same bits.
+ * 16 registers: a half panel (16 features, two int32 vectors per row) at a time, up to 6 rows;
+ * each row's float sums wait in memory between groups.
+ */
+#define DEFINE_A8X_BLOCK(R, ROUTE)                                                                          \
+    static void a8x_block_##R##_##ROUTE(const uint8_t *a, int64_t K, const float *s, const float *ss,        \
+                                          int64_t G, const int8_t *w, const int32_t *st, const float *d,       \
+                                          const float *mp, float *out, int64_t ldo, int cols, const float *bias, \
+                                          const float *res) {                                                \
+        float y[R][A8_PANEL];                                                                                \
+        const __m256i ones = _mm256_set1_epi16(1), flip = _mm256_set1_epi8((char)0x80);                      \
+        for (int r = 0; r < R; r++)                                                                          \
+            for (int c = 0; c < A8_PANEL; c++) y[r][c] = 0.0f;                                               \
+        for (int h = 0; h < 2 && h * 16 < cols; h++) {                                                       \
+            for (int64_t g = 0; g < G; g++) {                                                                \
+                __m256i i0[R], i1[R];                                                                        \
+                for (int r = 0; r < R; r++) {                                                                \
+                    i0[r] = ROUTE == 1 ? _mm256_setzero_si256()                                              \
+                                       : _mm256_loadu_si256((const __m256i *)(st + g * A8_PANEL + h * 16));  \
+                    i1[r] = ROUTE == 1 ? _mm256_setzero_si256()                                              \
+                                       : _mm256_loadu_si256((const __m256i *)(st + g * A8_PANEL + h * 16 + 8)); \
+                }                                                                                            \
+                const int8_t *wg = w + g * A8_GROUP * A8_PANEL + h * 64;                                     \
+                for (int q0 = 0; q0 < A8_GROUP / 4; q0 += 4) { /* four quads: 16 k */                      \
+                    __m256i p0[R], p1[R];                                                                    \
+                    for (int q = q0; q < q0 + 4; q++) {                                                      \
+                        const __m256i w0 = _mm256_loadu_si256((const __m256i *)(wg + q * 128));              \
+                        const __m256i w1 = _mm256_loadu_si256((const __m256i *)(wg + q * 128 + 32));         \
+                        for (int r = 0; r < R; r++) {                                                        \
+                            int32_t quad;                                                                    \
+                            memcpy(&quad, a + r * K + g * A8_GROUP + q * 4, 4);                              \
+                            __m256i xb = _mm256_set1_epi32(quad), v0 = w0, v1 = w1;                          \
+                            if (ROUTE == 1) { /* a = stored - 128: flip the top bit; |a| times sign(q, a) */ \
+                                const __m256i xs = _mm256_xor_si256(xb, flip);                               \
+                                xb = _mm256_abs_epi8(xs);                                                    \
+                                v0 = _mm256_sign_epi8(w0, xs);                                               \
+                                v1 = _mm256_sign_epi8(w1, xs);                                               \
+                            }                                                                                \
+                            const __m256i m0 = _mm256_maddubs_epi16(xb, v0), m1 = _mm256_maddubs_epi16(xb, v1); \
+                            if (ROUTE == 2) { /* |pair| <= 2 * 254 * 16: four quads add up in int16 */       \
+                                p0[r] = q == q0 ? m0 : _mm256_add_epi16(p0[r], m0);                         \
+                                p1[r] = q == q0 ? m1 : _mm256_add_epi16(p1[r], m1);                         \
+                            } else {                                                                         \
+                                i0[r] = _mm256_add_epi32(i0[r], _mm256_madd_epi16(m0, ones));                \
+                                i1[r] = _mm256_add_epi32(i1[r], _mm256_madd_epi16(m1, ones));                \
+                            }                                                                                \
+                        }                                                                                    \
+                    }                                                                                        \
+                    if (ROUTE == 2)                                                                          \
+                        for (int r = 0; r < R; r++) {                                                        \
+                            i0[r] = _mm256_add_epi32(i0[r], _mm256_madd_epi16(p0[r], ones));                 \
+                            i1[r] = _mm256_add_epi32(i1[r], _mm256_madd_epi16(p1[r], ones));                 \
+                        }                                                                                    \
+                }                                                                                            \
+                const float *dg = d + g * A8_PANEL + h * 16, *mg = mp + g * A8_PANEL + h * 16;               \
+                const __m256 d0 = _mm256_loadu_ps(dg), d1 = _mm256_loadu_ps(dg + 8);                         \
+                const __m256 m0 = _mm256_loadu_ps(mg), m1 = _mm256_loadu_ps(mg + 8);                         \
+                for (int r = 0; r < R; r++) {                                                                \
+                    const __m256 sr = _mm256_set1_ps(s[r * G + g]), ssr = _mm256_set1_ps(ss[r * G + g]);     \
+                    float *yr = y[r] + h * 16;                                                               \
+                    __m256 y0 = _mm256_loadu_ps(yr), y1 = _mm256_loadu_ps(yr + 8);                           \
+                    y0 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(i0[r]), sr), d0, y0);              \
+                    y1 = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(i1[r]), sr), d1, y1);              \
+                    y0 = _mm256_fmadd_ps(ssr, m0, y0);                                                       \
+                    y1 = _mm256_fmadd_ps(ssr, m1, y1);                                                       \
+                    _mm256_storeu_ps(yr, y0);                                                                \
+                    _mm256_storeu_ps(yr + 8, y1);                                                            \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
+        for (int r = 0; r < R; r++) q8_finish_row(y[r], out + r * ldo, cols, bias, res ? res + r * ldo : NULL); \
+    }
+
+#define DEFINE_A8X_BLOCKS(R) DEFINE_A8X_BLOCK(R, 0) DEFINE_A8X_BLOCK(R, 1)
+DEFINE_A8X_BLOCKS(1)
+DEFINE_A8X_BLOCKS(2)
+DEFINE_A8X_BLOCKS(3)
+DEFINE_A8X_BLOCKS(4)
+DEFINE_A8X_BLOCKS(5)
+DEFINE_A8X_BLOCKS(6)
+DEFINE_A8X_BLOCK(1, 2)
+DEFINE_A8X_BLOCK(2, 2)
+DEFINE_A8X_BLOCK(3, 2)
+/* The int16 route keeps four vectors per row live: at most 3 rows per pass over the panel. */
+#define DEFINE_A8X_SPLIT(R, A, B)                                                                            \
+    static void a8x_block_##R##_2(const uint8_t *a, int64_t K, const float *s, const float *ss, int64_t G,   \
+                                  const int8_t *w, const int32_t *st, const float *d, const float *mp,       \
+                                  float *out, int64_t ldo, int cols, const float *bias, const float *res) {  \
+        a8x_block_##A##_2(a, K, s, ss, G, w, st, d, mp, out, ldo, cols, bias, res);                          \
+        a8x_block_##B##_2(a + A * K, K, s + A * G, ss + A * G, G, w, st, d, mp, out + A * ldo, ldo, cols,   \
+                          bias, res ? res + A * ldo : NULL);                                                 \
+    }
+DEFINE_A8X_SPLIT(4, 2, 2)
+DEFINE_A8X_SPLIT(5, 3, 2)
+DEFINE_A8X_SPLIT(6, 3, 3)
+#endif
+
 #define DEFINE_A8_BLOCK(R)                                                                                   \
     static void a8_block_##R(const uint8_t *a, int64_t K, const float *s, const float *ss, int64_t G,        \
                              const int8_t *w, const int32_t *st, const float *d, const float *mp, float *out, \
@@ -156,13 +283,27 @@ typedef void (*a8_block_fn)(const uint8_t *, int64_t, const float *, const float
                             const float *);
 static const a8_block_fn A8_BLOCKS[A8_MAX_R + 1] = {NULL, a8_block_1, a8_block_2, a8_block_3,
                                                     a8_block_4, a8_block_5, a8_block_6};
+#ifdef A8_AVX2
+static const a8_block_fn A8X_BLOCKS[3][A8_MAX_R + 1] = {
+    {NULL, a8x_block_1_0, a8x_block_2_0, a8x_block_3_0, a8x_block_4_0, a8x_block_5_0, a8x_block_6_0},
+    {NULL, a8x_block_1_1, a8x_block_2_1, a8x_block_3_1, a8x_block_4_1, a8x_block_5_1, a8x_block_6_1},
+    {NULL, a8x_block_1_2, a8x_block_2_2, a8x_block_3_2, a8x_block_4_2, a8x_block_5_2, a8x_block_6_2}};
+#endif
 
 /* Returns 0, or -1 when the activations' buffers cannot be allocated (y untouched).
+ * max_abs: the largest |q| among the codes (it picks the AVX2 route; any value is exact elsewhere).
  * x: [M, K] fp32; codes/start/scale/shift: the layout above; bias: [N] or NULL; res: [M, N] or NULL, added last
  * (may be y itself); y: [M, N]. Panels are split across threads; rows run in even register blocks. */
 int q8a8_linear(const float *x, int64_t M, int64_t K, const int8_t *codes, const int32_t *start, const float *scale,
-                const float *shift, int64_t N, const float *bias, const float *res, float *y, int threads) {
+                const float *shift, int64_t N, const float *bias, const float *res, float *y, int threads,
+                int max_abs) {
     const int64_t G = K / A8_GROUP;
+    const a8_block_fn *blocks = A8_BLOCKS;
+#ifdef A8_AVX2
+    if (q8a8_path(max_abs) == 1) blocks = A8X_BLOCKS[max_abs <= 16 ? 2 : (max_abs <= 64 ? 0 : 1)];
+#else
+    (void)max_abs;
+#endif
     const int64_t panels = (N + A8_PANEL - 1) / A8_PANEL;
     uint8_t *a = (uint8_t *)malloc((size_t)(M * K) + 1);
     float *s = (float *)malloc((size_t)(M * G + 1) * sizeof(float));
@@ -189,7 +330,7 @@ int q8a8_linear(const float *x, int64_t M, int64_t K, const int8_t *codes, const
             int64_t r0 = 0;
             for (int64_t b = 0; b < nblocks; b++) {
                 const int64_t R = (M - r0) / (nblocks - b) + ((M - r0) % (nblocks - b) ? 1 : 0);
-                A8_BLOCKS[R](a + r0 * K, K, s + r0 * G, ss + r0 * G, G, pw, pst, pd, pm, y + r0 * N + n0, N, cols, pb,
+                blocks[R](a + r0 * K, K, s + r0 * G, ss + r0 * G, G, pw, pst, pd, pm, y + r0 * N + n0, N, cols, pb,
                              res ? res + r0 * N + n0 : NULL);
                 r0 += R;
             }

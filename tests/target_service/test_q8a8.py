@@ -105,6 +105,7 @@ def test_portable_build_gives_the_same_bits(tmp_path: Path) -> None:
             ctypes.c_void_p(w.codes.data_ptr()), ctypes.c_void_p(w.start.data_ptr()),
             ctypes.c_void_p(w.scale.data_ptr()), ctypes.c_void_p(w.shift.data_ptr()), ctypes.c_int64(50),
             ctypes.c_void_p(bias.data_ptr()), None, ctypes.c_void_p(y.data_ptr()), ctypes.c_int(2),
+            ctypes.c_int(w.max_abs),
         )  # fmt: skip
         assert torch.equal(y, kernel(x)), rows
 

@@ -1,5 +1,7 @@
 """The kernel library at each vector width: AVX2 + FMA and element by element, beside this CPU's own build.
 
+(``q8a8`` too: its integer sums are exact on every route, so every build gives the same bits.)
+
 The engine compiles ``-march=native``, so on an AVX-512 machine the AVX2 code never runs in the
 other tests (and vice versa). Here each width is built on purpose and put in the engine's place:
 the ``q8`` matmuls must give the native build's bits (every width sums k = 0..K-1 with one fused
@@ -27,7 +29,7 @@ from spec_decode.tree import path_to
 from target_service import q8
 from target_service.kernels import make_linear
 from target_service.llama_engine import NativeEngine
-from target_service.q8 import Q8Linear
+from target_service.q8 import Q8A8Linear, Q8Linear
 
 # name -> (compiler flags, the width the build reports, cpu flags it needs)
 BUILDS = {
@@ -83,6 +85,29 @@ def test_linear_gives_the_native_builds_bits(build: tuple[str, ctypes.CDLL], kin
         assert torch.equal(y, kernel(x)), rows
 
 
+@pytest.mark.parametrize("kind", ["q4_1", "q4_0", "q8_0"])  # AVX2: codes + 128 (Q4_*), sign moved (Q8_0)
+def test_int8_activations_give_the_native_builds_bits(build: tuple[str, ctypes.CDLL], kind: str) -> None:
+    name, lib = build
+    weight = gguf_like(70, 96, kind, seed=9)
+    bias = torch.randn(70)
+    kernel = make_linear(weight, bias, "q8a8")
+    assert isinstance(kernel, Q8A8Linear)
+    w = kernel.weight
+    assert w.max_abs == {"q4_1": 15, "q4_0": 8, "q8_0": 127}[kind]
+    assert lib.q8a8_path(w.max_abs) == (1 if name == "avx2" else 0)
+    for rows in (1, 3, 6, 7, 13, 40):
+        x = torch.randn(rows, 96)
+        x[0, :32] = 0.0  # a group of zeros: a = 0, whose sign is 0
+        x[-1, 40] = -1e3  # one huge entry: a = -127 for it, the rest of its group near 0
+        y = torch.empty(rows, 70)
+        status = lib.q8a8_linear(
+            x.data_ptr(), rows, 96, w.codes.data_ptr(), w.start.data_ptr(), w.scale.data_ptr(),
+            w.shift.data_ptr(), 70, bias.data_ptr(), None, y.data_ptr(), 2, w.max_abs,
+        )  # fmt: skip
+        assert status == 0
+        assert torch.equal(y, kernel(x)), rows
+
+
 def _q4_model(heads: int, kv_heads: int) -> torch.nn.Module:
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -102,16 +127,19 @@ def _q4_model(heads: int, kv_heads: int) -> torch.nn.Module:
     return model
 
 
-@pytest.mark.parametrize("heads", [3, 4])  # 3 per KV head: the grouped D = 64 kernels; 4: the general path (AVX2)
+@pytest.mark.parametrize(("heads", "fmt"), [(3, "q8"), (4, "q8"), (3, "q8a8")])
 def test_engine_on_the_build_keeps_its_guarantees(
-    build: tuple[str, ctypes.CDLL], heads: int, monkeypatch: pytest.MonkeyPatch
+    build: tuple[str, ctypes.CDLL], heads: int, fmt: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """3 query heads per KV head: the grouped D = 64 attention; 4: the general path (AVX2).
+    ``q8a8`` changes the logits against transformers, so it is held to the tree = solo rule only."""
     _, lib = build
     model = _q4_model(heads, 1)
     monkeypatch.setattr(q8, "_LIB", lib)  # every kernel call of the engine below goes to this build
-    engine = NativeEngine(copy.deepcopy(model), "q8")
+    engine = NativeEngine(copy.deepcopy(model), fmt)
     assert engine._ops is not None and engine._ops.lib is lib
-    assert all(isinstance(layer.gate_up, Q8Linear) for layer in engine.weights.layers)
+    kind = Q8Linear if fmt == "q8" else Q8A8Linear
+    assert all(isinstance(layer.gate_up, kind) for layer in engine.weights.layers)
     rng = random.Random(heads)
     prompt = [rng.randrange(320) for _ in range(37)]  # 37 + depth: positions that end mid-vector
     tree = random_tree(rng, 320, max_nodes=12)
@@ -121,8 +149,9 @@ def test_engine_on_the_build_keeps_its_guarantees(
     for node in range(-1, tree.size):
         branch = [] if node < 0 else [tree.tokens[i] for i in path_to(node, tree.parents)]
         tokens = prompt + branch
-        _, want = sequential_decode(model, tokens)  # transformers, the same fp32 weights
-        torch.testing.assert_close(logits[node + 1], want[-1], atol=1e-4, rtol=0)
+        if fmt == "q8":
+            _, want = sequential_decode(model, tokens)  # transformers, the same fp32 weights
+            torch.testing.assert_close(logits[node + 1], want[-1], atol=1e-4, rtol=0)
         solo = engine.new_cache()
         row = engine.score_tree(solo, engine.prefill(solo, tokens[:-1]), torch.tensor([-1]), [tokens[-1]])
         assert torch.equal(row[1], logits[node + 1]), node
