@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.specd-installed
 PROTOS := $(wildcard protos/*.proto)
-PACKAGES := protos spec_decode target_service draft_service orchestrator phrase_store specd_client specd_cli specd_metrics
+PACKAGES := protos spec_decode target_service draft_service orchestrator phrase_store specd_client specd_cli specd_metrics specd_kernels
 
 .PHONY: run test soak lint proto install bench clean
 

@@ -41,6 +41,7 @@ from spec_decode.redrafter_checkpoint import load_head, read_checkpoint
 from spec_decode.redrafter_head import ReDrafterHead
 from spec_decode.sampling import make_generator
 from spec_decode.types import EMPTY_TREE, DraftInfo, DraftOptions, ProposeResult, SamplingParams, VocabInfo
+from specd_kernels.linear import logits_kernel
 
 log = logging.getLogger(__name__)
 
@@ -591,4 +592,5 @@ def _load_head(directory: Path, config: DraftConfig) -> tuple[ReDrafterHead, Voc
     embedding = target.model.get_input_embeddings().weight.detach()  # [V, E]
     lm_head = target.model.get_output_embeddings().weight.detach()  # [V, E]
     head = load_head(directory, embedding, lm_head)
+    head.use_logits_kernel(logits_kernel(head.lm_head))  # q8 on a CPU: several times torch's speed
     return head, target.vocab

@@ -21,6 +21,7 @@ acceptance handles exactly for greedy and sampled requests alike (docs/ALGORITHM
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -80,6 +81,14 @@ class ReDrafterHead(nn.Module):
             nn.init.zeros_(block.bias)
         self.blocks = nn.ModuleList(blocks)
         self.proj = nn.Linear(2 * e, e)  # P: into the LM head's input space
+        self._logits_kernel: Callable[[torch.Tensor], torch.Tensor] | None = None
+
+    def use_logits_kernel(self, kernel: Callable[[torch.Tensor], torch.Tensor] | None) -> ReDrafterHead:
+        """Drafting computes ``x @ lm_head.T`` with ``kernel`` (``[B, E] -> [B, V']``, over this head's
+        ``lm_head``), e.g. a CPU kernel that beats torch's matmul for a few beams; with autograd on
+        (training) the plain matmul runs. None: always the matmul."""
+        self._logits_kernel = kernel
+        return self
 
     def initial_state(self, batch: int) -> torch.Tensor:
         return torch.zeros(batch, self.config.hidden, dtype=self.w.weight.dtype, device=self.w.weight.device)
@@ -95,7 +104,9 @@ class ReDrafterHead(nn.Module):
         x = torch.cat([hidden, state], dim=-1)  # [B, 2E]
         for block in self.blocks:
             x = x + F.silu(block(x))  # [B, 2E]
-        logits = self.proj(x) @ self.lm_head.T  # [B, V']
+        z = self.proj(x)  # [B, E]
+        kernel = self._logits_kernel
+        logits = kernel(z) if kernel is not None and not torch.is_grad_enabled() else z @ self.lm_head.T  # [B, V']
         return logits, state
 
     def to_token_ids(self, index: torch.Tensor) -> torch.Tensor:
@@ -150,22 +161,23 @@ def beam_search(
     if width < 1 or length < 1 or top_k < 1:
         raise ValueError(f"beam shape ({width}, {length}) and top_k {top_k} must be positive")
     dev = head.w.weight.device
-    h = hidden.to(dev, head.w.weight.dtype)[None]  # [1, E]
-    state = head.initial_state(1)  # [1, E]
-    prev = torch.tensor([last_token], device=dev)  # [1]
-    seqs = torch.zeros(1, 0, dtype=torch.long, device=dev)  # [B, j]
-    scores = torch.zeros(1, device=dev)  # [B]
-    for _ in range(length):
-        logits, state = head.step(h.expand(seqs.shape[0], -1), state, prev)  # [B, V'], [B, E]
-        k = min(top_k, logits.shape[-1])
-        top_logits, top_index = logits.topk(k, dim=-1)  # [B, k]
-        logp = torch.log_softmax(top_logits.float(), dim=-1)  # top-k warping: renormalised over the k
-        total = (scores[:, None] + logp).reshape(-1)  # [B k]
-        keep = total.topk(min(width, total.shape[0])).indices  # [B'] best first
-        beam, slot = keep // k, keep % k
-        token = head.to_token_ids(top_index[beam, slot])  # [B']
-        seqs = torch.cat([seqs[beam], token[:, None]], dim=1)  # [B', j+1]
-        scores, state, prev = total[keep], state[beam], token
+    with torch.inference_mode():  # drafting: no autograd graph (and the head's logits kernel runs)
+        h = hidden.to(dev, head.w.weight.dtype)[None]  # [1, E]
+        state = head.initial_state(1)  # [1, E]
+        prev = torch.tensor([last_token], device=dev)  # [1]
+        seqs = torch.zeros(1, 0, dtype=torch.long, device=dev)  # [B, j]
+        scores = torch.zeros(1, device=dev)  # [B]
+        for _ in range(length):
+            logits, state = head.step(h.expand(seqs.shape[0], -1), state, prev)  # [B, V'], [B, E]
+            k = min(top_k, logits.shape[-1])
+            top_logits, top_index = logits.topk(k, dim=-1)  # [B, k]
+            logp = torch.log_softmax(top_logits.float(), dim=-1)  # top-k warping: renormalised over the k
+            total = (scores[:, None] + logp).reshape(-1)  # [B k]
+            keep = total.topk(min(width, total.shape[0])).indices  # [B'] best first
+            beam, slot = keep // k, keep % k
+            token = head.to_token_ids(top_index[beam, slot])  # [B']
+            seqs = torch.cat([seqs[beam], token[:, None]], dim=1)  # [B', j+1]
+            scores, state, prev = total[keep], state[beam], token
     return Beams(tuple(tuple(int(t) for t in row) for row in seqs.tolist()), tuple(float(s) for s in scores))
 
 

@@ -43,8 +43,8 @@ def run_bench_linear(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from spec_decode.models import load_model
-    from target_service.kernels import WEIGHT_FORMATS, make_linear, resolve_format
-    from target_service.q8 import has_vnni, simd_width
+    from specd_kernels.linear import WEIGHT_FORMATS, make_linear, resolve_format
+    from specd_kernels.q8 import has_vnni, simd_width
 
     rows = _ints(args.rows, "--rows")
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]

@@ -156,7 +156,7 @@ def _kernel_simd(engine: Any) -> int | str:
     """The C kernels' vector width (512, 256 or 0) where the engine runs them, else "-"."""
     if engine.device.type != "cpu":
         return "-"
-    from target_service.q8 import simd_width
+    from specd_kernels.q8 import simd_width
 
     return simd_width()
 

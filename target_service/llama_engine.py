@@ -3,7 +3,7 @@
 Why not ``model(...)``: a transformers forward re-dispatches through generic layers, builds
 masks per call, keeps a ``DynamicCache`` that grows by concatenation, and calls ``F.linear``
 on weights that MKL repacks on every call. Here the weights are taken out of the HF model once
-and frozen into the fastest layout for the device (:mod:`target_service.kernels`), QKV and
+and frozen into the fastest layout for the device (:mod:`specd_kernels.linear`), QKV and
 gate/up are fused into one matmul each, the KV cache is a preallocated tensor per session
 that is written in place, and the tree mask is built once per pass (not per layer).
 
@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from spec_decode.tree import tree_pass_inputs
-from target_service.cpu_ops import CpuOps, cpu_ops_for
-from target_service.kernels import LinearKernel, WeightFormat, make_linear, resolve_format
-from target_service.q8 import Q8A8Linear, Q8Linear
+from specd_kernels.cpu_ops import CpuOps, cpu_ops_for
+from specd_kernels.linear import LinearKernel, WeightFormat, make_linear, resolve_format
+from specd_kernels.q8 import Q8A8Linear, Q8Linear
 from target_service.static_pass import DEFAULT_STATIC_CONTEXT, StaticPasses
 
 STATIC_MODES = ("auto", "graphs", "eager", "off")

@@ -44,10 +44,10 @@ from spec_decode.types import (
     TargetLimits,
     VerifyResult,
 )
+from specd_kernels.linear import WEIGHT_FORMATS, logits_kernel
 from target_service.batching import VerifyBatcher, VerifyCall
 from target_service.beam_step import beam_step
 from target_service.engine import CUDA_GRAPH_MODES, ENGINE_KINDS, build_engine
-from target_service.kernels import WEIGHT_FORMATS
 from target_service.sessions import Session, SessionStore
 
 
@@ -146,9 +146,10 @@ class TargetVerifier:
                 f"target's are {self._hidden_size}"
             )
         model = self.loaded.model
-        return load_head(
+        head = load_head(
             Path(directory), model.get_input_embeddings().weight.detach(), model.get_output_embeddings().weight.detach()
         )
+        return head.use_logits_kernel(logits_kernel(head.lm_head))
 
     def _colocated_tree(
         self, session: Session, hidden: torch.Tensor | None, token: int, spec: ColocatedDraft

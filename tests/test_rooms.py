@@ -25,7 +25,8 @@ GRPC = ("grpc", "grpc_health", "grpc_reflection", "grpc_status", "grpc_tools")
 PROTOBUF = ("google.protobuf",)
 
 RULES: dict[str, tuple[str, ...]] = {
-    "spec_decode": (*GRPC, *PROTOBUF, "protos", *SERVICES, "specd_cli"),
+    "spec_decode": (*GRPC, *PROTOBUF, "protos", *SERVICES, "specd_cli", "specd_kernels"),
+    "specd_kernels": (*GRPC, *PROTOBUF, "protos", *SERVICES, "specd_cli"),
     "target_service": ("orchestrator", "draft_service"),
     "draft_service": ("orchestrator", "target_service"),
     "orchestrator": ("target_service", "draft_service"),

@@ -19,10 +19,12 @@ from orchestrator.request import GenerateParams
 from spec_decode.errors import FailedPrecondition, InvalidArgument
 from spec_decode.models import load_model
 from spec_decode.redrafter_checkpoint import load_head, read_checkpoint, save_head
-from spec_decode.redrafter_head import HeadConfig, ReDrafterHead
+from spec_decode.redrafter_head import HeadConfig, ReDrafterHead, beam_search
 from spec_decode.types import DraftOptions, SamplingParams
 from specd_cli.stack import build_inprocess, start_thread_stack
 from specd_client import SpecdClient
+from specd_kernels.linear import logits_kernel
+from specd_kernels.q8 import Q8Linear
 
 
 @pytest.fixture(scope="module")
@@ -168,6 +170,43 @@ def test_the_shipped_smollm2_head_loads_and_agrees_with_the_target() -> None:
     # Chance is 1/49152. The chat-trained head agrees on 7 of the 38 positions (0.18, both offsets);
     # the first head, trained on standard-library explanations, on 3 (0.08).
     assert float(agree[0]) > 0.12 and float(agree[1]) > 0.12, agree
+
+    # Drafting runs the LM head on the exact int8 kernel (SmolLM2's head is Q8_0 codes), as both
+    # services load it: the same beams as torch's matmul at every position of the answer.
+    kernel = logits_kernel(head.lm_head)
+    assert isinstance(kernel, Q8Linear)
+    for position in range(first, last, 4):
+        plain = beam_search(head.use_logits_kernel(None), hidden[position], seq[position + 1], width=4, length=4)
+        fast = beam_search(head.use_logits_kernel(kernel), hidden[position], seq[position + 1], width=4, length=4)
+        assert fast.tokens == plain.tokens, position
+        assert fast.scores == pytest.approx(plain.scores, abs=1e-3)
+
+
+def test_head_logits_kernel_runs_when_drafting_only(tiny_target: Path, head_dir: Path) -> None:
+    """The kernel replaces the matmul while drafting (no autograd); training keeps the matmul, whose
+    gradient flows into P; both services' loaded heads carry the kernel where one applies."""
+    target = load_model(str(tiny_target), device="cpu", dtype="float32")
+    model = target.model
+    head = load_head(head_dir, model.get_input_embeddings().weight, model.get_output_embeddings().weight)
+    calls: list[tuple[int, ...]] = []
+
+    def kernel(z: torch.Tensor) -> torch.Tensor:  # [B, E] -> [B, V]
+        calls.append(tuple(z.shape))
+        return z @ head.lm_head.T
+
+    head.use_logits_kernel(kernel)
+    hidden, token = torch.randn(3, head.config.hidden), torch.tensor([1, 2, 3])
+    logits, _ = head.step(hidden, head.initial_state(3), token)  # autograd on: the matmul
+    assert calls == [] and logits.requires_grad
+    logits.sum().backward()
+    assert head.proj.weight.grad is not None
+    beams = beam_search(head, hidden[0], 5, width=2, length=3)  # drafting: the kernel, once per step
+    assert calls == [(1, head.config.hidden), (2, head.config.hidden), (2, head.config.hidden)]
+    assert len(beams.tokens) == 2
+    # The tiny target's weights are not group codes: on a CPU in fp32 the kernel is MKL-packed fp32.
+    worker = DraftWorker(DraftConfig(device="cpu", redrafter_head=str(head_dir)))
+    assert worker.head is not None and worker.head._logits_kernel is not None
+    assert logits_kernel(torch.randn(8, 4, dtype=torch.float64)) is None  # fp64: torch's matmul
 
 
 def test_subvocabulary_head_keeps_the_full_heads_logits(head_dir: Path, tiny_target: Path, tmp_path: Path) -> None:

@@ -153,7 +153,7 @@ def portable_kernels(directory: Path) -> ctypes.CDLL:
 
 def kernel_build(directory: Path, name: str, arch: list[str]) -> ctypes.CDLL:
     """The kernel library built with other ``-m`` flags than the engine's ``-march=native``, declared."""
-    from target_service import q8
+    from specd_kernels import q8
 
     compiler = shutil.which("cc") or shutil.which("gcc")
     assert compiler is not None

@@ -10,7 +10,7 @@ from target_helpers import random_tree
 from test_target_engine import _tiny_config_model
 
 from spec_decode.models import LoadedModel, load_model
-from target_service.cpu_ops import cpu_ops_for
+from specd_kernels.cpu_ops import cpu_ops_for
 from target_service.llama_engine import NativeEngine, _apply_rope, _rms_norm
 
 OPS = cpu_ops_for(torch.device("cpu"), torch.float32)

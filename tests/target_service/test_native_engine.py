@@ -12,8 +12,8 @@ from target_helpers import assert_cache_equal, random_tree, sequential_decode
 from spec_decode.errors import InvalidArgument
 from spec_decode.models import LoadedModel, load_model
 from spec_decode.tree import path_to
+from specd_kernels.linear import resolve_format
 from target_service.engine import TreeEngine, build_engine
-from target_service.kernels import resolve_format
 from target_service.llama_engine import KVCache, NativeEngine
 
 

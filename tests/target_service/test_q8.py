@@ -11,9 +11,9 @@ from target_helpers import HAS_C_COMPILER, portable_kernels, random_tree, sequen
 
 from spec_decode.models import LoadedModel
 from spec_decode.tree import path_to
-from target_service.kernels import make_linear, resolve_format
+from specd_kernels.linear import make_linear, resolve_format
+from specd_kernels.q8 import Q8Linear, library_error, quantize_exact, to_panels
 from target_service.llama_engine import NativeEngine
-from target_service.q8 import Q8Linear, library_error, quantize_exact, to_panels
 
 pytestmark = pytest.mark.skipif(library_error() is not None, reason=f"q8 kernel not buildable: {library_error()}")
 

@@ -17,9 +17,9 @@ from test_q8 import gguf_like
 
 from spec_decode.models import LoadedModel
 from spec_decode.tree import path_to
-from target_service.kernels import make_linear, resolve_format
+from specd_kernels.linear import make_linear, resolve_format
+from specd_kernels.q8 import Q8A8Linear, Q8Linear, library_error, quantize_exact, to_a8_panels
 from target_service.llama_engine import NativeEngine
-from target_service.q8 import Q8A8Linear, Q8Linear, library_error, quantize_exact, to_a8_panels
 
 pytestmark = pytest.mark.skipif(library_error() is not None, reason=f"q8 kernel not buildable: {library_error()}")
 

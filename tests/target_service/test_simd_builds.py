@@ -26,10 +26,10 @@ from test_q8 import gguf_like
 from testkit import snap_linears_to_q4_1
 
 from spec_decode.tree import path_to
-from target_service import q8
-from target_service.kernels import make_linear
+from specd_kernels import q8
+from specd_kernels.linear import make_linear
+from specd_kernels.q8 import Q8A8Linear, Q8Linear
 from target_service.llama_engine import NativeEngine
-from target_service.q8 import Q8A8Linear, Q8Linear
 
 # name -> (compiler flags, the width the build reports, cpu flags it needs)
 BUILDS = {

@@ -4,7 +4,7 @@
  * which is exactly how GGUF's Q4_1 (q in 0..15), Q4_0 (q - 8, m = 0) and Q8_0 (m = 0) blocks
  * dequantize, so for such checkpoints the weights are bit-identical to the fp32 model's.
  *
- * Layout (built once by target_service/q8.py): the output features are cut into panels of 32
+ * Layout (built once by specd_kernels/q8.py): the output features are cut into panels of 32
  * (the last one padded with zero codes), and each panel is stored k-major, so one panel is a
  * contiguous stream:
  *     codes[p, k, j] = q[32 p + j, k]           int8  [P, K, 32]
@@ -25,7 +25,7 @@
  * arithmetic, so the same bits), since there the buffer's extra store and load would cost more
  * than they save.
  *
- * Built by target_service/q8.py with: gcc -O3 -march=native -ffp-contract=off -fopenmp -shared.
+ * Built by specd_kernels/q8.py with: gcc -O3 -march=native -ffp-contract=off -fopenmp -shared.
  * -ffp-contract=off keeps the dequantization's multiply and add separately rounded; the dot
  * product uses explicit fused multiply-adds.
  */

@@ -6,7 +6,7 @@ whole pass is measured by ``specd bench-verify --weight-format F`` (docs/BENCHMA
 
 * ``dense`` -- plain ``F.linear`` on the model's own weights (fp32, fp64, bf16 on CUDA).
   Used on GPUs, for float64 tests, and whenever nothing better applies.
-* ``q8`` -- exact int8 (:mod:`target_service.q8`): for checkpoints that were group-quantized
+* ``q8`` -- exact int8 (:mod:`specd_kernels.q8`): for checkpoints that were group-quantized
   (GGUF Q4_0/Q4_1/Q8_0, like the default SmolLM2), the 1-byte codes rebuild every fp32 weight bit
   for bit, so the model is unchanged and a decode step reads a quarter of the bytes. The default
   on CPU when the kernel has vector code for it (AVX-512, or AVX2 + FMA); weights that are not
@@ -108,7 +108,7 @@ def resolve_format(requested: str | None, device: torch.device, dtype: torch.dty
     if name == "auto":  # q8 where the kernel builds (it keeps fp32 for weights it cannot reproduce)
         if not (cpu_fp32 and _mkl_packing_available()):
             return "dense"
-        from target_service.q8 import library_error, simd_width
+        from specd_kernels.q8 import library_error, simd_width
 
         return "q8" if library_error() is None and simd_width() > 0 else "packed"
     if name == "packed" and not (cpu_fp32 and _mkl_packing_available()):
@@ -116,7 +116,7 @@ def resolve_format(requested: str | None, device: torch.device, dtype: torch.dty
     if name in ("q8", "q8a8"):
         if not (cpu_fp32 and _mkl_packing_available()):
             raise InvalidArgument(f"weight format {name!r} needs float32 on a CPU (got {dtype} on {device})")
-        from target_service.q8 import library_error
+        from specd_kernels.q8 import library_error
 
         error = library_error()
         if error is not None:
@@ -127,7 +127,7 @@ def resolve_format(requested: str | None, device: torch.device, dtype: torch.dty
 
 def _warn_if_slow(name: str) -> None:
     """Say so when a format asked for by name runs element by element on this CPU (same bits, slow)."""
-    from target_service.q8 import a8_path, simd_width
+    from specd_kernels.q8 import a8_path, simd_width
 
     if name == "q8" and simd_width() == 0:
         log.warning("weight format 'q8': this CPU has neither AVX-512 nor AVX2+FMA; the kernel runs element by element")
@@ -139,6 +139,16 @@ def _mkl_packing_available() -> bool:
     return torch.backends.mkl.is_available() and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight")
 
 
+def logits_kernel(weight: torch.Tensor) -> LinearKernel | None:
+    """A kernel for ``x @ weight.T`` over a frozen ``[V, E]`` LM head, where one beats torch's matmul:
+    on a CPU in fp32 (``auto``: exact int8 codes for a group-quantized head, else MKL-packed). None
+    elsewhere (GPUs, other dtypes: torch's matmul is the fast path there). A ReDrafter head drafts a
+    few beams at a time; on 2 cores torch's matmul takes about 22 ms for 4 rows of SmolLM2's LM
+    head, the ``q8`` kernel about 4 ms (docs/BENCHMARKS.md)."""
+    fmt = resolve_format(None, weight.device, weight.dtype)
+    return None if fmt == "dense" else make_linear(weight, None, fmt)
+
+
 def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, fmt: WeightFormat) -> LinearKernel:
     """Build the kernel for one ``[out, in]`` weight (copied; the source may be freed after)."""
     out_features, in_features = (int(s) for s in weight.shape)
@@ -147,7 +157,7 @@ def make_linear(weight: torch.Tensor, bias: torch.Tensor | None, fmt: WeightForm
     if fmt == "dense":
         return DenseLinear(weight, bias, out_features, in_features)
     if fmt in ("q8", "q8a8"):
-        from target_service.q8 import Q8A8Linear, Q8Linear, quantize_exact, to_a8_panels, to_panels
+        from specd_kernels.q8 import Q8A8Linear, Q8Linear, quantize_exact, to_a8_panels, to_panels
 
         codes = quantize_exact(weight)
         if codes is None:  # not a group-quantized checkpoint: keep fp32, never change the weights

@@ -4,7 +4,7 @@
  *   rms_norm   y = w * (x * (1 / sqrt(mean(x^2) + eps)))        per row, as transformers' RMSNorm
  *   rope       x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin       in place, per head (rotate_half)
  * Every operation is per row, so a row's result never depends on the other rows of the call.
- * Built into the same library as q8_linear.c (target_service/q8.py), with -ffp-contract=off:
+ * Built into the same library as q8_linear.c (specd_kernels/q8.py), with -ffp-contract=off:
  * each multiply and add rounds separately, so rope gives exactly the bits of the torch ops it
  * replaces; rms_norm differs from torch's only in the order of the mean's sum.
  * Vector code for AVX-512 and, on CPUs without it, AVX2 + FMA; element by element otherwise.

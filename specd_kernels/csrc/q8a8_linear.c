@@ -18,7 +18,7 @@
  * result does not depend on the other rows of the call, so a tree pass equals decoding each
  * branch alone and speculative decoding stays lossless against this engine's own greedy decoding.
  *
- * Layout (target_service/q8.py, to_a8_panels): panels of 32 output features; within a panel,
+ * Layout (specd_kernels/q8.py, to_a8_panels): panels of 32 output features; within a panel,
  * for each quad of four consecutive k, the 32 features' four codes side by side:
  *     codes[p, k/4, j, k%4] = q[32 p + j, k]        int8  [P, K/4, 32, 4]
  *     start[p, g, j] = -128 * sum_{k in g} q[32 p + j, k]                  int32 [P, K/32, 32]

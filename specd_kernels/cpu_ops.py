@@ -4,7 +4,7 @@ A 16-row pass of SmolLM2 runs about 45 torch ops per layer besides its matmuls; 
 few microseconds of dispatch whatever its size, which adds up to a quarter of the step. RMSNorm,
 RoPE and attention (every session of the pass in one call per layer: its keys/values written
 into its cache, then each (row, head) over the prefix and the new rows its block lets it see)
-are one call each here, and :meth:`target_service.q8.Q8Linear.add_to` folds the
+are one call each here, and :meth:`specd_kernels.q8.Q8Linear.add_to` folds the
 residual add into the matmul. Used by :class:`target_service.llama_engine.NativeEngine` on a CPU
 in float32 when the kernel library builds; CUDA and other dtypes keep the torch ops.
 
@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from target_service.q8 import load_library
+from specd_kernels.q8 import load_library
 
 
 @dataclass(frozen=True)
