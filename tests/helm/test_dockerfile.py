@@ -100,3 +100,11 @@ def test_dockerignore_keeps_every_package_in_the_context():
         assert not ignored(needed), needed
     for unwanted in (".venv", ".git", "tests", "bench-results", "helm"):
         assert ignored(unwanted), unwanted
+
+
+def test_runtime_can_build_the_cpu_kernels():
+    """specd compiles its C kernels on first use, for the node's own CPU (``-march=native``): the
+    runtime image carries a C compiler unless the build turns it off."""
+    runtime = " ".join(stages()["runtime"])
+    assert "ARG CPU_KERNELS=1" in runtime
+    assert re.search(r'if \[ "\$CPU_KERNELS" = "1" \]; then .*apt-get install [^;]*\bgcc\b[^;]*\blibc6-dev\b', runtime)
