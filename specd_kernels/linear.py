@@ -143,7 +143,7 @@ def logits_kernel(weight: torch.Tensor) -> LinearKernel | None:
     """A kernel for ``x @ weight.T`` over a frozen ``[V, E]`` LM head, where one beats torch's matmul:
     on a CPU in fp32 (``auto``: exact int8 codes for a group-quantized head, else MKL-packed). None
     elsewhere (GPUs, other dtypes: torch's matmul is the fast path there). A ReDrafter head drafts a
-    few beams at a time; on 2 cores torch's matmul takes about 22 ms for 4 rows of SmolLM2's LM
+    few beams at a time; on 2 cores torch's matmul takes about 20 ms for 4 rows of SmolLM2's LM
     head, the ``q8`` kernel about 4 ms (docs/BENCHMARKS.md)."""
     fmt = resolve_format(None, weight.device, weight.dtype)
     return None if fmt == "dense" else make_linear(weight, None, fmt)
