@@ -5,7 +5,7 @@ beam); ``dsbd`` asks the drafter for a forest of draft beams first, and the targ
 of it in the same pass (Qin et al. 2024; docs/ALGORITHMS.md#dsbd). The loop keeps the beams'
 tokens (the target and the drafter keep their caches and are told only how the beams moved:
 :class:`~spec_decode.beam_api.BeamUpdate`), collects finished hypotheses like transformers'
-beam search (EOS among the first ``width`` candidates drawn; score / length ** length_penalty),
+beam search (EOS among the best ``width`` candidates drawn; score / length ** length_penalty),
 and stops at ``max_new_tokens``, when no beam runs, or when ``width`` finished hypotheses beat
 every running beam. The whole answer comes as one chunk at the end: beams reorder every step.
 """

@@ -5,8 +5,9 @@ A *beam step* extends ``n`` input beams at once. Beam ``b`` has a cumulative sco
 ``p_b``; the step's candidates are the flattened pairs ``(b, x)``, index ``b * V + x``, with
 joint score ``s_b + log p_b(x)``. Beam *sampling* (transformers' ``generate(num_beams=W,
 do_sample=True)``) draws ``max(2, 1 + #eos) * W`` candidates **without replacement** from
-``softmax(joint)`` = ``softmax(s)_b * p_b(x)``, in sampling order; a candidate ending in EOS
-among the first ``W`` drawn finishes its hypothesis, and the best ``W`` others by score run on.
+``softmax(joint)`` = ``softmax(s)_b * p_b(x)``, then ranks the drawn by joint score (transformers
+4.x and >= 5.24 sort them; 5.0-5.23 kept drawing order); a candidate ending in EOS among the best
+``W`` of the drawn finishes its hypothesis, and the best ``W`` others run on.
 
 DSBD (Qin et al. 2024, docs/ALGORITHMS.md#dsbd) draws those candidates speculatively: a draft
 sampled its own candidates without replacement from ``Q`` (its beam scores and sparse q); the
@@ -44,7 +45,8 @@ class BeamChoice:
     """What one beam step chose among its ``candidates`` (flat ids ``b * V + x``, sampling order).
 
     ``running`` and ``finished`` index ``candidates``: ``running`` are the beams that go on, best
-    score first; ``finished`` the candidates that ended with EOS among the first ``width`` drawn.
+    score first; ``finished`` the candidates that ended with EOS among the best ``width`` drawn,
+    best score first.
     """
 
     candidates: tuple[int, ...]
@@ -102,19 +104,23 @@ def select_beams(
     eos_ids: Sequence[int],
     last: bool = False,
 ) -> BeamChoice:
-    """transformers' selection: EOS among the first ``width`` drawn finish, the best ``width`` others run.
+    """transformers' selection: the drawn candidates ranked by score; EOS among the best ``width``
+    finish, the best ``width`` others run.
 
     ``last``: this step reaches ``max_new_tokens``, so every candidate hits a stopping criterion and,
-    as in transformers, the first ``width`` drawn finish and none runs on.
+    as in transformers, the best ``width`` drawn finish and none runs on. Only the set drawn and
+    the scores matter, never the drawing order (ties, which have probability 0, go to the earlier
+    draw), so a speculative draw of the same set law gives the same beams' law.
 
     Example:
-        V = 10, width 1, eos (2,): candidates [12, 5] (beam 1 token 2 = EOS, beam 0 token 5), scores
-        [-1.0, -2.0] -> finished (0,), running (1,).
+        V = 10, width 1, eos (2,): candidates [5, 12] (beam 0 token 5, beam 1 token 2 = EOS), scores
+        [-2.0, -1.0] -> the EOS candidate ranks first: finished (1,), running (0,).
     """
     eos = set(eos_ids)
+    ranked = sorted(range(len(candidates)), key=lambda i: (-scores[i], i))  # best score first
     is_eos = [c % vocab_size in eos or last for c in candidates]
-    finished = tuple(i for i in range(min(width, len(candidates))) if is_eos[i])
-    alive = sorted((i for i in range(len(candidates)) if not is_eos[i]), key=lambda i: -scores[i])
+    finished = tuple(i for i in ranked[:width] if is_eos[i])
+    alive = [i for i in ranked if not is_eos[i]]
     return BeamChoice(tuple(candidates), tuple(scores), tuple(alive[:width]), finished)
 
 

@@ -125,7 +125,7 @@ def accept_forest(
     :func:`~spec_decode.beams.select_beams`. When every kept beam is a forest node the next layer
     follows (after the last one, a target-only layer on their rows); otherwise the step ends.
     ``tokens_left`` (0 = no limit): the layer that reaches it is the generation's last, where the
-    first ``width`` candidates drawn finish (transformers' ``max_new_tokens`` rule) and none runs on.
+    best ``width`` candidates drawn finish (transformers' ``max_new_tokens`` rule) and none runs on.
     """
     node_of = {(par, tok): g for g, (tok, par) in enumerate(zip(forest.tokens, forest.parents, strict=True))}
     refs = [root_ref(b) for b in range(len(beam_scores))]

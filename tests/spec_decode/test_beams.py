@@ -43,15 +43,21 @@ def _tv(counts: Counter, law: dict, n: int) -> float:
 
 
 def test_select_beams_example() -> None:
-    choice = select_beams([12, 5], [-1.0, -2.0], vocab_size=10, width=1, eos_ids=(2,))
-    assert choice.finished == (0,) and choice.running == (1,)
+    choice = select_beams([5, 12], [-2.0, -1.0], vocab_size=10, width=1, eos_ids=(2,))
+    assert choice.finished == (1,) and choice.running == (0,)
 
 
-def test_select_beams_keeps_best_by_score_and_finishes_only_early_eos() -> None:
-    # V = 10, width 2: candidates in sampling order; EOS (token 2) drawn third is not among the first 2
+def test_select_beams_ranks_by_score_not_by_drawing_order() -> None:
+    # V = 10, width 2, EOS = token 2: drawn third, candidate 22 has the best score, so it finishes
     choice = select_beams([3, 14, 22, 7], [-3.0, -1.0, -0.5, -2.0], 10, 2, (2,))
-    assert choice.finished == ()
+    assert choice.finished == (2,)
     assert choice.running == (1, 3)  # best non-EOS scores: -1.0 (14), -2.0 (7)
+    # an EOS outside the best two by score does not finish, however early it was drawn
+    late = select_beams([22, 14, 3, 7], [-3.5, -1.0, -3.0, -2.0], 10, 2, (2,))
+    assert late.finished == () and late.running == (1, 3)
+    # the length limit: the best two drawn finish, none runs on
+    last = select_beams([3, 14, 22, 7], [-3.0, -1.0, -0.5, -2.0], 10, 2, (2,), last=True)
+    assert last.finished == (2, 1) and last.running == ()
 
 
 def test_num_candidates_is_transformers_rule() -> None:
