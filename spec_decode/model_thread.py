@@ -54,6 +54,11 @@ class ModelThread:
         else:
             self._executor.submit(fn)
 
+    def enqueue(self, fn: Callable[[], object]) -> None:
+        """Queue ``fn`` at the back of the model thread's queue without waiting, from any thread
+        (the model thread included: what is queued before ``fn`` runs first)."""
+        self._executor.submit(fn)
+
 
 _SHARED: ModelThread | None = None
 _SHARED_LOCK = threading.Lock()

@@ -1,9 +1,13 @@
 """Continuous batching of verify calls: many sessions' trees in one forward pass.
 
-Every ``verify`` call enqueues a :class:`VerifyCall` and then asks the model thread to *drain*
-the queue. A drain takes up to ``max_batch`` calls, runs them as one batch and completes their
-futures; callers whose call was taken by an earlier drain find the queue empty and just collect
-their result.
+Every ``verify`` call enqueues a :class:`VerifyCall`; the first call that finds no drain pending
+asks the model thread to *drain* the queue. A drain takes up to ``max_batch`` calls, runs them as
+one batch and completes their futures; calls that arrive after it took its batch schedule the
+next drain, and a drain that leaves calls behind (a cap, a session's second call) schedules it
+itself. So the model thread's queue holds at most one drain, and a prefill (or any other job)
+posted behind it waits for at most one pass. (One drain per call, as before, piled up: a pass of
+k calls consumed one drain and its k sessions posted k new ones, so under load hundreds of
+drains, each a real pass, stood between a new prompt and its prefill: 5-9 s at 16 clients.)
 
 How long a drain waits for more calls matters. Sessions come back one step after the last
 batch, not all at the same instant (each caller wakes, returns, and its next call crosses the
@@ -64,12 +68,18 @@ class VerifyBatcher:
         self._recent: dict[str, float] = {}  # session -> last submit time
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
+        self._scheduled = False  # a drain is queued (or waiting to take its batch)
 
-    def submit(self, call: VerifyCall) -> None:
+    def submit(self, call: VerifyCall) -> bool:
+        """Queue ``call``; True when no drain is pending, so the caller must schedule one."""
         with self._lock:
             self._queue.append(call)
             self._recent[call.session_id] = self._clock()
             self._arrived.notify()
+            if self._scheduled:
+                return False
+            self._scheduled = True
+            return True
 
     def forget(self, session_id: str) -> None:
         """A released session will not come back: batches stop waiting for it."""
@@ -87,19 +97,21 @@ class VerifyBatcher:
         with self._lock:
             return len(self._queue)
 
-    def drain(self) -> None:
-        """Run one batch if calls are waiting (call on the model thread)."""
-        batch = self._take()
+    def drain(self) -> bool:
+        """Run one batch if calls are waiting (call on the model thread). True when calls were left
+        queued: the caller must schedule another drain (this one still counts as pending)."""
+        batch, more = self._take()
         if not batch:
-            return
+            return more
         try:
             self._run_batch(batch)
         except BaseException as exc:  # nobody waits on the drain itself: never leave a caller hanging
             for call in batch:
                 if not call.future.done():
                     call.future.set_exception(exc)
+        return more
 
-    def _take(self) -> list[VerifyCall]:
+    def _take(self) -> tuple[list[VerifyCall], bool]:
         if self.window_s > 0 and self.max_batch > 1:
             with self._lock:
                 while self._queue:
@@ -128,4 +140,6 @@ class VerifyBatcher:
                     seen.add(call.session_id)
                     batch.append(call)
             self._queue.extendleft(reversed(deferred))
-            return batch
+            more = bool(self._queue)
+            self._scheduled = more  # calls from now on schedule the next drain, unless some are left
+            return batch, more

@@ -250,12 +250,16 @@ class TargetVerifier:
         """
         self._check_colocated_draft(colocated_draft)
         call = VerifyCall(session_id, tree, return_target_tokens, return_hidden_state, colocated_draft)
-        self._batcher.submit(call)
-        # Wait for this call's result, not for the drain queued here: an earlier drain may take
-        # the call, and waiting for one's own (then empty) drain held every caller behind the
-        # drain in progress, which kept the others from coming back in time to join it.
-        self._model_thread.post(self._batcher.drain)
+        if self._batcher.submit(call):  # no drain pending: queue one (see target_service.batching)
+            self._model_thread.post(self._drain)  # runs at once when called on the model thread
+        # Wait for this call's result, not for a drain: whichever drain takes the call completes it.
         return call.future.result()
+
+    def _drain(self) -> None:
+        """One verify batch on the model thread; calls left queued get the next drain, queued behind
+        whatever else waits for the model thread (prefills), so neither starves the other."""
+        if self._batcher.drain():
+            self._model_thread.enqueue(self._drain)
 
     def beam_verify(
         self,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 
 import pytest
 import torch
@@ -197,6 +198,38 @@ def test_sixteen_sessions_keep_forming_full_batches(make_verifier: MakeVerifier)
     stats = verifier.stats()
     assert stats.verify_calls == sessions * 6
     assert stats.forward_passes <= 2 * 6  # about one pass per step of all sessions together
+
+
+def test_a_prefill_waits_for_at_most_two_passes_while_sessions_keep_verifying(make_verifier: MakeVerifier) -> None:
+    """Only one drain is ever queued on the model thread, so a new prompt is not stuck behind a
+    backlog of them. (With one drain per call, a pass of k calls left k - 1 more drains queued:
+    under steady load the backlog grew, and a prefill waited for hundreds of passes.)"""
+    verifier = make_verifier(max_batch=3)  # 8 sessions need three passes a step: drains re-arm themselves
+    sessions = 8
+    for i in range(sessions):
+        verifier.prefill(f"s{i}", [5, 6, 7, i + 1], GREEDY)
+    stop = threading.Event()
+
+    def run(i: int) -> None:
+        while not stop.is_set():
+            verifier.verify(f"s{i}", DraftTree.chain([9]))
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(sessions)]
+    for t in threads:
+        t.start()
+    try:
+        while verifier.stats().forward_passes < 150:  # long enough for a backlog to have built up
+            time.sleep(0.01)
+        waits = []
+        for j in range(3):
+            before = verifier.stats().forward_passes
+            verifier.prefill(f"new{j}", [5, 6, 7], GREEDY)
+            waits.append(verifier.stats().forward_passes - before)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert max(waits) <= 3, waits  # the pass in progress, the one queued (and a count read mid-pass)
 
 
 def test_batch_config_validation(make_verifier: MakeVerifier) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from pathlib import Path
 
@@ -58,7 +59,16 @@ def test_batched_trees_equal_one_session_at_a_time(target64: LoadedModel) -> Non
         solo_logits.append(engine.score_tree(solo, pending, parents, tree.tokens))
         solo_caches.append(solo)
         items.append((batch_cache, pending, parents, tree.tokens))
+    calls: list[int] = []  # rows of each LM-head call
+    lm_head = engine.weights.lm_head
+
+    def counting(rows: torch.Tensor) -> torch.Tensor:
+        calls.append(rows.shape[0])
+        return lm_head(rows)
+
+    engine.weights = dataclasses.replace(engine.weights, lm_head=counting)  # type: ignore[arg-type]
     batched = engine.score_trees(items)
+    assert calls == [sum(len(tokens) + 1 for _, _, _, tokens in items)]  # one LM-head call for every session
     for (cache, *_), solo, got, want in zip(items, solo_caches, batched, solo_logits, strict=True):
         torch.testing.assert_close(got, want, atol=1e-10, rtol=0)
         assert_cache_equal(cache, solo)
