@@ -400,21 +400,20 @@ class NativeEngine:
         """The final norm and ONE LM-head call over the rows of every pass that wants logits (a
         call per session cost a whole LM-head read each: 16 one-row sessions spent 34 ms there
         instead of 10); each pass's normed rows go to its ``cache.hidden`` (a prefill: its last)."""
-        spans: list[tuple[int, int]] = []  # (start, rows) of each pass wanting logits
+        rows: list[torch.Tensor] = []  # the normed rows of each pass wanting logits
         start = 0
         for p in passes:
             q = int(p.tokens.shape[0])
             if p.want_logits:
                 p.cache.hidden = self.final_norm(hidden[start : start + q])  # [Q, E]
-                spans.append((start, q))
+                rows.append(p.cache.hidden)
             else:  # a prefill: only the last row's state is kept (a draft head may want it)
                 p.cache.hidden = self.final_norm(hidden[start + q - 1 : start + q])  # [1, E]
             start += q
-        if not spans:
+        if not rows:
             return []
-        rows = [p.cache.hidden for p in passes if p.want_logits]
         logits = self.weights.lm_head(rows[0] if len(rows) == 1 else torch.cat(rows))  # [sum Q, V]
-        return list(logits.split([q for _, q in spans]))  # [Q_i, V] per pass wanting logits
+        return list(logits.split([r.shape[0] for r in rows]))  # [Q_i, V] per pass wanting logits
 
     def _run_layers(self, passes: Sequence[PassInput]) -> torch.Tensor:
         s = self.shape
