@@ -328,13 +328,8 @@ class NativeEngine:
             raise ValueError("prefill needs at least one token")
         if cache.length:
             raise ValueError("prefill needs an empty cache")
-        n = len(tokens) - 1
         cache.hidden = None
-        if n:
-            ids = torch.tensor(list(tokens[:-1]), dtype=torch.long, device=self.device)  # [n]
-            positions = torch.arange(n, device=self.device)  # [n]
-            causal = torch.ones(n, n, dtype=torch.bool, device=self.device).tril_()  # [n, n]
-            self.forward([PassInput(cache, ids, positions, causal, want_logits=False)])
+        self.score_trees_and_feed((), [(cache, tokens[:-1])])
         return int(tokens[-1])
 
     def score_tree(
@@ -349,6 +344,20 @@ class NativeEngine:
 
     def score_trees(self, items: Sequence[tuple[KVCache, int, torch.Tensor, Sequence[int]]]) -> list[torch.Tensor]:
         """Score the trees of several sessions in ONE forward pass (each as :meth:`score_tree`)."""
+        return self.score_trees_and_feed(items, ())
+
+    def score_trees_and_feed(
+        self,
+        items: Sequence[tuple[KVCache, int, torch.Tensor, Sequence[int]]],
+        prompts: Sequence[tuple[KVCache, Sequence[int]]],  # (cache, the next tokens of its prompt)
+    ) -> list[torch.Tensor]:
+        """:meth:`score_trees` and, in the same pass, each prompt chunk fed after its cache's
+        positions (causal, no logits; ``cache.hidden`` becomes the chunk's last normed row).
+
+        Feeding a prompt in chunks of any size gives what one :meth:`prefill` gives (every row sees
+        the cached prefix and the chunk's rows before it); with the CPU's row-exact kernels, the same
+        bits, whatever shares the pass.
+        """
         passes = []
         for cache, pending_token, parents, tokens in items:
             n = len(tokens)
@@ -357,7 +366,15 @@ class NativeEngine:
             ids = torch.tensor([pending_token, *tokens], dtype=torch.long, device=self.device)  # [1+N]
             block, depth = tree_pass_inputs(parents.to(self.device), 0)  # [1+N, 1+N], [1+N] (no prefix)
             passes.append(PassInput(cache, ids, depth + cache.length, block, want_logits=True))
-        return self.forward(passes)
+        for cache, chunk in prompts:
+            n = len(chunk)
+            if not n:
+                continue
+            ids = torch.tensor(list(chunk), dtype=torch.long, device=self.device)  # [n]
+            positions = torch.arange(cache.length, cache.length + n, device=self.device)  # [n]
+            causal = torch.ones(n, n, dtype=torch.bool, device=self.device).tril_()  # [n, n]
+            passes.append(PassInput(cache, ids, positions, causal, want_logits=False))
+        return self.forward(passes) if passes else []
 
     def commit(self, cache: KVCache, prefix_len: int, keep_rows: Sequence[int]) -> None:
         """Keep the prefix and pass rows ``keep_rows`` (increasing); move them down in place."""

@@ -45,7 +45,7 @@ from spec_decode.types import (
     VerifyResult,
 )
 from specd_kernels.linear import WEIGHT_FORMATS, logits_kernel
-from target_service.batching import VerifyBatcher, VerifyCall
+from target_service.batching import PassBatcher, PassWork, PrefillJob, VerifyCall
 from target_service.beam_step import beam_step
 from target_service.engine import CUDA_GRAPH_MODES, ENGINE_KINDS, build_engine
 from target_service.sessions import Session, SessionStore
@@ -68,6 +68,7 @@ class TargetConfig:
     max_kv_bytes: int = 0  # KV memory budget over all sessions (0 = none); idle sessions evicted LRU first
     max_batch: int = 16  # verify calls of different sessions scored in one forward pass (1 = no batching)
     batch_window_ms: float = 10.0  # longest wait for recently active sessions to join a batch
+    prefill_chunk: int = 128  # prompt tokens fed per pass, beside verify calls (0 = a whole prompt per pass)
     engine: str = "auto"  # "native" (specd's Llama-family forward), "hf" (transformers), "auto"
     weight_format: str | None = None  # native engine: "dense", "packed" (MKL-prepacked fp32), None/"auto"
     cuda_graphs: str = "auto"  # native engine: "on"/"auto" replay one-session passes as CUDA graphs on CUDA
@@ -82,6 +83,8 @@ class TargetConfig:
                 raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.max_kv_bytes, int) or self.max_kv_bytes < 0:
             raise InvalidArgument(f"max_kv_bytes must be a non-negative integer, got {self.max_kv_bytes!r}")
+        if not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 0:
+            raise InvalidArgument(f"prefill_chunk must be a non-negative integer, got {self.prefill_chunk!r}")
         if not isinstance(self.batch_window_ms, int | float) or not 0 <= self.batch_window_ms <= 1000:
             raise InvalidArgument(f"batch_window_ms must be within [0, 1000], got {self.batch_window_ms!r}")
         if self.engine not in ENGINE_KINDS:
@@ -107,6 +110,8 @@ class TargetStats:
     verify_calls: int  # verify calls served by them
     batch_sizes: dict[int, int]  # calls per pass -> passes
     evictions: int
+    prefill_chunks: int = 0  # prompt chunks fed (a prompt fed in k passes counts k)
+    mixed_passes: int = 0  # verify passes that also fed a prompt chunk
 
 
 class TargetVerifier:
@@ -125,8 +130,17 @@ class TargetVerifier:
         self._kv_bytes_per_token = _kv_bytes_per_token(loaded.model, self.engine.dtype)
         self._hidden_size = int(loaded.model.config.get_text_config().hidden_size)
         self._model_thread = model_thread()
-        self._batcher = VerifyBatcher(self._run_batch, self.config.max_batch, self.config.batch_window_ms / 1e3)
+        self._feeds_prompts = hasattr(self.engine, "score_trees_and_feed")  # prompt chunks in tree passes
+        self._batcher = PassBatcher(
+            self._run_pass,
+            self.config.max_batch,
+            self.config.batch_window_ms / 1e3,
+            prefill_chunk=self.config.prefill_chunk,
+            mix=self._feeds_prompts,
+        )
         self._stats_lock = threading.Lock()
+        self._prefill_chunks = 0
+        self._mixed_passes = 0
         self._passes = 0
         self._verify_calls = 0
         self._batch_sizes: collections.Counter[int] = collections.Counter()
@@ -228,9 +242,14 @@ class TargetVerifier:
         head's first tree (``next_tree``).
         """
         self._check_colocated_draft(colocated_draft)
-        return self._model_thread.run(
-            self._prefill, session_id, prompt_tokens, sampling, return_hidden_state, colocated_draft
-        )
+        if not session_id:
+            raise InvalidArgument("session id is empty")
+        tokens = self._check_prompt(prompt_tokens)
+        sampling.validate()
+        job = PrefillJob(session_id, tokens, (sampling, return_hidden_state, colocated_draft))
+        if self._batcher.submit_prefill(job):  # fed in chunks beside verify calls (target_service.batching)
+            self._model_thread.post(self._drain)
+        return job.future.result()
 
     def verify(
         self,
@@ -254,12 +273,6 @@ class TargetVerifier:
             self._model_thread.post(self._drain)  # runs at once when called on the model thread
         # Wait for this call's result, not for a drain: whichever drain takes the call completes it.
         return call.future.result()
-
-    def _drain(self) -> None:
-        """One verify batch on the model thread; calls left queued get the next drain, queued behind
-        whatever else waits for the model thread (prefills), so neither starves the other."""
-        if self._batcher.drain():
-            self._model_thread.enqueue(self._drain)
 
     def beam_verify(
         self,
@@ -319,63 +332,88 @@ class TargetVerifier:
                 verify_calls=self._verify_calls,
                 batch_sizes=dict(self._batch_sizes),
                 evictions=self.sessions.evictions,
+                prefill_chunks=self._prefill_chunks,
+                mixed_passes=self._mixed_passes,
             )
 
-    def _prefill(
-        self,
-        session_id: str,
-        prompt_tokens: Sequence[int],
-        sampling: SamplingParams,
-        return_hidden_state: bool,
-        colocated_draft: ColocatedDraft | None = None,
-    ) -> PrefillResult:
-        if not session_id:
-            raise InvalidArgument("session id is empty")
-        tokens = self._check_prompt(prompt_tokens)
-        sampling.validate()
+    def _start_prefill(self, job: PrefillJob) -> None:
+        """Create the job's session (evicting idle ones for room); it stays busy and locked until
+        the prompt is in. Raises what :meth:`SessionStore.add` raises."""
+        sampling, _, _ = job.options
         session = Session(
-            session_id=session_id,
+            session_id=job.session_id,
             cache=self.engine.new_cache(),
             sampling=sampling,
             generator=make_generator(sampling.seed, self.engine.device),
         )
-        with session.lock:  # held before it is visible: a racing verify waits for the prefill
-            reserve = self._kv_bytes_per_token * len(tokens)  # what the prompt will hold
-            evicted = self.sessions.add(session, reserve)
-            try:
-                start = time.perf_counter()
-                session.pending_token = self.engine.prefill(session.cache, tokens)
-                session.prefix_len = len(tokens) - 1
-                session.tokens = list(tokens)
-                session.kv_bytes = self.engine.kv_bytes(session.cache)
-                compute_s = time.perf_counter() - start
-                if self.config.max_kv_bytes:
-                    evicted += self.sessions.enforce_kv_budget()
-            except BaseException:
-                self.sessions.remove(session)
-                raise
-            finally:
+        session.lock.acquire()  # held before it is visible: a racing verify waits for the prefill
+        try:
+            job.evicted = self.sessions.add(session, self._kv_bytes_per_token * len(job.tokens))
+        except BaseException:
+            session.lock.release()
+            raise
+        job.session = session
+
+    def _abandon_prefill(self, job: PrefillJob, exc: BaseException) -> None:
+        """A failed prompt: its session goes, its caller gets ``exc``."""
+        session = job.session
+        if session is not None:
+            self.sessions.remove(session)
+            self.sessions.finish(session)
+            session.lock.release()
+            job.session = None
+        if not job.future.done():
+            job.future.set_exception(exc)
+
+    def _finish_prefill(self, job: PrefillJob) -> None:
+        """The prompt is in: the session goes live and the caller gets its :class:`PrefillResult`."""
+        session = job.session
+        _, return_hidden_state, colocated_draft = job.options
+        try:
+            session.pending_token = job.tokens[-1]
+            session.prefix_len = len(job.tokens) - 1
+            session.tokens = list(job.tokens)
+            session.kv_bytes = self.engine.kv_bytes(session.cache)
+            if self.config.max_kv_bytes:
+                job.evicted += self.sessions.enforce_kv_budget()
+        except BaseException as exc:
+            self._abandon_prefill(job, exc)
+            return
+        finally:
+            if job.session is not None:
                 self.sessions.finish(session)
+                session.lock.release()
         hidden = b""
         need_rows = return_hidden_state or (colocated_draft is not None and colocated_draft.drafter == "redrafter")
-        rows = self.engine.hidden_rows(session.cache) if need_rows else None
+        rows = self.engine.hidden_rows(session.cache) if need_rows and len(job.tokens) > 1 else None
         if return_hidden_state and rows is not None:
             hidden = hidden_bytes(rows[-1])
         next_tree = None
-        if colocated_draft is not None:
-            hidden_row = None if rows is None else rows[-1]
-            next_tree = self._colocated_tree(session, hidden_row, session.pending_token, colocated_draft)
-        return PrefillResult(session.context_len, compute_s, evicted, hidden, next_tree)
+        try:
+            if colocated_draft is not None:
+                hidden_row = None if rows is None else rows[-1]
+                next_tree = self._colocated_tree(session, hidden_row, session.pending_token, colocated_draft)
+        except BaseException as exc:
+            job.future.set_exception(exc)
+            return
+        job.future.set_result(PrefillResult(session.context_len, job.compute_s, job.evicted, hidden, next_tree))
 
-    def _run_batch(self, calls: list[VerifyCall]) -> None:
-        """One forward pass over the trees of ``calls`` (distinct sessions); completes every future.
+    def _drain(self) -> None:
+        """One pass on the model thread; work left queued gets the next drain, queued behind
+        whatever else waits for the model thread (beam steps), so nothing starves."""
+        if self._batcher.drain():
+            self._model_thread.enqueue(self._drain)
 
-        A call that fails validation fails alone; a failed forward pass fails every call of the
-        batch and leaves each session exactly as it was.
+    def _run_pass(self, work: PassWork) -> None:
+        """One forward pass over the trees of ``work.calls`` (distinct sessions) and its prompt
+        chunks; completes every call and every prompt fed to its end.
+
+        A call that fails validation fails alone; a failed forward pass fails everything in it and
+        leaves each verify session exactly as it was (a prompt's session is dropped).
         """
         with contextlib.ExitStack() as held:
             ready: list[tuple[VerifyCall, Session]] = []
-            for call in calls:
+            for call in work.calls:
                 try:
                     validate_tree(
                         call.tree,
@@ -389,7 +427,19 @@ class TargetVerifier:
                     call.future.set_exception(exc)
                     continue
                 ready.append((call, session))
-            if not ready:
+            chunks: list[tuple[PrefillJob, int]] = []  # new sessions after the checkouts: never evict those
+            for job, n in work.chunks:
+                if job.session is None:
+                    try:
+                        self._start_prefill(job)
+                    except BaseException as exc:
+                        self._abandon_prefill(job, exc)
+                        continue
+                chunks.append((job, n))
+            feeding = [(job, n) for job, n in chunks if n > 0]
+            if not ready and not feeding:
+                for job, _ in chunks:  # one-token prompts: nothing to feed
+                    self._finish_prefill(job)
                 return
             start = time.perf_counter()
             try:
@@ -397,19 +447,32 @@ class TargetVerifier:
                     (s.cache, s.pending_token, torch.tensor(c.tree.parents, dtype=torch.long), c.tree.tokens)
                     for c, s in ready
                 ]
-                all_logits = self.engine.score_trees(items)  # [1 + N_i, V] per call
+                if feeding and self._feeds_prompts:
+                    prompts = [(job.session.cache, job.tokens[job.fed : job.fed + n]) for job, n in feeding]
+                    all_logits = self.engine.score_trees_and_feed(items, prompts)  # type: ignore[attr-defined]
+                elif feeding:  # an engine that feeds prompts alone: the batcher sent one whole prompt
+                    ((job, _),) = feeding
+                    self.engine.prefill(job.session.cache, job.tokens)
+                    all_logits = []
+                else:
+                    all_logits = self.engine.score_trees(items)  # [1 + N_i, V] per call
                 if self.engine.device.type == "cuda":  # kernels run async: count them as compute, not network
                     torch.cuda.synchronize(self.engine.device)
             except BaseException as exc:
                 for call, session in ready:
                     self.engine.truncate(session.cache, session.prefix_len)  # leave each session as it was
                     call.future.set_exception(exc)
+                for job, _ in chunks:
+                    self._abandon_prefill(job, exc)
                 return
             compute_s = time.perf_counter() - start
             with self._stats_lock:
-                self._passes += 1
-                self._verify_calls += len(ready)
-                self._batch_sizes[len(ready)] += 1
+                self._prefill_chunks += len(feeding)
+                if ready:
+                    self._passes += 1
+                    self._verify_calls += len(ready)
+                    self._batch_sizes[len(ready)] += 1
+                    self._mixed_passes += bool(feeding)
             results: list[tuple[VerifyCall, VerifyResult]] = []
             for (call, session), logits in zip(ready, all_logits, strict=True):
                 try:
@@ -417,6 +480,11 @@ class TargetVerifier:
                 except BaseException as exc:
                     self.engine.truncate(session.cache, session.prefix_len)
                     call.future.set_exception(exc)
+        for job, n in chunks:
+            job.fed += n
+            job.compute_s += compute_s
+            if job.remaining == 0:
+                self._finish_prefill(job)
         # The batch's sessions are idle again: now idle sessions may go if KV memory is over budget.
         if self.config.max_kv_bytes:
             self.sessions.enforce_kv_budget()

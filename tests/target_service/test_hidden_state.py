@@ -33,11 +33,8 @@ def close_fp16(got: bytes, want: torch.Tensor) -> None:
 def test_prefill_and_verify_return_the_state_before_the_pending_token(
     make_verifier: MakeVerifier, target64: LoadedModel, engine: str
 ) -> None:
-    verifier = make_verifier()
-    if engine == "hf":
-        from target_service.engine import TreeEngine
-
-        verifier.engine = TreeEngine(target64.model)
+    verifier = make_verifier(engine=engine)  # type: ignore[arg-type]
+    assert verifier.engine.kind == engine
     prompt = [11, 22, 33, 44, 55]
     result = verifier.prefill("s", prompt, GREEDY, return_hidden_state=True)
     close_fp16(result.hidden_state, hf_hidden(target64.model, prompt[:-1]))  # its output is the pending token

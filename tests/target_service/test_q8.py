@@ -198,3 +198,39 @@ def test_a_batched_pass_gives_each_session_its_solo_bits(q4_target: LoadedModel,
     for item, logits in zip(fresh(), together, strict=True):
         alone = engine.score_trees([item])[0]  # type: ignore[list-item]
         assert torch.equal(alone, logits)
+
+
+@pytest.mark.parametrize("fmt", ["q8", "q8a8"])
+def test_a_prompt_fed_in_chunks_beside_trees_gives_its_whole_prefill_bits(q4_target: LoadedModel, fmt: str) -> None:
+    """Chunked prefill (target_service.batching): a prompt fed 7 tokens a pass, each pass shared
+    with another session's tree, leaves exactly the KV cache, hidden row and next logits that one
+    prefill pass of its own leaves."""
+    import random
+
+    engine = NativeEngine(q4_target.model, fmt)
+    rng = random.Random(13)
+    vocab = engine.vocab_size
+    prompt = [rng.randrange(vocab) for _ in range(31)]
+    whole = engine.new_cache()
+    pending = engine.prefill(whole, prompt)
+    other = engine.new_cache()
+    other_pending = engine.prefill(other, [rng.randrange(vocab) for _ in range(12)])
+    chunked = engine.new_cache()
+    for lo in range(0, len(prompt) - 1, 7):
+        tree = random_tree(rng, vocab, max_nodes=5)
+        out = engine.score_trees_and_feed(
+            [(other, other_pending, torch.tensor(tree.parents), tree.tokens)],
+            [(chunked, prompt[lo : lo + 7][: len(prompt) - 1 - lo])],
+        )
+        assert len(out) == 1 and out[0].shape[0] == 1 + tree.size  # logits for the tree only
+        engine.truncate(other, engine.cache_len(other) - 1 - tree.size)
+    assert engine.cache_len(chunked) == engine.cache_len(whole) == len(prompt) - 1
+    n = engine.cache_len(whole)
+    assert torch.equal(chunked.data[:, :, :, :n], whole.data[:, :, :, :n])
+    assert torch.equal(engine.hidden_rows(chunked), engine.hidden_rows(whole))
+    tree = random_tree(rng, vocab, max_nodes=6)
+    parents = torch.tensor(tree.parents)
+    assert torch.equal(
+        engine.score_tree(chunked, pending, parents, tree.tokens),
+        engine.score_tree(whole, pending, parents, tree.tokens),
+    )
