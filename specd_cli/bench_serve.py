@@ -36,7 +36,10 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--requests", type=int, default=32, help="requests per run (prompts reused round-robin)")
     p.add_argument("--concurrency", default="1,4,16", help="comma-separated numbers of concurrent clients")
     p.add_argument("--max-batch", default="1,16", help="comma-separated target --max-batch values (1 = no batching)")
-    p.add_argument("--batch-window-ms", type=float, default=2.0, help="target --batch-window-ms")
+    p.add_argument("--batch-window-ms", type=float, default=10.0, help="target --batch-window-ms")
+    p.add_argument(
+        "--prefill-chunk", default="128", help="comma-separated target --prefill-chunk values (0 = whole prompts)"
+    )
     p.add_argument("--drafters", default="1,2", help="comma-separated numbers of draft replicas")
     p.add_argument("--method", default="pld", help="vanilla | pld | sps | ouroboros")
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -53,10 +56,11 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> None:
 class ServeConfig:
     max_batch: int
     drafters: int
+    prefill_chunk: int = 128
 
     @property
     def label(self) -> str:
-        return f"max_batch={self.max_batch}, drafters={self.drafters}"
+        return f"max_batch={self.max_batch}, drafters={self.drafters}, prefill_chunk={self.prefill_chunk}"
 
 
 @dataclass
@@ -83,15 +87,16 @@ class RunResult:
     itl_p50_s: float
     itl_p99_s: float
     error_messages: tuple[str, ...] = ()
+    prefill_chunk: int = 128
 
 
-def _ints(text: str, flag: str) -> list[int]:
+def _ints(text: str, flag: str, minimum: int = 1) -> list[int]:
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise SystemExit(f"specd bench-serve: {flag} takes comma-separated integers, got {text!r}") from None
-    if not values or min(values) < 1:
-        raise SystemExit(f"specd bench-serve: {flag} needs integers >= 1, got {text!r}")
+    if not values or min(values) < minimum:
+        raise SystemExit(f"specd bench-serve: {flag} needs integers >= {minimum}, got {text!r}")
     return values
 
 
@@ -190,6 +195,7 @@ def run_clients(
         itl_p50_s=percentile(itls, 50),
         itl_p99_s=percentile(itls, 99),
         error_messages=tuple(sorted({r.error for r in records if r.error})),
+        prefill_chunk=cfg.prefill_chunk,
     )
     return result, records
 
@@ -203,7 +209,10 @@ def run_bench_serve(args: argparse.Namespace) -> int:
 
     concurrency = _ints(args.concurrency, "--concurrency")
     configs = [
-        ServeConfig(mb, d) for mb in _ints(args.max_batch, "--max-batch") for d in _ints(args.drafters, "--drafters")
+        ServeConfig(mb, d, pc)
+        for mb in _ints(args.max_batch, "--max-batch")
+        for d in _ints(args.drafters, "--drafters")
+        for pc in _ints(args.prefill_chunk, "--prefill-chunk", minimum=0)
     ]
     if args.requests < 1:
         raise SystemExit("specd bench-serve: --requests must be >= 1")
@@ -216,6 +225,7 @@ def run_bench_serve(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(configs) * len(concurrency) * len(prompts), desc="bench-serve", unit="req", file=sys.stderr)
     for cfg in configs:
         extra = ["--max-batch", str(cfg.max_batch), "--batch-window-ms", repr(args.batch_window_ms)]
+        extra += ["--prefill-chunk", str(cfg.prefill_chunk)]
         extra += ["--dtype", args.dtype] if args.dtype else []
         extra += ["--weight-format", args.weight_format] if args.weight_format else []
         stack = start_process_stack(
@@ -225,7 +235,7 @@ def run_bench_serve(args: argparse.Namespace) -> int:
             target_port=free_port(),
             draft_port=free_port(),
             device=args.device,
-            log_dir=args.out / "logs" / f"batch{cfg.max_batch}-drafters{cfg.drafters}",
+            log_dir=args.out / "logs" / f"batch{cfg.max_batch}-drafters{cfg.drafters}-chunk{cfg.prefill_chunk}",
             extra_target_args=extra,
             drafters=cfg.drafters,
             extra_orchestrator_args=["--max-new-tokens", str(max(args.max_new_tokens, 1))],
@@ -283,11 +293,12 @@ def _ms(seconds: float) -> str:
 
 def render_table(summary: dict[str, Any]) -> str:
     head = (
-        "| max_batch | drafters | C | requests | errors | tokens | wall s | tokens/s | TTFT p50 ms | TTFT p99 ms "
-        "| ITL p50 ms | ITL p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| max_batch | drafters | prefill_chunk | C | requests | errors | tokens | wall s | tokens/s | TTFT p50 ms "
+        "| TTFT p99 ms | ITL p50 ms | ITL p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     )
     rows = [
-        f"| {r['max_batch']} | {r['drafters']} | {r['concurrency']} | {r['requests']} | {r['errors']} | {r['tokens']} "
+        f"| {r['max_batch']} | {r['drafters']} | {r.get('prefill_chunk', '-')} | {r['concurrency']} | {r['requests']} "
+        f"| {r['errors']} | {r['tokens']} "
         f"| {r['wall_s']:.2f} | {r['throughput_tok_s']:.1f} | {_ms(r['ttft_p50_s'])} | {_ms(r['ttft_p99_s'])} "
         f"| {_ms(r['itl_p50_s'])} | {_ms(r['itl_p99_s'])} |"
         for r in summary["runs"]
@@ -311,7 +322,8 @@ def _plot(path: Path, summary: dict[str, Any]) -> None:
 
     lines: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for r in summary["runs"]:
-        lines[f"max_batch={r['max_batch']}, drafters={r['drafters']}"].append((r["concurrency"], r["throughput_tok_s"]))
+        label = f"max_batch={r['max_batch']}, drafters={r['drafters']}, prefill_chunk={r.get('prefill_chunk', '-')}"
+        lines[label].append((r["concurrency"], r["throughput_tok_s"]))
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, points in lines.items():
         points.sort()

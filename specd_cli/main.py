@@ -46,6 +46,13 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
         default=10.0,
         help="longest wait for recently active sessions to join a verify batch",
     )
+    p.add_argument(
+        "--prefill-chunk",
+        type=int,
+        default=128,
+        help="prompt tokens fed per forward pass, beside the verify calls of other sessions (0 = a whole "
+        "prompt per pass)",
+    )
     p.add_argument("--engine", default="auto", help="target engine: auto | native (specd's Llama-family) | hf")
     p.add_argument(
         "--weight-format",
@@ -144,6 +151,7 @@ def _target_config(args: argparse.Namespace) -> Any:
         max_kv_bytes=args.max_kv_mb * 2**20,
         max_batch=args.max_batch,
         batch_window_ms=args.batch_window_ms,
+        prefill_chunk=args.prefill_chunk,
         engine=args.engine,
         weight_format=args.weight_format,
         cuda_graphs=args.cuda_graphs,
@@ -377,6 +385,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         str(args.max_batch),
         "--batch-window-ms",
         str(args.batch_window_ms),
+        "--prefill-chunk",
+        str(args.prefill_chunk),
         "--engine",
         args.engine,
         *(["--weight-format", args.weight_format] if args.weight_format else []),

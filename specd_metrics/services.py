@@ -251,7 +251,8 @@ class TargetMetrics:
 
 class TargetStatsSource(Protocol):
     """What the target collector reads: ``TargetVerifier.stats()``, a ``TargetStats`` snapshot
-    (active_sessions, kv_bytes, forward_passes, verify_calls, batch_sizes, evictions)."""
+    (active_sessions, kv_bytes, forward_passes, verify_calls, batch_sizes, evictions, prefill_chunks,
+    mixed_passes)."""
 
     def stats(self) -> Any: ...
 
@@ -272,6 +273,12 @@ class _TargetCollector(Collector):
             p + "target_verify_served", "Verify calls served by those passes", value=st.verify_calls
         )
         yield CounterMetricFamily(p + "target_evictions", "Sessions evicted (LRU, caps)", value=st.evictions)
+        yield CounterMetricFamily(
+            p + "target_prefill_chunks", "Prompt chunks fed (k passes for one prompt count k)", value=st.prefill_chunks
+        )
+        yield CounterMetricFamily(
+            p + "target_mixed_passes", "Verify passes that also fed a prompt chunk", value=st.mixed_passes
+        )
         yield histogram_family(p + "target_batch_size", "Verify calls per forward pass", st.batch_sizes, SIZE_BUCKETS)
 
 

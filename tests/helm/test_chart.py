@@ -37,6 +37,9 @@ GPU: dict[str, Any] = {
         "dtype": "bfloat16",
         "maxSessions": 16,
         "maxContext": 8192,
+        "maxBatch": 32,
+        "batchWindowMs": 2.5,
+        "prefillChunk": 512,
         "gpu": {"enabled": True, "count": 2},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         "nodeSelector": {"gpu": "h100"},
@@ -232,6 +235,7 @@ def test_default_target_args():
     ns = parse_with_cli("target", args_of(render({}), "target"))
     assert (ns.target, ns.device, ns.dtype) == ("smollm2", None, None)
     assert (ns.max_sessions, ns.max_tree_nodes, ns.max_context, ns.port) == (64, 64, 2048, 50052)
+    assert (ns.max_batch, ns.batch_window_ms, ns.prefill_chunk) == (16, 10.0, 128)  # the CLI's own defaults
     assert ns.tls_cert is None and ns.tls_key is None and ns.tls_client_ca is None
 
 
@@ -371,6 +375,7 @@ def test_gpu_requests_and_model_flags():
         16,
         8192,
     )
+    assert (ns.max_batch, ns.batch_window_ms, ns.prefill_chunk) == (32, 2.5, 512)
     draft = container(rendered.get("Deployment", "draft"))
     assert draft["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert flag(args_of(rendered, "draft"), "--draft-model") == "/models/llama-1b"
@@ -515,6 +520,7 @@ def test_orchestrator_alone_against_an_external_target():
         ({"draftService": {"autoscaling": {"maxReplicas": 0}}}, "/draftService/autoscaling/maxReplicas"),
         ({"orchestrator": {"draftAddress": "k8s:missing-port"}}, "/orchestrator/draftAddress"),
         ({"orchestrator": {"pldPlacement": "gpu"}}, "/orchestrator/pldPlacement"),
+        ({"targetService": {"prefillChunk": -1}}, "/targetService/prefillChunk"),
     ],
     ids=[
         "string-replicas",
@@ -527,6 +533,7 @@ def test_orchestrator_alone_against_an_external_target():
         "zero-max-replicas",
         "bad-draft-address",
         "bad-placement",
+        "negative-prefill-chunk",
     ],
 )
 def test_schema_rejects_bad_values(values, message):

@@ -19,18 +19,24 @@ def test_bench_serve_tiny_pair(tiny_target, tmp_path):
     prompts.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     cmd = [sys.executable, "-m", "specd_cli.main", "bench-serve", "--target", str(tiny_target), "--device", "cpu"]
     cmd += ["--prompts", str(prompts), "--requests", "3", "--concurrency", "1,2", "--max-batch", "4"]
-    cmd += ["--drafters", "1", "--method", "pld", "--max-new-tokens", "12", "--out", str(out)]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=180, check=False)
+    cmd += ["--drafters", "1", "--method", "pld", "--max-new-tokens", "12", "--prefill-chunk", "0,4", "--out", str(out)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stdout + done.stderr[-3000:]
     summary = json.loads((out / "results.json").read_text())
     assert summary["errors"] == 0 and summary["identical_outputs"] and summary["mismatches"] == []
     runs = summary["runs"]
-    assert [(r["max_batch"], r["drafters"], r["concurrency"]) for r in runs] == [(4, 1, 1), (4, 1, 2)]
+    # whole prompts, then prompts fed 4 tokens a pass: the same greedy tokens (identical_outputs above)
+    assert [(r["max_batch"], r["drafters"], r["prefill_chunk"], r["concurrency"]) for r in runs] == [
+        (4, 1, 0, 1),
+        (4, 1, 0, 2),
+        (4, 1, 4, 1),
+        (4, 1, 4, 2),
+    ]
     for r in runs:
         assert r["requests"] == 3 and r["errors"] == 0 and r["error_messages"] == []
         assert r["tokens"] == 3 * 12  # random tiny weights: no EOS this early
         assert r["throughput_tok_s"] > 0 and r["wall_s"] > 0
         assert 0 < r["ttft_p50_s"] <= r["ttft_p99_s"]
         assert 0 < r["itl_p50_s"] <= r["itl_p99_s"]
-    assert "| 4 | 1 | 2 | 3 | 0 | 36 |" in (out / "results.md").read_text()
+    assert "| 4 | 1 | 4 | 2 | 3 | 0 | 36 |" in (out / "results.md").read_text()
     assert (out / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -122,6 +122,8 @@ def test_target_counts_calls_passes_sessions_and_kv(observed):
     assert total(m, "specd:target_batch_size_sum") == steps
     assert total(m, "specd:target_call_seconds_count", call="verify") == steps
     assert total(m, "specd:target_verified_draft_tokens_total") == sum(s.draft_tokens for s in stats)
+    assert total(m, "specd:target_prefill_chunks_total") >= 4  # each of the 4 prompts in one chunk at least
+    assert 0 <= total(m, "specd:target_mixed_passes_total") <= passes
 
 
 def test_draft_counts_proposals_and_phrase_store(observed):
