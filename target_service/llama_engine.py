@@ -301,6 +301,25 @@ class NativeEngine:
             self.static.leave_slot(cache)
         cache.data = data
 
+    def kv_rows(self, cache: KVCache, lo: int, hi: int) -> torch.Tensor:
+        """A copy of the keys and values of positions ``lo..hi-1``: ``[L, 2, Hkv, hi - lo, D]``."""
+        if not 0 <= lo <= hi <= cache.length:
+            raise ValueError(f"rows {lo}..{hi} outside the {cache.length} cached positions")
+        with torch.inference_mode():
+            return cache.data[:, :, :, lo:hi].clone()
+
+    def append_kv_rows(self, cache: KVCache, blocks: Sequence[torch.Tensor]) -> None:
+        """Append positions given as ``[L, 2, Hkv, n, D]`` blocks (from :meth:`kv_rows`) to ``cache``."""
+        n = sum(int(b.shape[3]) for b in blocks)
+        self._reserve(cache, cache.length + n)
+        with torch.inference_mode():
+            at = cache.length
+            for b in blocks:
+                cache.data[:, :, :, at : at + b.shape[3]] = b
+                at += int(b.shape[3])
+        cache.length += n
+        cache.hidden = None
+
     @staticmethod
     def cache_len(cache: KVCache) -> int:
         return cache.length

@@ -48,7 +48,10 @@ from specd_kernels.linear import WEIGHT_FORMATS, logits_kernel
 from target_service.batching import PassBatcher, PassWork, PrefillJob, VerifyCall
 from target_service.beam_step import beam_step
 from target_service.engine import CUDA_GRAPH_MODES, ENGINE_KINDS, build_engine
+from target_service.prefix_cache import PrefixCache
 from target_service.sessions import Session, SessionStore
+
+PREFIX_BLOCK = 8  # prompt tokens per prefix-cache block (SmolLM2's chat template's system prompt: 3 blocks)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class TargetConfig:
     max_batch: int = 16  # verify calls of different sessions scored in one forward pass (1 = no batching)
     batch_window_ms: float = 10.0  # longest wait for recently active sessions to join a batch
     prefill_chunk: int = 128  # prompt tokens fed per pass, beside verify calls (0 = a whole prompt per pass)
+    prefix_cache_mb: int = 64  # KV of prompt prefixes kept for the next prompts that start alike (0 = off)
     engine: str = "auto"  # "native" (specd's Llama-family forward), "hf" (transformers), "auto"
     weight_format: str | None = None  # native engine: "dense", "packed" (MKL-prepacked fp32), None/"auto"
     cuda_graphs: str = "auto"  # native engine: "on"/"auto" replay one-session passes as CUDA graphs on CUDA
@@ -83,6 +87,8 @@ class TargetConfig:
                 raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
         if not isinstance(self.max_kv_bytes, int) or self.max_kv_bytes < 0:
             raise InvalidArgument(f"max_kv_bytes must be a non-negative integer, got {self.max_kv_bytes!r}")
+        if not isinstance(self.prefix_cache_mb, int) or self.prefix_cache_mb < 0:
+            raise InvalidArgument(f"prefix_cache_mb must be a non-negative integer, got {self.prefix_cache_mb!r}")
         if not isinstance(self.prefill_chunk, int) or self.prefill_chunk < 0:
             raise InvalidArgument(f"prefill_chunk must be a non-negative integer, got {self.prefill_chunk!r}")
         if not isinstance(self.batch_window_ms, int | float) or not 0 <= self.batch_window_ms <= 1000:
@@ -112,6 +118,8 @@ class TargetStats:
     evictions: int
     prefill_chunks: int = 0  # prompt chunks fed (a prompt fed in k passes counts k)
     mixed_passes: int = 0  # verify passes that also fed a prompt chunk
+    prefix_cache_tokens: int = 0  # prompt tokens whose KV came from the prefix cache, not a pass
+    prefix_cache_bytes: int = 0  # KV memory the prefix cache holds
 
 
 class TargetVerifier:
@@ -131,6 +139,9 @@ class TargetVerifier:
         self._hidden_size = int(loaded.model.config.get_text_config().hidden_size)
         self._model_thread = model_thread()
         self._feeds_prompts = hasattr(self.engine, "score_trees_and_feed")  # prompt chunks in tree passes
+        self._prefix: PrefixCache | None = None  # engines that can copy KV rows out and back
+        if self.config.prefix_cache_mb and hasattr(self.engine, "kv_rows"):
+            self._prefix = PrefixCache(PREFIX_BLOCK, self.config.prefix_cache_mb * 2**20)
         self._batcher = PassBatcher(
             self._run_pass,
             self.config.max_batch,
@@ -334,6 +345,8 @@ class TargetVerifier:
                 evictions=self.sessions.evictions,
                 prefill_chunks=self._prefill_chunks,
                 mixed_passes=self._mixed_passes,
+                prefix_cache_tokens=self._prefix.hit_tokens if self._prefix else 0,
+                prefix_cache_bytes=self._prefix.bytes if self._prefix else 0,
             )
 
     def _start_prefill(self, job: PrefillJob) -> None:
@@ -353,6 +366,11 @@ class TargetVerifier:
             session.lock.release()
             raise
         job.session = session
+        if self._prefix is not None:  # leave one row to compute: its state is the prefill's hidden row
+            blocks = self._prefix.lookup(job.tokens, len(job.tokens) - 2)
+            if blocks:
+                self.engine.append_kv_rows(session.cache, [b.data for b in blocks])  # type: ignore[attr-defined]
+                job.fed = len(blocks) * self._prefix.block
 
     def _abandon_prefill(self, job: PrefillJob, exc: BaseException) -> None:
         """A failed prompt: its session goes, its caller gets ``exc``."""
@@ -370,6 +388,9 @@ class TargetVerifier:
         session = job.session
         _, return_hidden_state, colocated_draft = job.options
         try:
+            if self._prefix is not None and len(job.tokens) > 1:
+                cache, engine = session.cache, self.engine
+                self._prefix.insert(job.tokens[:-1], lambda lo, hi: engine.kv_rows(cache, lo, hi))  # type: ignore[attr-defined]
             session.pending_token = job.tokens[-1]
             session.prefix_len = len(job.tokens) - 1
             session.tokens = list(job.tokens)
@@ -435,7 +456,7 @@ class TargetVerifier:
                     except BaseException as exc:
                         self._abandon_prefill(job, exc)
                         continue
-                chunks.append((job, n))
+                chunks.append((job, min(n, job.remaining)))  # the prefix cache may have fed some already
             feeding = [(job, n) for job, n in chunks if n > 0]
             if not ready and not feeding:
                 for job, _ in chunks:  # one-token prompts: nothing to feed
