@@ -40,6 +40,7 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--prefill-chunk", default="128", help="comma-separated target --prefill-chunk values (0 = whole prompts)"
     )
+    p.add_argument("--prefix-cache-mb", default="64", help="comma-separated target --prefix-cache-mb values (0 = off)")
     p.add_argument("--drafters", default="1,2", help="comma-separated numbers of draft replicas")
     p.add_argument("--method", default="pld", help="vanilla | pld | sps | ouroboros")
     p.add_argument("--max-new-tokens", type=int, default=128)
@@ -57,10 +58,14 @@ class ServeConfig:
     max_batch: int
     drafters: int
     prefill_chunk: int = 128
+    prefix_cache_mb: int = 64
 
     @property
     def label(self) -> str:
-        return f"max_batch={self.max_batch}, drafters={self.drafters}, prefill_chunk={self.prefill_chunk}"
+        return (
+            f"max_batch={self.max_batch}, drafters={self.drafters}, prefill_chunk={self.prefill_chunk}, "
+            f"prefix_cache_mb={self.prefix_cache_mb}"
+        )
 
 
 @dataclass
@@ -88,6 +93,7 @@ class RunResult:
     itl_p99_s: float
     error_messages: tuple[str, ...] = ()
     prefill_chunk: int = 128
+    prefix_cache_mb: int = 64
 
 
 def _ints(text: str, flag: str, minimum: int = 1) -> list[int]:
@@ -196,6 +202,7 @@ def run_clients(
         itl_p99_s=percentile(itls, 99),
         error_messages=tuple(sorted({r.error for r in records if r.error})),
         prefill_chunk=cfg.prefill_chunk,
+        prefix_cache_mb=cfg.prefix_cache_mb,
     )
     return result, records
 
@@ -209,10 +216,11 @@ def run_bench_serve(args: argparse.Namespace) -> int:
 
     concurrency = _ints(args.concurrency, "--concurrency")
     configs = [
-        ServeConfig(mb, d, pc)
+        ServeConfig(mb, d, pc, pm)
         for mb in _ints(args.max_batch, "--max-batch")
         for d in _ints(args.drafters, "--drafters")
         for pc in _ints(args.prefill_chunk, "--prefill-chunk", minimum=0)
+        for pm in _ints(args.prefix_cache_mb, "--prefix-cache-mb", minimum=0)
     ]
     if args.requests < 1:
         raise SystemExit("specd bench-serve: --requests must be >= 1")
@@ -225,7 +233,7 @@ def run_bench_serve(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(configs) * len(concurrency) * len(prompts), desc="bench-serve", unit="req", file=sys.stderr)
     for cfg in configs:
         extra = ["--max-batch", str(cfg.max_batch), "--batch-window-ms", repr(args.batch_window_ms)]
-        extra += ["--prefill-chunk", str(cfg.prefill_chunk)]
+        extra += ["--prefill-chunk", str(cfg.prefill_chunk), "--prefix-cache-mb", str(cfg.prefix_cache_mb)]
         extra += ["--dtype", args.dtype] if args.dtype else []
         extra += ["--weight-format", args.weight_format] if args.weight_format else []
         stack = start_process_stack(
@@ -235,7 +243,9 @@ def run_bench_serve(args: argparse.Namespace) -> int:
             target_port=free_port(),
             draft_port=free_port(),
             device=args.device,
-            log_dir=args.out / "logs" / f"batch{cfg.max_batch}-drafters{cfg.drafters}-chunk{cfg.prefill_chunk}",
+            log_dir=args.out
+            / "logs"
+            / f"batch{cfg.max_batch}-drafters{cfg.drafters}-chunk{cfg.prefill_chunk}-prefix{cfg.prefix_cache_mb}",
             extra_target_args=extra,
             drafters=cfg.drafters,
             extra_orchestrator_args=["--max-new-tokens", str(max(args.max_new_tokens, 1))],
@@ -293,11 +303,12 @@ def _ms(seconds: float) -> str:
 
 def render_table(summary: dict[str, Any]) -> str:
     head = (
-        "| max_batch | drafters | prefill_chunk | C | requests | errors | tokens | wall s | tokens/s | TTFT p50 ms "
-        "| TTFT p99 ms | ITL p50 ms | ITL p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| max_batch | drafters | prefill_chunk | prefix_cache_mb | C | requests | errors | tokens | wall s | tokens/s "
+        "| TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |\n" + "|---" * 14 + "|"
     )
     rows = [
-        f"| {r['max_batch']} | {r['drafters']} | {r.get('prefill_chunk', '-')} | {r['concurrency']} | {r['requests']} "
+        f"| {r['max_batch']} | {r['drafters']} | {r.get('prefill_chunk', '-')} | {r.get('prefix_cache_mb', '-')} "
+        f"| {r['concurrency']} | {r['requests']} "
         f"| {r['errors']} | {r['tokens']} "
         f"| {r['wall_s']:.2f} | {r['throughput_tok_s']:.1f} | {_ms(r['ttft_p50_s'])} | {_ms(r['ttft_p99_s'])} "
         f"| {_ms(r['itl_p50_s'])} | {_ms(r['itl_p99_s'])} |"
@@ -322,7 +333,10 @@ def _plot(path: Path, summary: dict[str, Any]) -> None:
 
     lines: dict[str, list[tuple[int, float]]] = defaultdict(list)
     for r in summary["runs"]:
-        label = f"max_batch={r['max_batch']}, drafters={r['drafters']}, prefill_chunk={r.get('prefill_chunk', '-')}"
+        label = (
+            f"max_batch={r['max_batch']}, drafters={r['drafters']}, prefill_chunk={r.get('prefill_chunk', '-')}, "
+            f"prefix_cache_mb={r.get('prefix_cache_mb', '-')}"
+        )
         lines[label].append((r["concurrency"], r["throughput_tok_s"]))
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, points in lines.items():

@@ -53,6 +53,13 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
         help="prompt tokens fed per forward pass, beside the verify calls of other sessions (0 = a whole "
         "prompt per pass)",
     )
+    p.add_argument(
+        "--prefix-cache-mb",
+        type=int,
+        default=64,
+        help="MiB of keys/values of prompt prefixes kept for later prompts that start the same way (a "
+        "system prompt, earlier turns); 0 = off",
+    )
     p.add_argument("--engine", default="auto", help="target engine: auto | native (specd's Llama-family) | hf")
     p.add_argument(
         "--weight-format",
@@ -152,6 +159,7 @@ def _target_config(args: argparse.Namespace) -> Any:
         max_batch=args.max_batch,
         batch_window_ms=args.batch_window_ms,
         prefill_chunk=args.prefill_chunk,
+        prefix_cache_mb=args.prefix_cache_mb,
         engine=args.engine,
         weight_format=args.weight_format,
         cuda_graphs=args.cuda_graphs,
@@ -387,6 +395,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         str(args.batch_window_ms),
         "--prefill-chunk",
         str(args.prefill_chunk),
+        "--prefix-cache-mb",
+        str(args.prefix_cache_mb),
         "--engine",
         args.engine,
         *(["--weight-format", args.weight_format] if args.weight_format else []),

@@ -279,6 +279,13 @@ class _TargetCollector(Collector):
         yield CounterMetricFamily(
             p + "target_mixed_passes", "Verify passes that also fed a prompt chunk", value=st.mixed_passes
         )
+        yield CounterMetricFamily(
+            p + "target_prefix_cache_tokens", "Prompt tokens whose KV came from the prefix cache",
+            value=st.prefix_cache_tokens,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            p + "target_prefix_cache_bytes", "KV memory the prefix cache holds", value=st.prefix_cache_bytes
+        )
         yield histogram_family(p + "target_batch_size", "Verify calls per forward pass", st.batch_sizes, SIZE_BUCKETS)
 
 

@@ -40,6 +40,7 @@ GPU: dict[str, Any] = {
         "maxBatch": 32,
         "batchWindowMs": 2.5,
         "prefillChunk": 512,
+        "prefixCacheMb": 4096,
         "gpu": {"enabled": True, "count": 2},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         "nodeSelector": {"gpu": "h100"},
@@ -235,7 +236,7 @@ def test_default_target_args():
     ns = parse_with_cli("target", args_of(render({}), "target"))
     assert (ns.target, ns.device, ns.dtype) == ("smollm2", None, None)
     assert (ns.max_sessions, ns.max_tree_nodes, ns.max_context, ns.port) == (64, 64, 2048, 50052)
-    assert (ns.max_batch, ns.batch_window_ms, ns.prefill_chunk) == (16, 10.0, 128)  # the CLI's own defaults
+    assert (ns.max_batch, ns.batch_window_ms, ns.prefill_chunk, ns.prefix_cache_mb) == (16, 10.0, 128, 64)
     assert ns.tls_cert is None and ns.tls_key is None and ns.tls_client_ca is None
 
 
@@ -375,7 +376,7 @@ def test_gpu_requests_and_model_flags():
         16,
         8192,
     )
-    assert (ns.max_batch, ns.batch_window_ms, ns.prefill_chunk) == (32, 2.5, 512)
+    assert (ns.max_batch, ns.batch_window_ms, ns.prefill_chunk, ns.prefix_cache_mb) == (32, 2.5, 512, 4096)
     draft = container(rendered.get("Deployment", "draft"))
     assert draft["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert flag(args_of(rendered, "draft"), "--draft-model") == "/models/llama-1b"

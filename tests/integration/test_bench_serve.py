@@ -38,5 +38,5 @@ def test_bench_serve_tiny_pair(tiny_target, tmp_path):
         assert r["throughput_tok_s"] > 0 and r["wall_s"] > 0
         assert 0 < r["ttft_p50_s"] <= r["ttft_p99_s"]
         assert 0 < r["itl_p50_s"] <= r["itl_p99_s"]
-    assert "| 4 | 1 | 4 | 2 | 3 | 0 | 36 |" in (out / "results.md").read_text()
+    assert "| 4 | 1 | 4 | 64 | 2 | 3 | 0 | 36 |" in (out / "results.md").read_text()
     assert (out / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
