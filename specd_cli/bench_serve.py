@@ -5,8 +5,10 @@ start as processes on loopback (:func:`specd_cli.stack.start_process_stack`); af
 request, ``--requests R`` prompts (Spec-Bench, categories round-robin) are streamed by C client
 threads, each with its own SDK channel, for every C in ``--concurrency``. Per run it reports
 throughput (generated tokens / wall time of the run), time to first token and inter-token
-latency (p50, p99), and errors; it checks that every greedy output (token ids per prompt) is the
-same in every run. Writes ``results.json``, ``results.md`` and ``throughput.png`` under ``--out``.
+latency (p50, p99), errors, and the cores each side kept busy (CPU seconds of the target, the
+drafters, the orchestrator and the client threads over the run's wall time, from ``/proc``); it
+checks that every greedy output (token ids per prompt) is the same in every run. Writes
+``results.json``, ``results.md`` and ``throughput.png`` under ``--out``.
 
 Inter-token latency: the gap between two streamed chunks divided by the tokens the later one
 carries, one sample per token (a speculative step delivers several tokens at once).
@@ -23,6 +25,7 @@ import sys
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -94,6 +97,7 @@ class RunResult:
     error_messages: tuple[str, ...] = ()
     prefill_chunk: int = 128
     prefix_cache_mb: int = 64
+    cpu_s: dict[str, float] = field(default_factory=dict)  # target, drafters, orchestrator, clients: CPU s in the run
 
 
 def _ints(text: str, flag: str, minimum: int = 1) -> list[int]:
@@ -158,10 +162,17 @@ def _stream_one(client: Any, record: RequestRecord, prompt: str, args: argparse.
 
 
 def run_clients(
-    address: str, prompts: list[str], cfg: ServeConfig, concurrency: int, args: argparse.Namespace, bar: Any
+    address: str,
+    prompts: list[str],
+    cfg: ServeConfig,
+    concurrency: int,
+    args: argparse.Namespace,
+    bar: Any,
+    service_cpu: Callable[[], dict[str, float]] | None = None,
 ) -> tuple[RunResult, list[RequestRecord]]:
     """Stream ``len(prompts)`` requests from ``concurrency`` client threads: the run's row and
-    every request's record."""
+    every request's record. ``service_cpu``: CPU seconds so far per service process (the row
+    then says how the run's CPU time split between the services and the clients)."""
     from specd_client import SpecdClient
 
     records = [RequestRecord(i) for i in range(len(prompts))]
@@ -178,11 +189,15 @@ def run_clients(
                 _stream_one(client, record, prompts[record.index], args)
                 bar.update(1)
 
+    cpu0 = service_cpu() if service_cpu else {}
+    clients0 = time.process_time()
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         for future in [pool.submit(worker) for _ in range(concurrency)]:
             future.result()
     wall = time.perf_counter() - start
+    cpu_s = _cpu_split(cpu0, service_cpu() if service_cpu else {})
+    cpu_s["clients"] = time.process_time() - clients0
     ok = [r for r in records if r.error is None]
     tokens = sum(len(r.tokens) for r in ok)
     ttfts = [r.ttft_s for r in ok if r.ttft_s is not None]
@@ -203,8 +218,18 @@ def run_clients(
         error_messages=tuple(sorted({r.error for r in records if r.error})),
         prefill_chunk=cfg.prefill_chunk,
         prefix_cache_mb=cfg.prefix_cache_mb,
+        cpu_s=cpu_s,
     )
     return result, records
+
+
+def _cpu_split(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds per service over a run, the draft replicas summed as ``drafters``."""
+    split: dict[str, float] = {}
+    for name, seconds in after.items():
+        group = "drafters" if name.startswith("draft") else name
+        split[group] = split.get(group, 0.0) + seconds - before.get(name, 0.0)
+    return split
 
 
 def run_bench_serve(args: argparse.Namespace) -> int:
@@ -256,7 +281,7 @@ def run_bench_serve(args: argparse.Namespace) -> int:
                 _stream_one(client, warm, prompts[0], args)  # loads kernels, fills caches: not measured
             for c in concurrency:
                 bar.set_postfix_str(f"{cfg.label}, C={c}")
-                row, records = run_clients(stack.address, prompts, cfg, c, args, bar)
+                row, records = run_clients(stack.address, prompts, cfg, c, args, bar, stack.cpu_seconds)
                 runs.append(row)
                 for record in records:
                     if record.error is not None:
@@ -301,17 +326,29 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.1f}"
 
 
+def _cores(run: dict[str, Any]) -> str:
+    """CPU seconds of each side over the run's wall time (2.0 = two cores busy all along)."""
+    cpu, wall = run.get("cpu_s") or {}, run["wall_s"]
+    if not cpu or wall <= 0:
+        return "-"
+    return " / ".join(
+        f"{cpu[k] / wall:.2f}" if k in cpu else "-" for k in ("target", "drafters", "orchestrator", "clients")
+    )
+
+
 def render_table(summary: dict[str, Any]) -> str:
     head = (
         "| max_batch | drafters | prefill_chunk | prefix_cache_mb | C | requests | errors | tokens | wall s | tokens/s "
-        "| TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms |\n" + "|---" * 14 + "|"
+        "| TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | cores: target / drafters / orchestrator / clients |\n"
+        + "|---" * 15
+        + "|"
     )
     rows = [
         f"| {r['max_batch']} | {r['drafters']} | {r.get('prefill_chunk', '-')} | {r.get('prefix_cache_mb', '-')} "
         f"| {r['concurrency']} | {r['requests']} "
         f"| {r['errors']} | {r['tokens']} "
         f"| {r['wall_s']:.2f} | {r['throughput_tok_s']:.1f} | {_ms(r['ttft_p50_s'])} | {_ms(r['ttft_p99_s'])} "
-        f"| {_ms(r['itl_p50_s'])} | {_ms(r['itl_p99_s'])} |"
+        f"| {_ms(r['itl_p50_s'])} | {_ms(r['itl_p99_s'])} | {_cores(r)} |"
         for r in summary["runs"]
     ]
     same = "identical" if summary["identical_outputs"] else f"{len(summary['mismatches'])} DIFFER"
@@ -325,29 +362,45 @@ def write_outputs(out: Path, summary: dict[str, Any]) -> None:
     _plot(out / "throughput.png", summary)
 
 
+_DIMS = ("max_batch", "drafters", "prefill_chunk", "prefix_cache_mb")
+
+
 def _plot(path: Path, summary: dict[str, Any]) -> None:
+    """Tokens/s and TTFT p50 against C, one line per configuration; only the settings that differ
+    between configurations name a line, the ones all share go in the title."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    lines: dict[str, list[tuple[int, float]]] = defaultdict(list)
-    for r in summary["runs"]:
-        label = (
-            f"max_batch={r['max_batch']}, drafters={r['drafters']}, prefill_chunk={r.get('prefill_chunk', '-')}, "
-            f"prefix_cache_mb={r.get('prefix_cache_mb', '-')}"
-        )
-        lines[label].append((r["concurrency"], r["throughput_tok_s"]))
-    fig, ax = plt.subplots(figsize=(6, 4))
+    runs = summary["runs"]
+    varying = [d for d in _DIMS if len({r.get(d, "-") for r in runs}) > 1]
+    shared = [f"{d}={runs[0].get(d, '-')}" for d in _DIMS if d not in varying] if runs else []
+    lines: dict[str, list[tuple[int, float, float]]] = defaultdict(list)
+    for r in runs:
+        label = ", ".join(f"{d}={r.get(d, '-')}" for d in varying) or "specd"
+        lines[label].append((r["concurrency"], r["throughput_tok_s"], r["ttft_p50_s"] * 1e3))
+    fig, (ax, ax_ttft) = plt.subplots(1, 2, figsize=(10, 4))
     for label, points in lines.items():
         points.sort()
-        ax.plot([c for c, _ in points], [t for _, t in points], marker="o", label=label)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("concurrent clients (C)")
-    ax.set_ylabel("generated tokens / s")
-    ax.set_title(f"specd bench-serve ({summary['method']})")
-    ax.grid(True, alpha=0.3)
-    ax.legend()
+        cs = [c for c, _, _ in points]
+        ax.plot(cs, [t for _, t, _ in points], marker="o", label=label)
+        ax_ttft.plot(cs, [f for _, _, f in points], marker="o", label=label)
+    concurrency = sorted({r["concurrency"] for r in runs})
+    for a, ylabel in ((ax, "generated tokens / s"), (ax_ttft, "time to first token, p50 (ms)")):
+        a.set_xscale("log", base=2)
+        a.set_xticks(concurrency, [str(c) for c in concurrency])
+        a.set_xlabel("concurrent clients (C)")
+        a.set_ylabel(ylabel)
+        a.grid(True, alpha=0.3)
+    ax.set_ylim(bottom=0)
+    ax_ttft.set_yscale("log")
+    ax.legend(fontsize=8, loc="upper left")
+    fig.suptitle(
+        f"specd bench-serve: {summary['method']}, {summary['max_new_tokens']} new tokens"
+        + (f" ({', '.join(shared)})" if shared else ""),
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

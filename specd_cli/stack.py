@@ -164,6 +164,20 @@ class ProcessStack:
     def alive(self) -> dict[str, bool]:
         return {name: p.poll() is None for name, p in self.procs.items()}
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds (user + system, all threads) each running process has used so far; empty
+        where the OS has no ``/proc`` (the benchmark then reports none)."""
+        tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        out: dict[str, float] = {}
+        for name, proc in self.procs.items():
+            try:
+                stat = Path(f"/proc/{proc.pid}/stat").read_text()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) ": state is field 3
+            out[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime (fields 14, 15)
+        return out
+
     def stop(self, grace: float = 10.0) -> None:
         order = ("orchestrator", "draft", "target")  # front door first, so no request meets a gone backend
         for name in sorted(self.procs, key=lambda n: order.index(n.split("-")[0])):

@@ -4,6 +4,7 @@ greedy tokens for every prompt at every concurrency (batched verification on).""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -38,5 +39,9 @@ def test_bench_serve_tiny_pair(tiny_target, tmp_path):
         assert r["throughput_tok_s"] > 0 and r["wall_s"] > 0
         assert 0 < r["ttft_p50_s"] <= r["ttft_p99_s"]
         assert 0 < r["itl_p50_s"] <= r["itl_p99_s"]
+        # CPU seconds per side, read from /proc for each service process: the target did the passes
+        assert set(r["cpu_s"]) == {"target", "drafters", "orchestrator", "clients"}
+        assert r["cpu_s"]["target"] > 0 and all(v >= 0 for v in r["cpu_s"].values())
+        assert r["cpu_s"]["target"] <= r["wall_s"] * (os.cpu_count() or 1) + 0.5
     assert "| 4 | 1 | 4 | 64 | 2 | 3 | 0 | 36 |" in (out / "results.md").read_text()
     assert (out / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
