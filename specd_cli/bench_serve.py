@@ -46,6 +46,13 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prefix-cache-mb", default="64", help="comma-separated target --prefix-cache-mb values (0 = off)")
     p.add_argument("--drafters", default="1,2", help="comma-separated numbers of draft replicas")
     p.add_argument("--method", default="pld", help="vanilla | pld | sps | ouroboros")
+    p.add_argument(
+        "--pld-placement",
+        default="auto",
+        choices=("auto", "draft", "target"),
+        help="where pld drafts: co-located in the target service (auto) or in the draft replicas "
+        "(draft: what --drafters then spreads)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--target", default="smollm2")
     p.add_argument("--draft-model", default=None, help="draft LM (for sps, or ouroboros with lookahead)")
@@ -273,7 +280,12 @@ def run_bench_serve(args: argparse.Namespace) -> int:
             / f"batch{cfg.max_batch}-drafters{cfg.drafters}-chunk{cfg.prefill_chunk}-prefix{cfg.prefix_cache_mb}",
             extra_target_args=extra,
             drafters=cfg.drafters,
-            extra_orchestrator_args=["--max-new-tokens", str(max(args.max_new_tokens, 1))],
+            extra_orchestrator_args=[
+                "--max-new-tokens",
+                str(max(args.max_new_tokens, 1)),
+                "--pld-placement",
+                args.pld_placement,
+            ],
         )
         try:
             warm = RequestRecord(-1)
@@ -300,6 +312,7 @@ def run_bench_serve(args: argparse.Namespace) -> int:
     summary = {
         "command": "specd " + " ".join(sys.argv[1:]) if sys.argv and sys.argv[0] else "specd bench-serve",
         "method": args.method,
+        "pld_placement": args.pld_placement,
         "max_new_tokens": args.max_new_tokens,
         "requests": args.requests,
         "target": args.target,
@@ -357,7 +370,12 @@ def render_table(summary: dict[str, Any]) -> str:
 
 def write_outputs(out: Path, summary: dict[str, Any]) -> None:
     (out / "results.json").write_text(json.dumps(summary, indent=2))
-    md = f"`{summary['command']}`\n\nmethod {summary['method']}, {summary['max_new_tokens']} new tokens max\n\n"
+    where = (
+        f" (drafted in: {summary['pld_placement']})"
+        if summary["method"] == "pld" and "pld_placement" in summary
+        else ""
+    )
+    md = f"`{summary['command']}`\n\nmethod {summary['method']}{where}, {summary['max_new_tokens']} new tokens max\n\n"
     (out / "results.md").write_text(md + render_table(summary) + "\n")
     _plot(out / "throughput.png", summary)
 
