@@ -44,7 +44,7 @@ from spec_decode.types import (
     TargetLimits,
     VerifyResult,
 )
-from specd_kernels.linear import WEIGHT_FORMATS, logits_kernel
+from specd_kernels.linear import WEIGHT_FORMATS, LinearKernel, logits_kernel, resolve_format
 from target_service.batching import PassBatcher, PassWork, PrefillJob, VerifyCall
 from target_service.beam_step import beam_step
 from target_service.engine import CUDA_GRAPH_MODES, ENGINE_KINDS, build_engine
@@ -174,7 +174,26 @@ class TargetVerifier:
         head = load_head(
             Path(directory), model.get_input_embeddings().weight.detach(), model.get_output_embeddings().weight.detach()
         )
-        return head.use_logits_kernel(logits_kernel(head.lm_head))
+        return head.use_logits_kernel(self._head_logits_kernel(head))
+
+    def _head_logits_kernel(self, head: ReDrafterHead) -> LinearKernel | None:
+        """The kernel the co-located head drafts its logits with: the engine's own LM-head kernel where
+        it is the one :func:`logits_kernel` would build (full vocabulary, same format), so the head adds
+        no second copy of the LM head (SmolLM2's ``q8`` copy is 28 MB and a second exact-code check at
+        start-up); else a kernel of its own (a sub-vocabulary head, or an engine in ``q8a8``, whose
+        int8 activations would change the head's beams from what a draft service drafts)."""
+        weights = getattr(self.engine, "weights", None)  # the native engine's frozen kernels
+        wanted = resolve_format(None, head.lm_head.device, head.lm_head.dtype)
+        if (
+            wanted != "dense"
+            and weights is not None
+            and weights.fmt == wanted
+            and not head.config.vocab_ids
+            and weights.lm_head.out_features == head.lm_head.shape[0]
+        ):
+            kernel: LinearKernel = weights.lm_head
+            return kernel
+        return logits_kernel(head.lm_head)
 
     def _colocated_tree(
         self, session: Session, hidden: torch.Tensor | None, token: int, spec: ColocatedDraft

@@ -298,6 +298,47 @@ def test_colocated_head_drafts_within_the_tree_budget(tiny_target: Path, head_di
     assert per_step[1] < 0.5 * per_step[0], per_step
 
 
+def test_colocated_head_drafts_on_the_engines_own_lm_head_kernel(tiny_target: Path, head_dir: Path) -> None:
+    """In fp32 on a CPU the co-located head computes its logits with the native engine's LM-head
+    kernel (no second copy of the LM head), drafts the trees a draft service drafts with a kernel of
+    its own, and the output stays the target's; a q8a8 engine (int8 activations) gets a kernel of
+    its own."""
+    from target_service.verifier import TargetVerifier
+
+    base = stack_config(tiny_target, None, dtype="float32")
+    config = dataclasses.replace(base, target=dataclasses.replace(base.target, redrafter_head=str(head_dir)))
+    colocated = build_inprocess(config)
+    verifier = colocated._target
+    assert isinstance(verifier, TargetVerifier) and verifier._head is not None
+    assert verifier._head._logits_kernel is verifier.engine.weights.lm_head  # type: ignore[attr-defined]
+    remote = build_inprocess(
+        dataclasses.replace(base, draft=dataclasses.replace(base.draft, redrafter_head=str(head_dir)))
+    )
+    vanilla = build_inprocess(base)
+    for prompt in ([1000, 2000, 3000, 1000, 2000], [42, 43, 44, 45, 42, 43]):
+        params = GenerateParams(
+            prompt_token_ids=tuple(prompt), method="redrafter", max_new_tokens=20, tree_budget="max"
+        )
+        here, there = colocated.generate(params), remote.generate(params)
+        reference = vanilla.generate(dataclasses.replace(params, method="vanilla"))
+        assert list(here.token_ids) == list(there.token_ids) == list(reference.token_ids)
+        assert (here.stats.draft_tokens, here.stats.accepted_tokens) == (
+            there.stats.draft_tokens,
+            there.stats.accepted_tokens,
+        )
+    # the engine's kernel and the draft service's own give the same beams, bit for bit
+    head, own = verifier._head, logits_kernel(verifier._head.lm_head)
+    torch.manual_seed(5)
+    for hidden in torch.randn(4, head.config.hidden):
+        shared = beam_search(head, hidden, 7, width=3, length=3)
+        alone = beam_search(head.use_logits_kernel(own), hidden, 7, width=3, length=3)
+        head.use_logits_kernel(verifier.engine.weights.lm_head)  # type: ignore[attr-defined]
+        assert (shared.tokens, shared.scores) == (alone.tokens, alone.scores)
+    a8 = TargetVerifier.from_config(dataclasses.replace(config.target, weight_format="q8a8"))
+    assert a8._head is not None and a8._head._logits_kernel is not None
+    assert a8._head._logits_kernel is not a8.engine.weights.lm_head  # type: ignore[attr-defined]
+
+
 def test_colocated_head_over_grpc_and_its_refusals(tiny_target: Path, head_dir: Path) -> None:
     from spec_decode.errors import FailedPrecondition as Precondition
     from spec_decode.types import ColocatedDraft, DraftTree
