@@ -42,8 +42,11 @@ def test_bench_serve_tiny_pair(tiny_target, tmp_path):
         assert 0 < r["itl_p50_s"] <= r["itl_p99_s"]
         # CPU seconds per side, read from /proc for each service process: the target did the passes
         assert set(r["cpu_s"]) == {"target", "drafters", "orchestrator", "clients"}
-        assert r["cpu_s"]["target"] > 0 and r["cpu_s"]["drafters"] > 0 and r["cpu_s"]["orchestrator"] > 0
+        assert r["cpu_s"]["target"] > 0 and min(r["cpu_s"].values()) >= 0
         assert r["cpu_s"]["target"] <= r["wall_s"] * (os.cpu_count() or 1) + 0.5
+    # /proc counts in clock ticks (10 ms): one short run of the drafter or the orchestrator can round
+    # to 0, the four together do not
+    assert sum(r["cpu_s"]["drafters"] for r in runs) > 0 and sum(r["cpu_s"]["orchestrator"] for r in runs) > 0
     md = (out / "results.md").read_text()
     assert "method pld (drafted in: draft)" in md and "| 4 | 1 | 4 | 64 | 2 | 3 | 0 | 36 |" in md
     assert (out / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
