@@ -232,6 +232,15 @@ def test_subvocabulary_head_keeps_the_full_heads_logits(head_dir: Path, tiny_tar
     h, tokens = torch.randn(3, full.config.hidden), torch.tensor([[5, 6], [7, 8], [9, 10]])
     with torch.no_grad():
         torch.testing.assert_close(small(h, tokens), full(h, tokens)[..., ids])
+    # co-located in a target, the restricted head drafts on a kernel of its own, over its own rows
+    from target_service.verifier import TargetConfig, TargetVerifier
+
+    verifier = TargetVerifier.from_config(
+        TargetConfig(model=str(tiny_target), device="cpu", dtype="float32", redrafter_head=str(out))
+    )
+    kernel = verifier._head._logits_kernel if verifier._head is not None else None
+    assert kernel is not None and kernel is not verifier.engine.weights.lm_head  # type: ignore[attr-defined]
+    assert kernel.out_features == len(ids)  # type: ignore[attr-defined]
     with pytest.raises(SystemExit, match="--size"):
         main(["redrafter-subvocab", "--head", str(head_dir), "--out", str(out), "--size", "0", "--text", str(text)])
 
