@@ -121,11 +121,12 @@ def generate_responses(
             outs: list[list[int]] = [[] for _ in group]
             live = list(range(len(group)))
             while live:
-                logits = engine.score_trees([(caches[i], pending[i], empty, []) for i in live])  # [1, V] each
+                items = [(caches[i], pending[i], empty, []) for i in live]
+                ids = engine.score_trees(items, [True] * len(items))  # [1] each: greedy, the argmax only
                 still = []
-                for i, row in zip(live, logits, strict=True):
+                for i, row in zip(live, ids, strict=True):
                     engine.commit(caches[i], engine.cache_len(caches[i]) - 1, [0])
-                    token = int(row[0].argmax())
+                    token = int(row[0])
                     outs[i].append(token)
                     pending[i] = token
                     if token not in eos and len(outs[i]) < max_new_tokens:

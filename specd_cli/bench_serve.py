@@ -45,6 +45,11 @@ def add_bench_serve_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--prefix-cache-mb", default="64", help="comma-separated target --prefix-cache-mb values (0 = off)")
     p.add_argument("--drafters", default="1,2", help="comma-separated numbers of draft replicas")
+    p.add_argument(
+        "--argmax-screen",
+        default="on",
+        help="comma-separated target --argmax-screen values (on, off: the full LM head)",
+    )
     p.add_argument("--method", default="pld", help="vanilla | pld | sps | ouroboros")
     p.add_argument(
         "--pld-placement",
@@ -69,12 +74,13 @@ class ServeConfig:
     drafters: int
     prefill_chunk: int = 128
     prefix_cache_mb: int = 64
+    argmax_screen: str = "on"
 
     @property
     def label(self) -> str:
         return (
             f"max_batch={self.max_batch}, drafters={self.drafters}, prefill_chunk={self.prefill_chunk}, "
-            f"prefix_cache_mb={self.prefix_cache_mb}"
+            f"prefix_cache_mb={self.prefix_cache_mb}, argmax_screen={self.argmax_screen}"
         )
 
 
@@ -104,6 +110,7 @@ class RunResult:
     error_messages: tuple[str, ...] = ()
     prefill_chunk: int = 128
     prefix_cache_mb: int = 64
+    argmax_screen: str = "on"
     cpu_s: dict[str, float] = field(default_factory=dict)  # target, drafters, orchestrator, clients: CPU s in the run
 
 
@@ -225,6 +232,7 @@ def run_clients(
         error_messages=tuple(sorted({r.error for r in records if r.error})),
         prefill_chunk=cfg.prefill_chunk,
         prefix_cache_mb=cfg.prefix_cache_mb,
+        argmax_screen=cfg.argmax_screen,
         cpu_s=cpu_s,
     )
     return result, records
@@ -247,12 +255,16 @@ def run_bench_serve(args: argparse.Namespace) -> int:
     from specd_client import SpecdClient
 
     concurrency = _ints(args.concurrency, "--concurrency")
+    screens = [v.strip() for v in args.argmax_screen.split(",") if v.strip()]
+    if not screens or any(v not in ("on", "off") for v in screens):
+        raise SystemExit(f"specd bench-serve: --argmax-screen takes on and/or off, got {args.argmax_screen!r}")
     configs = [
-        ServeConfig(mb, d, pc, pm)
+        ServeConfig(mb, d, pc, pm, sc)
         for mb in _ints(args.max_batch, "--max-batch")
         for d in _ints(args.drafters, "--drafters")
         for pc in _ints(args.prefill_chunk, "--prefill-chunk", minimum=0)
         for pm in _ints(args.prefix_cache_mb, "--prefix-cache-mb", minimum=0)
+        for sc in screens
     ]
     if args.requests < 1:
         raise SystemExit("specd bench-serve: --requests must be >= 1")
@@ -266,6 +278,7 @@ def run_bench_serve(args: argparse.Namespace) -> int:
     for cfg in configs:
         extra = ["--max-batch", str(cfg.max_batch), "--batch-window-ms", repr(args.batch_window_ms)]
         extra += ["--prefill-chunk", str(cfg.prefill_chunk), "--prefix-cache-mb", str(cfg.prefix_cache_mb)]
+        extra += ["--argmax-screen", cfg.argmax_screen]
         extra += ["--dtype", args.dtype] if args.dtype else []
         extra += ["--weight-format", args.weight_format] if args.weight_format else []
         stack = start_process_stack(
@@ -277,7 +290,10 @@ def run_bench_serve(args: argparse.Namespace) -> int:
             device=args.device,
             log_dir=args.out
             / "logs"
-            / f"batch{cfg.max_batch}-drafters{cfg.drafters}-chunk{cfg.prefill_chunk}-prefix{cfg.prefix_cache_mb}",
+            / (
+                f"batch{cfg.max_batch}-drafters{cfg.drafters}-chunk{cfg.prefill_chunk}-prefix{cfg.prefix_cache_mb}"
+                f"-screen{cfg.argmax_screen}"
+            ),
             extra_target_args=extra,
             drafters=cfg.drafters,
             extra_orchestrator_args=[
@@ -351,14 +367,13 @@ def _cores(run: dict[str, Any]) -> str:
 
 def render_table(summary: dict[str, Any]) -> str:
     head = (
-        "| max_batch | drafters | prefill_chunk | prefix_cache_mb | C | requests | errors | tokens | wall s | tokens/s "
-        "| TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms | cores: target / drafters / orchestrator / clients |\n"
-        + "|---" * 15
-        + "|"
+        "| max_batch | drafters | prefill_chunk | prefix_cache_mb | argmax_screen | C | requests | errors | tokens "
+        "| wall s | tokens/s | TTFT p50 ms | TTFT p99 ms | ITL p50 ms | ITL p99 ms "
+        "| cores: target / drafters / orchestrator / clients |\n" + "|---" * 16 + "|"
     )
     rows = [
         f"| {r['max_batch']} | {r['drafters']} | {r.get('prefill_chunk', '-')} | {r.get('prefix_cache_mb', '-')} "
-        f"| {r['concurrency']} | {r['requests']} "
+        f"| {r.get('argmax_screen', '-')} | {r['concurrency']} | {r['requests']} "
         f"| {r['errors']} | {r['tokens']} "
         f"| {r['wall_s']:.2f} | {r['throughput_tok_s']:.1f} | {_ms(r['ttft_p50_s'])} | {_ms(r['ttft_p99_s'])} "
         f"| {_ms(r['itl_p50_s'])} | {_ms(r['itl_p99_s'])} | {_cores(r)} |"
@@ -380,7 +395,7 @@ def write_outputs(out: Path, summary: dict[str, Any]) -> None:
     _plot(out / "throughput.png", summary)
 
 
-_DIMS = ("max_batch", "drafters", "prefill_chunk", "prefix_cache_mb")
+_DIMS = ("max_batch", "drafters", "prefill_chunk", "prefix_cache_mb", "argmax_screen")
 
 
 def _plot(path: Path, summary: dict[str, Any]) -> None:

@@ -40,12 +40,22 @@ def add_bench_verify_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cuda-graphs", default="auto", choices=("auto", "on", "off"), help="native engine: CUDA graph replay"
     )
+    p.add_argument(
+        "--argmax-screen",
+        default="on",
+        choices=("on", "off"),
+        help="native engine, q8 LM head: also time greedy passes (each row's argmax from the int8 screen)",
+    )
     p.add_argument("--tokens", default=DEFAULT_TOKENS, help=f"comma-separated k values (default {DEFAULT_TOKENS})")
     p.add_argument("--context", type=int, default=300, help="tokens already in the cache (default 300)")
     p.add_argument("--repeats", type=int, default=15, help="timed passes per k and engine (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed passes per k and engine first")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
-    p.add_argument("--json", action="store_true", help='print one object {"specd": {k: ms}, "transformers": {k: ms}}')
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print one object {"specd": {k: ms}, "transformers": {k: ms}} (plus "specd_greedy" with the screen)',
+    )
 
 
 def parse_tokens(text: str) -> list[int]:
@@ -72,7 +82,12 @@ def run_bench_verify(args: argparse.Namespace) -> int:
     loaded = load_model(args.target, args.device, args.dtype)
     model = loaded.model
     engine = build_engine(
-        model, args.engine, args.weight_format, args.context + max(tokens) + 8, cuda_graphs=args.cuda_graphs
+        model,
+        args.engine,
+        args.weight_format,
+        args.context + max(tokens) + 8,
+        cuda_graphs=args.cuda_graphs,
+        argmax_screen=args.argmax_screen == "on",
     )
     vocab = engine.vocab_size
     rng = random.Random(0)
@@ -87,11 +102,13 @@ def run_bench_verify(args: argparse.Namespace) -> int:
     cache = engine.new_cache()
     pending = engine.prefill(cache, context)
 
-    def specd_pass(k: int) -> None:
+    def specd_pass(k: int, greedy: bool = False) -> None:
         base = engine.cache_len(cache)
-        engine.score_tree(
-            cache, pending, torch.arange(-1, k - 2, device="cpu"), [rng.randrange(vocab) for _ in range(k - 1)]
-        )
+        item = (cache, pending, torch.arange(-1, k - 2, device="cpu"), [rng.randrange(vocab) for _ in range(k - 1)])
+        if greedy:  # what greedy verification asks for: each row's argmax (the engine's screen, where it has one)
+            engine.score_trees([item], [True])
+        else:
+            engine.score_trees([item])
         engine.truncate(cache, base)
 
     # transformers: its own forward over k new tokens on a DynamicCache of `context` tokens.
@@ -106,6 +123,8 @@ def run_bench_verify(args: argparse.Namespace) -> int:
         hf_cache.crop(-k)  # drop the k new tokens again (transformers 5: negative = tokens to remove)
 
     runners: dict[str, Callable[[int], None]] = {"specd": specd_pass, "transformers": hf_pass}
+    if getattr(engine, "screen", None) is not None:  # greedy passes: the argmax screen instead of the LM head
+        runners["specd_greedy"] = lambda k: specd_pass(k, greedy=True)
     times: dict[str, dict[int, list[float]]] = {name: {k: [] for k in tokens} for name in runners}
     total = len(tokens) * len(runners) * (args.warmup + args.repeats)
     with tqdm(total=total, desc="bench-verify", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
@@ -143,6 +162,7 @@ def _meta(engine: Any, loaded: Any, torch: Any, args: argparse.Namespace) -> dic
         "engine": engine.kind,
         "weight_format": getattr(engine, "weight_format", "-"),
         "cuda_graphs": getattr(engine, "static", None) is not None,
+        "argmax_screen": getattr(engine, "screen", None) is not None,
         "kernel_simd": _kernel_simd(engine),
         "context": args.context,
         "repeats": args.repeats,
@@ -163,13 +183,20 @@ def _kernel_simd(engine: Any) -> int | str:
 
 def _table(medians: dict[str, dict[str, float]], tokens: list[int], meta: dict[str, Any]) -> str:
     head = ", ".join(f"{k}={v}" for k, v in meta.items())
+    greedy = "specd_greedy" in medians  # the engine's argmax screen: greedy verification's passes
+    extra_head = " specd greedy ms | greedy t(k)/t(1) | greedy / transformers |" if greedy else ""
     lines = [
         f"# {head}",
-        "| k | specd ms | specd t(k)/t(1) | transformers ms | transformers t(k)/t(1) | specd / transformers |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| k | specd ms | specd t(k)/t(1) | transformers ms | transformers t(k)/t(1) | specd / transformers |"
+        + extra_head,
+        "|---:|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if greedy else ""),
     ]
     s1, h1 = medians["specd"][str(tokens[0])], medians["transformers"][str(tokens[0])]
     for k in tokens:
         s, h = medians["specd"][str(k)], medians["transformers"][str(k)]
-        lines.append(f"| {k} | {s:.1f} | {s / s1:.2f} | {h:.1f} | {h / h1:.2f} | {s / h:.2f} |")
+        line = f"| {k} | {s:.1f} | {s / s1:.2f} | {h:.1f} | {h / h1:.2f} | {s / h:.2f} |"
+        if greedy:
+            g, g1 = medians["specd_greedy"][str(k)], medians["specd_greedy"][str(tokens[0])]
+            line += f" {g:.1f} | {g / g1:.2f} | {g / h:.2f} |"
+        lines.append(line)
     return "\n".join(lines)

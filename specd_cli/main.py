@@ -73,6 +73,13 @@ def _add_limit_flags(p: argparse.ArgumentParser) -> None:
         choices=("auto", "on", "off"),
         help="native engine on CUDA: replay one-session passes as CUDA graphs (auto = on for CUDA devices)",
     )
+    p.add_argument(
+        "--argmax-screen",
+        default="on",
+        choices=("on", "off"),
+        help="native engine with a q8 LM head: greedy verification takes each row's exact argmax from an "
+        "int8 screen plus a few exact rescored logits instead of the full LM head (same tokens; off = full head)",
+    )
 
 
 def _add_server_flags(p: argparse.ArgumentParser, port: int) -> None:
@@ -163,6 +170,7 @@ def _target_config(args: argparse.Namespace) -> Any:
         engine=args.engine,
         weight_format=args.weight_format,
         cuda_graphs=args.cuda_graphs,
+        argmax_screen=args.argmax_screen == "on",
         redrafter_head=_target_head(args),
     ).validate()
 
@@ -402,6 +410,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         *(["--weight-format", args.weight_format] if args.weight_format else []),
         "--cuda-graphs",
         args.cuda_graphs,
+        "--argmax-screen",
+        args.argmax_screen,
     ]
     head = resolve_head(args.redrafter_head, args.target)
     if head and args.redrafter_placement == "target":  # co-located: the target drafts, the orchestrator asks it

@@ -103,6 +103,43 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.q8_linear.argtypes = [ptr, i64, i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int]
     lib.q8a8_linear.restype = ctypes.c_int
     lib.q8a8_linear.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int, ctypes.c_int]
+    lib.q8a8_screen.restype = ctypes.c_int
+    lib.q8a8_screen.argtypes = [
+        ptr,
+        i64,
+        i64,
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+        ctypes.c_float,
+        i64,
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+        ctypes.c_int,
+        ctypes.c_int,
+    ]
+    lib.q8a8_pick.restype = None
+    lib.q8a8_pick.argtypes = [
+        ptr,
+        i64,
+        i64,
+        ptr,
+        ptr,
+        ptr,
+        i64,
+        ptr,
+        ptr,
+        ptr,
+        ptr,
+        ctypes.c_int,
+        ptr,
+        ptr,
+        ctypes.c_int,
+    ]
     lib.q8a8_has_vnni.restype = ctypes.c_int
     lib.q8a8_path.restype = ctypes.c_int
     lib.q8a8_path.argtypes = [ctypes.c_int]
@@ -363,3 +400,124 @@ def has_vnni() -> bool:
     """Whether the compiled library runs ``q8a8`` on AVX-512 VNNI (else element by element: same bits, slow)."""
     lib = load_library()
     return bool(lib is not None and lib.q8a8_has_vnni())
+
+
+# ---- the exact argmax screen (greedy verification) --------------------------------------------
+
+U32 = 2.0**-24  # unit roundoff of float32
+SAFE_INPUT = 2.0**50  # the screen's inputs stay below this (no product or bound can overflow float32)
+MAX_CANDIDATES = 256  # a row with more candidates than this gets the full exact product instead
+
+
+def screen_coefficient(in_features: int) -> float:
+    """``c`` with ``|y_j - e_j| <= c * sum_g s_g A[j, g]`` (``csrc/q8a8_linear.c``, the screen).
+
+    ``e_j`` is the exact kernel's output, ``y_j`` the int8-activation one, ``s_g`` a row's
+    activation step in group ``g`` (its largest magnitude over 127) and ``A[j, g] = sum |d q| + |m|``
+    over the group. Against the real product ``sum_k x_k w_jk``:
+
+    - activations: ``|x_k - s_g a_k| <= s_g (1/2 + 381 u)`` (``a = round(x * fl(127 / amax))``,
+      ``s = fl(amax / 127)``: three roundings of at most ``127 u`` each, relative to a step);
+    - the weights: ``w = fl(fl(d q) + m)`` is ``d q + m`` within ``u |w|``, and ``|x_k| <= 127 s_g``;
+    - the exact kernel's K fused multiply-adds: ``gamma_K sum |x_k w_jk| <= gamma_K 127 sum_g s_g A``;
+    - the int8 kernel's float steps, two fused multiply-adds per group and the product
+      ``s * sum(a)``: ``gamma_(2G+3) * 2 * 127 * sum_g s_g A`` (its integer sums are exact).
+
+    ``gamma_n = n u / (1 - n u)``; the total gets 1 % on top for the rounding of ``A`` and of the
+    bound itself. For SmolLM2's LM head (K = 576) this is 0.5098.
+    """
+    groups = in_features // GROUP
+
+    def gamma(n: int) -> float:
+        return n * U32 / (1 - n * U32)
+
+    total = 0.5 + 381 * U32 + 127 * U32 + 127 * gamma(in_features) + 2 * 127 * gamma(2 * groups + 3)
+    return total * 1.01
+
+
+@dataclass(frozen=True)
+class Q8ArgmaxScreen:
+    """The exact argmax of a :class:`Q8Linear`'s outputs at about the cost of int8 activations.
+
+    Greedy verification needs only each row's argmax. The int8-activation product (VNNI: four
+    times the multiply-adds per instruction) is within a proven bound of the exact one for every
+    output (:func:`screen_coefficient`), so only the outputs whose upper bound reaches the best
+    lower bound can be the argmax: usually one to a dozen of SmolLM2's 49152. Those are rescored
+    with the exact kernel's own arithmetic, and the first maximum wins, as ``torch.argmax`` on the
+    exact logits picks it. The answer is that argmax, bit for bit the same decision; a row with too
+    many candidates (a flat or non-finite row) falls back to the full exact product.
+    """
+
+    exact: Q8Linear
+    weight: Q8A8Panels
+    absw: torch.Tensor  # [P, G, 32] fp32: sum over the group of |d q| + |m|, per output
+    coefficient: float
+    max_candidates: int = MAX_CANDIDATES
+
+    @property
+    def out_features(self) -> int:
+        return self.exact.out_features
+
+    def nbytes(self) -> int:
+        w = self.weight
+        return w.codes.numel() + 4 * (w.start.numel() + w.scale.numel() + w.shift.numel() + self.absw.numel())
+
+    def argmax(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        """``(ids [M] long, candidates rescored, rows that fell back)``: ``exact(x).argmax(-1)``."""
+        lib = load_library()
+        assert lib is not None
+        x = x.contiguous()  # [M, K]
+        m, n, w = x.shape[0], self.out_features, self.weight
+        if not bool(x.abs().amax() < SAFE_INPUT):  # NaN, inf, or big enough to overflow: the exact product
+            return self.exact(x).argmax(dim=-1), 0, m
+        panels = w.codes.shape[0]
+        hi = torch.empty(m, n, dtype=torch.float32)  # [M, N]
+        hmax = torch.empty(m, panels, dtype=torch.float32)  # [M, P]
+        lmax = torch.empty(m, panels, dtype=torch.float32)  # [M, P]
+        bias = self.exact.bias
+        threads = torch.get_num_threads()
+        status = lib.q8a8_screen(
+            x.data_ptr(), m, self.exact.in_features, w.codes.data_ptr(), w.start.data_ptr(), w.scale.data_ptr(),
+            w.shift.data_ptr(), self.absw.data_ptr(), self.coefficient, n, None if bias is None else bias.data_ptr(),
+            hi.data_ptr(), hmax.data_ptr(), lmax.data_ptr(), threads, w.max_abs,
+        )  # fmt: skip
+        if status != 0:
+            raise MemoryError(f"q8 screen: no memory to quantize {m} x {self.exact.in_features} activations")
+        ids = torch.empty(m, dtype=torch.int64)  # [M]
+        counts = torch.empty(m, dtype=torch.int32)  # [M]
+        lib.q8a8_pick(
+            x.data_ptr(), m, self.exact.in_features, w.codes.data_ptr(), w.scale.data_ptr(), w.shift.data_ptr(), n,
+            None if bias is None else bias.data_ptr(), hi.data_ptr(), hmax.data_ptr(), lmax.data_ptr(),
+            self.max_candidates, ids.data_ptr(), counts.data_ptr(), threads,
+        )  # fmt: skip
+        missed = (ids < 0).nonzero().squeeze(1)  # [F]
+        if missed.numel():
+            ids[missed] = self.exact(x[missed]).argmax(dim=-1)
+        return ids, int(counts.clamp(max=self.max_candidates).sum()), int(missed.numel())
+
+
+def weight_of(panels: Q8Panels, out_features: int) -> Q8Weight:
+    """The :class:`Q8Weight` a :class:`Q8Panels` layout was built from (its padding dropped)."""
+    p, k, _ = panels.codes.shape
+    q = panels.codes.transpose(1, 2).reshape(p * PANEL, k)[:out_features]  # [N, K]
+    d = panels.scale.transpose(1, 2).reshape(p * PANEL, -1)[:out_features]  # [N, K/32]
+    m = panels.shift.transpose(1, 2).reshape(p * PANEL, -1)[:out_features]  # [N, K/32]
+    return Q8Weight(q.contiguous(), d.contiguous(), m.contiguous())
+
+
+def argmax_screen(kernel: object) -> Q8ArgmaxScreen | None:
+    """The screen for a :class:`Q8Linear` where the int8 path has vector code (AVX-512 VNNI or
+    AVX2); None for any other kernel or where the sums would run element by element."""
+    if not isinstance(kernel, Q8Linear) or kernel.in_features % GROUP:
+        return None
+    weight = weight_of(kernel.weight, kernel.out_features)
+    max_abs = int(weight.q.to(torch.int32).abs().max()) if weight.q.numel() else 0
+    if a8_path(max_abs) == 0:
+        return None
+    n, k = weight.q.shape
+    groups = k // GROUP
+    q = weight.q.to(torch.float64).reshape(n, groups, GROUP)  # [N, G, 32]
+    d = weight.d.to(torch.float64)  # [N, G]
+    absw = (d.abs() * q.abs().sum(-1) + GROUP * weight.m.to(torch.float64).abs()).to(torch.float32)  # [N, G]
+    absw = torch.nextafter(absw, torch.full_like(absw, float("inf")))  # rounded up, never below the sum
+    return Q8ArgmaxScreen(kernel, to_a8_panels(weight), _panel_layout(absw), screen_coefficient(k))

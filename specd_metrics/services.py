@@ -286,6 +286,17 @@ class _TargetCollector(Collector):
         yield GaugeMetricFamily(
             p + "target_prefix_cache_bytes", "KV memory the prefix cache holds", value=st.prefix_cache_bytes
         )
+        yield CounterMetricFamily(
+            p + "target_argmax_screen_rows", "Greedy rows whose argmax came from the int8 screen",
+            value=st.screen_rows,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            p + "target_argmax_screen_candidates", "Logits the screen rescored exactly", value=st.screen_candidates
+        )
+        yield CounterMetricFamily(
+            p + "target_argmax_screen_fallbacks", "Screened rows that needed the full LM head",
+            value=st.screen_fallbacks,
+        )  # fmt: skip
         yield histogram_family(p + "target_batch_size", "Verify calls per forward pass", st.batch_sizes, SIZE_BUCKETS)
 
 

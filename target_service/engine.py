@@ -64,7 +64,9 @@ class TargetEngine(Protocol):
     def score_tree(
         self, cache: Any, pending_token: int, parents: torch.Tensor, tokens: Sequence[int]
     ) -> torch.Tensor: ...
-    def score_trees(self, items: Sequence[tuple[Any, int, torch.Tensor, Sequence[int]]]) -> list[torch.Tensor]: ...
+    def score_trees(
+        self, items: Sequence[tuple[Any, int, torch.Tensor, Sequence[int]]], argmax_only: Sequence[bool] = ()
+    ) -> list[torch.Tensor]: ...
     def commit(self, cache: Any, prefix_len: int, keep_rows: Sequence[int]) -> None: ...
 
 
@@ -75,12 +77,15 @@ def build_engine(
     max_context: int | None = None,
     *,
     cuda_graphs: str = "auto",
+    argmax_screen: bool = True,
 ) -> TargetEngine:
     """The engine for ``model``: ``native`` (specd's own Llama-family forward), ``hf`` (transformers
     forward with a tree mask), or ``auto`` (native when the architecture is supported, else hf).
 
     ``cuda_graphs`` (native engine): ``auto``/``on`` replay one-session passes as CUDA graphs
     when the model is on a CUDA device (:mod:`target_service.static_pass`), ``off`` never.
+    ``argmax_screen`` (native engine, ``q8`` LM head): greedy rows' exact argmax from the int8
+    screen (:class:`specd_kernels.q8.Q8ArgmaxScreen`) instead of the full LM head.
     """
     if cuda_graphs not in CUDA_GRAPH_MODES:
         raise InvalidArgument(f"cuda_graphs must be one of {', '.join(CUDA_GRAPH_MODES)}, got {cuda_graphs!r}")
@@ -104,7 +109,7 @@ def build_engine(
     if cuda_graphs == "on" and not on_cuda:
         raise InvalidArgument("--cuda-graphs on needs the target on a CUDA device")
     static = "graphs" if on_cuda and cuda_graphs != "off" else "off"
-    return NativeEngine(model, weight_format, max_context, static=static)
+    return NativeEngine(model, weight_format, max_context, static=static, screen=argmax_screen)
 
 
 class TreeEngine:
@@ -240,9 +245,15 @@ class TreeEngine:
         logits: torch.Tensor = out.logits[0]  # [1+N, V]
         return logits
 
-    def score_trees(self, items: Sequence[tuple[DynamicCache, int, torch.Tensor, Sequence[int]]]) -> list[torch.Tensor]:
-        """Several sessions' trees, one after another (this engine does not batch sessions)."""
-        return [self.score_tree(*item) for item in items]
+    def score_trees(
+        self, items: Sequence[tuple[DynamicCache, int, torch.Tensor, Sequence[int]]], argmax_only: Sequence[bool] = ()
+    ) -> list[torch.Tensor]:
+        """Several sessions' trees, one after another (this engine does not batch sessions); an item
+        flagged in ``argmax_only`` gets its rows' argmax ``[1 + N]`` instead of logits ``[1 + N, V]``."""
+        if argmax_only and len(argmax_only) != len(items):
+            raise ValueError(f"argmax_only has {len(argmax_only)} flags for {len(items)} trees")
+        out = [self.score_tree(*item) for item in items]
+        return [o.argmax(dim=-1) if argmax_only and argmax_only[i] else o for i, o in enumerate(out)]
 
     def commit(self, cache: DynamicCache, prefix_len: int, keep_rows: Sequence[int]) -> None:
         """Keep the prefix and the pass rows ``keep_rows`` (increasing), drop every other row.

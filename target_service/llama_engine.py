@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from spec_decode.tree import tree_pass_inputs
 from specd_kernels.cpu_ops import CpuOps, cpu_ops_for
 from specd_kernels.linear import LinearKernel, WeightFormat, make_linear, resolve_format
-from specd_kernels.q8 import Q8A8Linear, Q8Linear
+from specd_kernels.q8 import Q8A8Linear, Q8ArgmaxScreen, Q8Linear, argmax_screen
 from target_service.static_pass import DEFAULT_STATIC_CONTEXT, StaticPasses
 
 STATIC_MODES = ("auto", "graphs", "eager", "off")
@@ -60,6 +60,15 @@ class LayerWeights:
     mlp_norm: torch.Tensor  # [E]
     gate_up: LinearKernel  # [E] -> [2 F]
     down: LinearKernel  # [F] -> [E]
+
+
+@dataclass
+class ScreenCounts:
+    """What the argmax screen did (mutable; updated under the engine's lock, read by metrics)."""
+
+    rows: int = 0  # rows whose argmax came from the screen
+    candidates: int = 0  # outputs rescored exactly (the screen's work beyond the int8 product)
+    fallbacks: int = 0  # rows that got the full exact product instead (too many candidates)
 
 
 @dataclass(frozen=True)
@@ -211,6 +220,7 @@ class PassInput:
     positions: torch.Tensor  # [Q] long
     block: torch.Tensor  # [Q, Q] bool, new row -> new column
     want_logits: bool
+    argmax_only: bool = False  # with want_logits: the rows' argmax [Q] instead of logits [Q, V]
 
 
 class NativeEngine:
@@ -226,10 +236,13 @@ class NativeEngine:
         *,
         static: str = "auto",
         static_context: int | None = None,
+        screen: bool = True,
     ) -> None:
         """``static``: ``auto`` (CUDA graphs on a CUDA device, off elsewhere), ``graphs``, ``eager``
         (the static-shape path run without capture; for tests) or ``off``. ``static_context`` is
         the capacity of a static KV slot (default :data:`static_pass.DEFAULT_STATIC_CONTEXT`).
+        ``screen``: greedy rows get their exact argmax from the int8 screen
+        (:class:`specd_kernels.q8.Q8ArgmaxScreen`) where the LM head is a ``q8`` kernel.
         """
         check_supported(model)
         param = next(model.parameters())
@@ -249,6 +262,9 @@ class NativeEngine:
         self._scale = self.shape.head_dim**-0.5
         self._lock = threading.Lock()
         self._ops: CpuOps | None = cpu_ops_for(self.device, self.dtype)  # C per-layer ops on a CPU in fp32
+        # exact greedy argmax without the full LM head (a q8 LM head only)
+        self.screen: Q8ArgmaxScreen | None = argmax_screen(self.weights.lm_head) if screen else None
+        self.screen_counts = ScreenCounts()
         self.static: StaticPasses | None = None
         if static not in STATIC_MODES:
             raise ValueError(f"unknown static mode {static!r}; use one of {', '.join(STATIC_MODES)}")
@@ -361,14 +377,17 @@ class NativeEngine:
         """One pass over ``[pending] + tree``; logits ``[1 + N, V]`` (row i+1 scores node i's children)."""
         return self.score_trees([(cache, pending_token, parents, tokens)])[0]
 
-    def score_trees(self, items: Sequence[tuple[KVCache, int, torch.Tensor, Sequence[int]]]) -> list[torch.Tensor]:
+    def score_trees(
+        self, items: Sequence[tuple[KVCache, int, torch.Tensor, Sequence[int]]], argmax_only: Sequence[bool] = ()
+    ) -> list[torch.Tensor]:
         """Score the trees of several sessions in ONE forward pass (each as :meth:`score_tree`)."""
-        return self.score_trees_and_feed(items, ())
+        return self.score_trees_and_feed(items, (), argmax_only)
 
     def score_trees_and_feed(
         self,
         items: Sequence[tuple[KVCache, int, torch.Tensor, Sequence[int]]],
         prompts: Sequence[tuple[KVCache, Sequence[int]]],  # (cache, the next tokens of its prompt)
+        argmax_only: Sequence[bool] = (),  # per item: its rows' argmax ``[1 + N]`` instead of logits
     ) -> list[torch.Tensor]:
         """:meth:`score_trees` and, in the same pass, each prompt chunk fed after its cache's
         positions (causal, no logits; ``cache.hidden`` becomes the chunk's last normed row).
@@ -376,15 +395,22 @@ class NativeEngine:
         Feeding a prompt in chunks of any size gives what one :meth:`prefill` gives (every row sees
         the cached prefix and the chunk's rows before it); with the CPU's row-exact kernels, the same
         bits, whatever shares the pass.
+
+        An item flagged in ``argmax_only`` (greedy verification needs nothing else) gets
+        ``logits.argmax(-1)`` ``[1 + N]`` long, the same ids, from the argmax screen where the
+        engine has one (:attr:`screen`), else from its logits.
         """
+        if argmax_only and len(argmax_only) != len(items):
+            raise ValueError(f"argmax_only has {len(argmax_only)} flags for {len(items)} trees")
         passes = []
-        for cache, pending_token, parents, tokens in items:
+        for index, (cache, pending_token, parents, tokens) in enumerate(items):
             n = len(tokens)
             if parents.shape != (n,):
                 raise ValueError(f"parents has shape {tuple(parents.shape)}; expected ({n},)")
             ids = torch.tensor([pending_token, *tokens], dtype=torch.long, device=self.device)  # [1+N]
             block, depth = tree_pass_inputs(parents.to(self.device), 0)  # [1+N, 1+N], [1+N] (no prefix)
-            passes.append(PassInput(cache, ids, depth + cache.length, block, want_logits=True))
+            only = bool(argmax_only[index]) if argmax_only else False
+            passes.append(PassInput(cache, ids, depth + cache.length, block, want_logits=True, argmax_only=only))
         for cache, chunk in prompts:
             n = len(chunk)
             if not n:
@@ -423,7 +449,7 @@ class NativeEngine:
             if bucket is not None and self.static is not None:  # one session, a common size: static shapes
                 logits = self.static.run(passes[0], bucket)  # [Q, V]
                 passes[0].cache.length += int(passes[0].tokens.shape[0])
-                return [logits]
+                return [logits.argmax(dim=-1) if passes[0].argmax_only else logits]
             for p in passes:
                 self._reserve(p.cache, p.cache.length + int(p.tokens.shape[0]))
             hidden = self._run_layers(passes)  # [T, E]
@@ -448,8 +474,24 @@ class NativeEngine:
             start += q
         if not rows:
             return []
+        wanting = [p for p in passes if p.want_logits]
+        greedy = [p.argmax_only for p in wanting]
+        if all(greedy) and self.screen is not None:  # greedy verification: the argmax, without the LM head
+            ids = self._screened_argmax(rows[0] if len(rows) == 1 else torch.cat(rows))  # [sum Q]
+            return list(ids.split([r.shape[0] for r in rows]))  # [Q_i] per pass
         logits = self.weights.lm_head(rows[0] if len(rows) == 1 else torch.cat(rows))  # [sum Q, V]
-        return list(logits.split([r.shape[0] for r in rows]))  # [Q_i, V] per pass wanting logits
+        out = list(logits.split([r.shape[0] for r in rows]))  # [Q_i, V] per pass wanting logits
+        return [o.argmax(dim=-1) if only else o for o, only in zip(out, greedy, strict=True)]
+
+    def _screened_argmax(self, rows: torch.Tensor) -> torch.Tensor:
+        """``lm_head(rows).argmax(-1)`` ``[M]``, the same ids, from the int8 screen."""
+        assert self.screen is not None
+        ids, candidates, fallbacks = self.screen.argmax(rows)
+        counts = self.screen_counts
+        counts.rows += int(rows.shape[0])
+        counts.candidates += candidates
+        counts.fallbacks += fallbacks
+        return ids
 
     def _run_layers(self, passes: Sequence[PassInput]) -> torch.Tensor:
         s = self.shape

@@ -76,6 +76,7 @@ class TargetConfig:
     engine: str = "auto"  # "native" (specd's Llama-family forward), "hf" (transformers), "auto"
     weight_format: str | None = None  # native engine: "dense", "packed" (MKL-prepacked fp32), None/"auto"
     cuda_graphs: str = "auto"  # native engine: "on"/"auto" replay one-session passes as CUDA graphs on CUDA
+    argmax_screen: bool = True  # native engine, q8 LM head: greedy argmax from the exact int8 screen
     redrafter_head: str | None = None  # a ReDrafter head run here (co-located drafting), over this model
 
     def validate(self) -> TargetConfig:
@@ -120,6 +121,9 @@ class TargetStats:
     mixed_passes: int = 0  # verify passes that also fed a prompt chunk
     prefix_cache_tokens: int = 0  # prompt tokens whose KV came from the prefix cache, not a pass
     prefix_cache_bytes: int = 0  # KV memory the prefix cache holds
+    screen_rows: int = 0  # greedy rows whose argmax came from the int8 screen
+    screen_candidates: int = 0  # outputs the screen rescored exactly
+    screen_fallbacks: int = 0  # screened rows that needed the full exact LM head
 
 
 class TargetVerifier:
@@ -129,8 +133,15 @@ class TargetVerifier:
         config.validate()
         self.loaded = loaded
         self.engine = build_engine(
-            loaded.model, config.engine, config.weight_format, config.max_context, cuda_graphs=config.cuda_graphs
+            loaded.model,
+            config.engine,
+            config.weight_format,
+            config.max_context,
+            cuda_graphs=config.cuda_graphs,
+            argmax_screen=config.argmax_screen,
         )
+        # greedy calls ask for their rows' argmax only (the engine's exact screen computes it)
+        self._argmax_only = getattr(self.engine, "screen", None) is not None
         self.config = dataclasses.replace(config, max_context=min(config.max_context, self.engine.max_positions))
         self.sessions = SessionStore(
             self.config.max_sessions, self.config.max_context, max_kv_bytes=self.config.max_kv_bytes
@@ -354,6 +365,7 @@ class TargetVerifier:
 
     def stats(self) -> TargetStats:
         """A snapshot of the verifier's counters (for metrics)."""
+        screen = getattr(self.engine, "screen_counts", None)
         with self._stats_lock:
             return TargetStats(
                 active_sessions=len(self.sessions),
@@ -366,6 +378,9 @@ class TargetVerifier:
                 mixed_passes=self._mixed_passes,
                 prefix_cache_tokens=self._prefix.hit_tokens if self._prefix else 0,
                 prefix_cache_bytes=self._prefix.bytes if self._prefix else 0,
+                screen_rows=screen.rows if screen else 0,
+                screen_candidates=screen.candidates if screen else 0,
+                screen_fallbacks=screen.fallbacks if screen else 0,
             )
 
     def _start_prefill(self, job: PrefillJob) -> None:
@@ -487,15 +502,16 @@ class TargetVerifier:
                     (s.cache, s.pending_token, torch.tensor(c.tree.parents, dtype=torch.long), c.tree.tokens)
                     for c, s in ready
                 ]
+                greedy = [s.sampling.greedy for _, s in ready] if self._argmax_only else []
                 if feeding and self._feeds_prompts:
                     prompts = [(job.session.cache, job.tokens[job.fed : job.fed + n]) for job, n in feeding]
-                    all_logits = self.engine.score_trees_and_feed(items, prompts)  # type: ignore[attr-defined]
+                    all_logits = self.engine.score_trees_and_feed(items, prompts, greedy)  # type: ignore[attr-defined]
                 elif feeding:  # an engine that feeds prompts alone: the batcher sent one whole prompt
                     ((job, _),) = feeding
                     self.engine.prefill(job.session.cache, job.tokens)
                     all_logits = []
                 else:
-                    all_logits = self.engine.score_trees(items)  # [1 + N_i, V] per call
+                    all_logits = self.engine.score_trees(items, greedy)  # [1 + N_i, V] per call (greedy: [1 + N_i])
                 if self.engine.device.type == "cuda":  # kernels run async: count them as compute, not network
                     torch.cuda.synchronize(self.engine.device)
             except BaseException as exc:
@@ -534,9 +550,10 @@ class TargetVerifier:
     def _accept_and_commit(
         self, session: Session, call: VerifyCall, logits: torch.Tensor, compute_s: float
     ) -> VerifyResult:
-        """Acceptance rule on this call's logits ``[1 + N, V]``, then commit pending + accepted path."""
+        """Acceptance rule on this call's logits ``[1 + N, V]`` (a greedy call: their argmax ``[1 + N]``,
+        from the engine's screen), then commit pending + accepted path."""
         tree = call.tree
-        argmax = logits.argmax(dim=-1).tolist()  # [1+N]
+        argmax = (logits if logits.dim() == 1 else logits.argmax(dim=-1)).tolist()  # [1+N]
         if session.sampling.greedy:
             acceptance = accept_greedy(argmax, tree)
         else:

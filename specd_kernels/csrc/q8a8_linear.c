@@ -294,9 +294,12 @@ static const a8_block_fn A8X_BLOCKS[3][A8_MAX_R + 1] = {
  * max_abs: the largest |q| among the codes (it picks the AVX2 route; any value is exact elsewhere).
  * x: [M, K] fp32; codes/start/scale/shift: the layout above; bias: [N] or NULL; res: [M, N] or NULL, added last
  * (may be y itself); y: [M, N]. Panels are split across threads; rows run in even register blocks. */
-int q8a8_linear(const float *x, int64_t M, int64_t K, const int8_t *codes, const int32_t *start, const float *scale,
-                const float *shift, int64_t N, const float *bias, const float *res, float *y, int threads,
-                int max_abs) {
+static void a8_screen_panel(int64_t M, int64_t G, const float *s, const float *absw, float c, float *y, int64_t ldy,
+                            int cols, float *hmax, float *lmax, int64_t P, int64_t p);
+
+static int a8_run(const float *x, int64_t M, int64_t K, const int8_t *codes, const int32_t *start, const float *scale,
+                  const float *shift, int64_t N, const float *bias, const float *res, float *y, int threads,
+                  int max_abs, const float *absw, float c, float *hmax, float *lmax) {
     const int64_t G = K / A8_GROUP;
     const a8_block_fn *blocks = A8_BLOCKS;
 #ifdef A8_AVX2
@@ -334,10 +337,143 @@ int q8a8_linear(const float *x, int64_t M, int64_t K, const int8_t *codes, const
                              res ? res + r0 * N + n0 : NULL);
                 r0 += R;
             }
+            if (absw) /* the screen: this panel's rows are still in cache */
+                a8_screen_panel(M, G, s, absw + p * G * A8_PANEL, c, y + n0, N, cols, hmax, lmax, panels, p);
         }
     }
     free(a);
     free(s);
     free(ss);
     return 0;
+}
+
+int q8a8_linear(const float *x, int64_t M, int64_t K, const int8_t *codes, const int32_t *start, const float *scale,
+                const float *shift, int64_t N, const float *bias, const float *res, float *y, int threads,
+                int max_abs) {
+    return a8_run(x, M, K, codes, start, scale, shift, N, bias, res, y, threads, max_abs, NULL, 0.0f, NULL, NULL);
+}
+
+/*
+ * The argmax screen: the EXACT argmax of q8_linear.c's logits (the fp32 model's bits) at about the
+ * cost of this file's int8-activation product, for greedy verification.
+ *
+ * Per row r and output j the int8-activation value y_j differs from the exact kernel's e_j by at
+ * most  c * B_j  with  B_j = sum_g s[r, g] * A[j, g],  A[j, g] = sum_{k in g} (|d q_k| + |m|)
+ * (``c`` from Python: the activations' rounding, half a step s[r, g] per element, plus both sums'
+ * float rounding; specd_kernels/q8.py derives it). So with  hi_j = y_j + c B_j,  lo_j = y_j - c B_j
+ * and  L = max_j lo_j,  the exact argmax j* has  hi_j* >= e_j* >= e_k >= lo_k  for every k: every
+ * output with hi_j >= L is a candidate, and j* is one of them. q8a8_screen writes hi (in place of
+ * y) and, per row and panel of 32 outputs, the largest hi and lo; q8a8_pick rescores the
+ * candidates with q8_linear.c's exact arithmetic (k = 0 .. K-1, one fused multiply-add each, the
+ * weight fl(fl(d q) + m)) and keeps the first maximum, as torch.argmax does. A row with more
+ * than max_cand candidates, or a maximum that is not finite, gets -1: the caller runs the exact product.
+ * The caller passes only finite rows small enough that no product can overflow (|x| < 2^50).
+ */
+#define SCREEN_SLACK 1e-6f /* relative: the rounding of hi and lo themselves (16 ulps of y) */
+
+static void a8_screen_panel(int64_t M, int64_t G, const float *s, const float *absw, float c, float *y, int64_t ldy,
+                            int cols, float *hmax, float *lmax, int64_t P, int64_t p) {
+    for (int64_t r = 0; r < M; r++) {
+        float *yr = y + r * ldy;
+        float hm = -INFINITY, lm = -INFINITY;
+#if defined(__AVX512F__)
+        if (cols == A8_PANEL) { /* a whole panel: two vectors of 16 outputs */
+            __m512 b0 = _mm512_setzero_ps(), b1 = _mm512_setzero_ps();
+            for (int64_t g = 0; g < G; g++) {
+                const __m512 sg = _mm512_set1_ps(s[r * G + g]);
+                b0 = _mm512_fmadd_ps(sg, _mm512_loadu_ps(absw + g * A8_PANEL), b0);
+                b1 = _mm512_fmadd_ps(sg, _mm512_loadu_ps(absw + g * A8_PANEL + 16), b1);
+            }
+            const __m512 cv = _mm512_set1_ps(c), ev = _mm512_set1_ps(SCREEN_SLACK);
+            const __m512 v0 = _mm512_loadu_ps(yr), v1 = _mm512_loadu_ps(yr + 16);
+            const __m512 e0 = _mm512_add_ps(_mm512_mul_ps(cv, b0), _mm512_mul_ps(ev, _mm512_abs_ps(v0)));
+            const __m512 e1 = _mm512_add_ps(_mm512_mul_ps(cv, b1), _mm512_mul_ps(ev, _mm512_abs_ps(v1)));
+            const __m512 h0 = _mm512_add_ps(v0, e0), h1 = _mm512_add_ps(v1, e1);
+            _mm512_storeu_ps(yr, h0);
+            _mm512_storeu_ps(yr + 16, h1);
+            hmax[r * P + p] = _mm512_reduce_max_ps(_mm512_max_ps(h0, h1));
+            lmax[r * P + p] = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_sub_ps(v0, e0), _mm512_sub_ps(v1, e1)));
+            continue;
+        }
+#endif
+        float b[A8_PANEL];
+        for (int j = 0; j < A8_PANEL; j++) b[j] = 0.0f;
+        for (int64_t g = 0; g < G; g++) {
+            const float sg = s[r * G + g];
+            const float *ag = absw + g * A8_PANEL;
+            for (int j = 0; j < A8_PANEL; j++) b[j] += sg * ag[j];
+        }
+        for (int j = 0; j < cols; j++) {
+            const float v = yr[j];
+            const float slack = c * b[j] + SCREEN_SLACK * fabsf(v);
+            const float hi = v + slack, lo = v - slack;
+            yr[j] = hi;
+            hm = hi > hm ? hi : hm;
+            lm = lo > lm ? lo : lm;
+        }
+        hmax[r * P + p] = hm;
+        lmax[r * P + p] = lm;
+    }
+}
+
+/* x: [M, K]; hi: [M, N] (written); hmax, lmax: [M, P]. Returns 0 or -1 (no memory; hi untouched). */
+int q8a8_screen(const float *x, int64_t M, int64_t K, const int8_t *codes, const int32_t *start, const float *scale,
+                const float *shift, const float *absw, float c, int64_t N, const float *bias, float *hi, float *hmax,
+                float *lmax, int threads, int max_abs) {
+    return a8_run(x, M, K, codes, start, scale, shift, N, bias, NULL, hi, threads, max_abs, absw, c, hmax, lmax);
+}
+
+/* One output of q8_linear.c, from this file's layout: the same weights, sums and rounding. */
+static float exact_output(const float *x, int64_t K, const int8_t *pw, const float *pd, const float *pm, int j) {
+    float acc = 0.0f;
+    for (int64_t k = 0; k < K; k++) {
+        const int64_t g = k / A8_GROUP;
+        float w = pd[g * A8_PANEL + j] * (float)pw[(k / 4) * (A8_PANEL * 4) + j * 4 + k % 4];
+        w = w + pm[g * A8_PANEL + j];
+        acc = fmaf(x[k], w, acc);
+    }
+    return acc;
+}
+
+/* The exact argmax per row (out[r]; -1: too many candidates or not finite) from q8a8_screen's hi,
+ * hmax, lmax. cand (optional): the number of candidates each row rescored. */
+void q8a8_pick(const float *x, int64_t M, int64_t K, const int8_t *codes, const float *scale, const float *shift,
+               int64_t N, const float *bias, const float *hi, const float *hmax, const float *lmax, int max_cand,
+               int64_t *out, int32_t *cand, int threads) {
+    const int64_t G = K / A8_GROUP, P = (N + A8_PANEL - 1) / A8_PANEL;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t r = 0; r < M; r++) {
+        const float *hr = hmax + r * P, *lr = lmax + r * P;
+        float L = -INFINITY;
+        int ok = 1;
+        for (int64_t p = 0; p < P; p++) {
+            ok &= !isnan(hr[p]);
+            L = lr[p] > L ? lr[p] : L;
+        }
+        int64_t best = -1;
+        float top = 0.0f;
+        int count = 0;
+        for (int64_t p = 0; ok && p < P; p++) {
+            if (!(hr[p] >= L)) continue;
+            const int64_t n0 = p * A8_PANEL;
+            const int cols = (int)(N - n0 < A8_PANEL ? N - n0 : A8_PANEL);
+            for (int j = 0; j < cols; j++) {
+                if (!(hi[r * N + n0 + j] >= L)) continue;
+                if (++count > max_cand) {
+                    ok = 0;
+                    break;
+                }
+                float e = exact_output(x + r * K, K, codes + p * K * A8_PANEL, scale + p * G * A8_PANEL,
+                                       shift + p * G * A8_PANEL, j);
+                if (bias) e = e + bias[n0 + j]; /* q8_finish_row's order */
+                if (!isfinite(e)) {
+                    ok = 0;
+                    break;
+                }
+                if (best < 0 || e > top) best = n0 + j, top = e;
+            }
+        }
+        out[r] = ok ? best : -1;
+        if (cand) cand[r] = count;
+    }
 }

@@ -125,6 +125,9 @@ def test_target_counts_calls_passes_sessions_and_kv(observed):
     assert total(m, "specd:target_prefill_chunks_total") >= 4  # each of the 4 prompts in one chunk at least
     assert 0 <= total(m, "specd:target_mixed_passes_total") <= passes
     assert total(m, "specd:target_prefix_cache_tokens_total") >= 3 * 24  # the chat template's system prompt, reused
+    # the tiny target's LM head is random fp32, not int8 codes: no argmax screen, counters at 0
+    assert total(m, "specd:target_argmax_screen_rows_total") == 0
+    assert total(m, "specd:target_argmax_screen_fallbacks_total") == 0
 
 
 def test_draft_counts_proposals_and_phrase_store(observed):

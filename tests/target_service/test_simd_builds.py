@@ -157,3 +157,26 @@ def test_engine_on_the_build_keeps_its_guarantees(
         solo = engine.new_cache()
         row = engine.score_tree(solo, engine.prefill(solo, tokens[:-1]), torch.tensor([-1]), [tokens[-1]])
         assert torch.equal(row[1], logits[node + 1]), node
+
+
+@pytest.mark.parametrize("kind", ["q4_1", "q8_0"])
+def test_argmax_screen_on_the_build_gives_the_exact_argmax(
+    build: tuple[str, ctypes.CDLL], kind: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The screen's bound loop and rescoring on each width: the argmax of this CPU's exact logits
+    (AVX2: the bound's plain-C loop; element by element there is no screen: it would be slower)."""
+    name, lib = build
+    weight = gguf_like(1000, 96, kind, seed=12)  # 32 panels, the last one partial
+    kernel = make_linear(weight, torch.randn(1000) * 0.1, "q8")
+    assert isinstance(kernel, Q8Linear)
+    x = torch.randn(40, 96) * 3
+    x[::4, 7] = 200.0  # an outlier: a loose group
+    want = kernel(x).argmax(dim=-1)  # the native build
+    monkeypatch.setattr(q8, "_LIB", lib)
+    screen = q8.argmax_screen(kernel)
+    if name == "portable":
+        assert screen is None
+        return
+    assert screen is not None
+    ids, _, fallbacks = screen.argmax(x)
+    assert fallbacks < 40 and torch.equal(ids, want)
