@@ -121,7 +121,9 @@ def generate_responses(
             outs: list[list[int]] = [[] for _ in group]
             live = list(range(len(group)))
             while live:
-                items = [(caches[i], pending[i], empty, []) for i in live]
+                items: list[tuple[Any, int, torch.Tensor, list[int]]] = [
+                    (caches[i], pending[i], empty, []) for i in live
+                ]
                 ids = engine.score_trees(items, [True] * len(items))  # [1] each: greedy, the argmax only
                 still = []
                 for i, row in zip(live, ids, strict=True):

@@ -406,7 +406,7 @@ def has_vnni() -> bool:
 
 U32 = 2.0**-24  # unit roundoff of float32
 SAFE_INPUT = 2.0**50  # the screen's inputs stay below this (no product or bound can overflow float32)
-MAX_CANDIDATES = 256  # a row with more candidates than this gets the full exact product instead
+MAX_PANELS = 512  # a row with candidates in more panels of 32 outputs gets the full exact product instead
 
 
 def screen_coefficient(in_features: int) -> float:
@@ -442,17 +442,18 @@ class Q8ArgmaxScreen:
     Greedy verification needs only each row's argmax. The int8-activation product (VNNI: four
     times the multiply-adds per instruction) is within a proven bound of the exact one for every
     output (:func:`screen_coefficient`), so only the outputs whose upper bound reaches the best
-    lower bound can be the argmax: usually one to a dozen of SmolLM2's 49152. Those are rescored
-    with the exact kernel's own arithmetic, and the first maximum wins, as ``torch.argmax`` on the
-    exact logits picks it. The answer is that argmax, bit for bit the same decision; a row with too
-    many candidates (a flat or non-finite row) falls back to the full exact product.
+    lower bound can be the argmax: on real text about eight of SmolLM2's 49152. The panels of 32
+    outputs holding them are rescored with the exact kernel's own code, and the first maximum
+    among the candidates wins, as ``torch.argmax`` on the exact logits picks it: the same id,
+    always. A row whose candidates fill more than ``max_panels`` panels (a flat row: logits of
+    nonsense text are close together) or that is not finite gets the full exact product.
     """
 
     exact: Q8Linear
     weight: Q8A8Panels
     absw: torch.Tensor  # [P, G, 32] fp32: sum over the group of |d q| + |m|, per output
     coefficient: float
-    max_candidates: int = MAX_CANDIDATES
+    max_panels: int = MAX_PANELS
 
     @property
     def out_features(self) -> int:
@@ -463,7 +464,7 @@ class Q8ArgmaxScreen:
         return w.codes.numel() + 4 * (w.start.numel() + w.scale.numel() + w.shift.numel() + self.absw.numel())
 
     def argmax(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        """``(ids [M] long, candidates rescored, rows that fell back)``: ``exact(x).argmax(-1)``."""
+        """``(ids [M] long, candidates compared exactly, rows that fell back)``: ``exact(x).argmax(-1)``."""
         lib = load_library()
         assert lib is not None
         x = x.contiguous()  # [M, K]
@@ -485,15 +486,16 @@ class Q8ArgmaxScreen:
             raise MemoryError(f"q8 screen: no memory to quantize {m} x {self.exact.in_features} activations")
         ids = torch.empty(m, dtype=torch.int64)  # [M]
         counts = torch.empty(m, dtype=torch.int32)  # [M]
+        q = self.exact.weight  # the exact kernel's own layout: rescored panels get its bits
         lib.q8a8_pick(
-            x.data_ptr(), m, self.exact.in_features, w.codes.data_ptr(), w.scale.data_ptr(), w.shift.data_ptr(), n,
+            x.data_ptr(), m, self.exact.in_features, q.codes.data_ptr(), q.scale.data_ptr(), q.shift.data_ptr(), n,
             None if bias is None else bias.data_ptr(), hi.data_ptr(), hmax.data_ptr(), lmax.data_ptr(),
-            self.max_candidates, ids.data_ptr(), counts.data_ptr(), threads,
+            self.max_panels, ids.data_ptr(), counts.data_ptr(), threads,
         )  # fmt: skip
         missed = (ids < 0).nonzero().squeeze(1)  # [F]
         if missed.numel():
             ids[missed] = self.exact(x[missed]).argmax(dim=-1)
-        return ids, int(counts.clamp(max=self.max_candidates).sum()), int(missed.numel())
+        return ids, int(counts.sum()), int(missed.numel())
 
 
 def weight_of(panels: Q8Panels, out_features: int) -> Q8Weight:

@@ -62,6 +62,12 @@ class LayerWeights:
     down: LinearKernel  # [F] -> [E]
 
 
+# The argmax screen from this many rows of a pass: below, the full q8 LM head is as fast (one row
+# of SmolLM2 in a pass, 2 cores: 1.4 ms for the head, 2.0 for the screen; 4 rows: 2.2 both; 16 rows:
+# 6.8 against 3.8; docs/BENCHMARKS.md).
+SCREEN_MIN_ROWS = 8
+
+
 @dataclass
 class ScreenCounts:
     """What the argmax screen did (mutable; updated under the engine's lock, read by metrics)."""
@@ -476,7 +482,8 @@ class NativeEngine:
             return []
         wanting = [p for p in passes if p.want_logits]
         greedy = [p.argmax_only for p in wanting]
-        if all(greedy) and self.screen is not None:  # greedy verification: the argmax, without the LM head
+        total = sum(int(r.shape[0]) for r in rows)
+        if all(greedy) and self.screen is not None and total >= SCREEN_MIN_ROWS:  # greedy: no full LM head
             ids = self._screened_argmax(rows[0] if len(rows) == 1 else torch.cat(rows))  # [sum Q]
             return list(ids.split([r.shape[0] for r in rows]))  # [Q_i] per pass
         logits = self.weights.lm_head(rows[0] if len(rows) == 1 else torch.cat(rows))  # [sum Q, V]

@@ -351,3 +351,25 @@ int q8_linear(const float *x, int64_t M, int64_t K, const int8_t *codes, const f
     }
     return failed ? -1 : 0;
 }
+
+/* One row x [K] against ONE panel (codes/scale/shift of that panel, bias of its columns or NULL):
+ * out[0 .. cols) gets exactly what q8_linear writes for those outputs (the same per-output sums,
+ * whatever M: see the top of this file). The argmax screen (q8a8_linear.c) rescores its candidates
+ * with it. */
+void q8_panel_row(const float *x, int64_t K, const int8_t *codes, const float *scale, const float *shift, int cols,
+                  const float *bias, float *out) {
+#if Q8_SIMD
+    FUSED[1](x, K, K, codes, scale, shift, out, PANEL, cols, bias, NULL);
+#else
+    float row[PANEL];
+    for (int c = 0; c < cols; c++) {
+        float acc = 0.0f;
+        for (int64_t k = 0; k < K; k++) {
+            const float p = scale[(k / GROUP) * PANEL + c] * (float)codes[k * PANEL + c];
+            acc = fmaf(x[k], p + shift[(k / GROUP) * PANEL + c], acc);
+        }
+        row[c] = acc;
+    }
+    q8_finish_row(row, out, cols, bias, NULL);
+#endif
+}

@@ -363,10 +363,10 @@ int q8a8_linear(const float *x, int64_t M, int64_t K, const int8_t *codes, const
  * float rounding; specd_kernels/q8.py derives it). So with  hi_j = y_j + c B_j,  lo_j = y_j - c B_j
  * and  L = max_j lo_j,  the exact argmax j* has  hi_j* >= e_j* >= e_k >= lo_k  for every k: every
  * output with hi_j >= L is a candidate, and j* is one of them. q8a8_screen writes hi (in place of
- * y) and, per row and panel of 32 outputs, the largest hi and lo; q8a8_pick rescores the
- * candidates with q8_linear.c's exact arithmetic (k = 0 .. K-1, one fused multiply-add each, the
- * weight fl(fl(d q) + m)) and keeps the first maximum, as torch.argmax does. A row with more
- * than max_cand candidates, or a maximum that is not finite, gets -1: the caller runs the exact product.
+ * y) and, per row and panel of 32 outputs, the largest hi and lo; q8a8_pick rescores the panels
+ * holding candidates with q8_linear.c's own code (the same bits as its full product) and keeps the
+ * first maximum among the candidates, as torch.argmax does. A row with candidates in more than
+ * max_panels panels, or a maximum that is not finite, gets -1: the caller runs the exact product.
  * The caller passes only finite rows small enough that no product can overflow (|x| < 2^50).
  */
 #define SCREEN_SLACK 1e-6f /* relative: the rounding of hi and lo themselves (16 ulps of y) */
@@ -423,49 +423,41 @@ int q8a8_screen(const float *x, int64_t M, int64_t K, const int8_t *codes, const
     return a8_run(x, M, K, codes, start, scale, shift, N, bias, NULL, hi, threads, max_abs, absw, c, hmax, lmax);
 }
 
-/* One output of q8_linear.c, from this file's layout: the same weights, sums and rounding. */
-static float exact_output(const float *x, int64_t K, const int8_t *pw, const float *pd, const float *pm, int j) {
-    float acc = 0.0f;
-    for (int64_t k = 0; k < K; k++) {
-        const int64_t g = k / A8_GROUP;
-        float w = pd[g * A8_PANEL + j] * (float)pw[(k / 4) * (A8_PANEL * 4) + j * 4 + k % 4];
-        w = w + pm[g * A8_PANEL + j];
-        acc = fmaf(x[k], w, acc);
-    }
-    return acc;
-}
+/* q8_linear.c's exact outputs of one panel for one row. */
+void q8_panel_row(const float *x, int64_t K, const int8_t *codes, const float *scale, const float *shift, int cols,
+                  const float *bias, float *out);
 
-/* The exact argmax per row (out[r]; -1: too many candidates or not finite) from q8a8_screen's hi,
- * hmax, lmax. cand (optional): the number of candidates each row rescored. */
-void q8a8_pick(const float *x, int64_t M, int64_t K, const int8_t *codes, const float *scale, const float *shift,
-               int64_t N, const float *bias, const float *hi, const float *hmax, const float *lmax, int max_cand,
+/* The exact argmax per row (out[r]; -1: more than max_panels panels hold candidates, or a maximum
+ * that is not finite) from q8a8_screen's hi, hmax, lmax. A panel holding a candidate is rescored
+ * whole with q8_linear.c's own code (qcodes/qscale/qshift: ITS layout) -- 32 outputs for about the
+ * price of one. cand (optional): the outputs each row compared exactly. */
+void q8a8_pick(const float *x, int64_t M, int64_t K, const int8_t *qcodes, const float *qscale, const float *qshift,
+               int64_t N, const float *bias, const float *hi, const float *hmax, const float *lmax, int max_panels,
                int64_t *out, int32_t *cand, int threads) {
     const int64_t G = K / A8_GROUP, P = (N + A8_PANEL - 1) / A8_PANEL;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
     for (int64_t r = 0; r < M; r++) {
         const float *hr = hmax + r * P, *lr = lmax + r * P;
         float L = -INFINITY;
-        int ok = 1;
-        for (int64_t p = 0; p < P; p++) {
-            ok &= !isnan(hr[p]);
-            L = lr[p] > L ? lr[p] : L;
-        }
+        for (int64_t p = 0; p < P; p++) L = lr[p] > L ? lr[p] : L;
+        int ok = isfinite(L), panels = 0, count = 0;
         int64_t best = -1;
         float top = 0.0f;
-        int count = 0;
         for (int64_t p = 0; ok && p < P; p++) {
             if (!(hr[p] >= L)) continue;
+            if (!isfinite(hr[p]) || ++panels > max_panels) {
+                ok = 0;
+                break;
+            }
             const int64_t n0 = p * A8_PANEL;
             const int cols = (int)(N - n0 < A8_PANEL ? N - n0 : A8_PANEL);
+            float exact[A8_PANEL];
+            q8_panel_row(x + r * K, K, qcodes + p * K * A8_PANEL, qscale + p * G * A8_PANEL, qshift + p * G * A8_PANEL,
+                         cols, bias ? bias + n0 : NULL, exact);
             for (int j = 0; j < cols; j++) {
                 if (!(hi[r * N + n0 + j] >= L)) continue;
-                if (++count > max_cand) {
-                    ok = 0;
-                    break;
-                }
-                float e = exact_output(x + r * K, K, codes + p * K * A8_PANEL, scale + p * G * A8_PANEL,
-                                       shift + p * G * A8_PANEL, j);
-                if (bias) e = e + bias[n0 + j]; /* q8_finish_row's order */
+                count++;
+                const float e = exact[j];
                 if (!isfinite(e)) {
                     ok = 0;
                     break;

@@ -14,7 +14,7 @@ from spec_decode.models import LoadedModel
 from specd_kernels.linear import make_linear
 from specd_kernels.q8 import (
     GROUP,
-    MAX_CANDIDATES,
+    MAX_PANELS,
     Q8A8Linear,
     Q8Linear,
     argmax_screen,
@@ -22,7 +22,7 @@ from specd_kernels.q8 import (
     screen_coefficient,
     weight_of,
 )
-from target_service.llama_engine import NativeEngine
+from target_service.llama_engine import SCREEN_MIN_ROWS, NativeEngine
 
 pytestmark = pytest.mark.skipif(library_error() is not None, reason=f"q8 kernel not buildable: {library_error()}")
 
@@ -92,10 +92,10 @@ def test_ties_go_to_the_first_index_as_torch_argmax() -> None:
 
 
 def test_flat_and_non_finite_rows_fall_back_to_the_full_product() -> None:
-    kernel, screen = _screen_for(gguf_like(600, 64, "q8_0", seed=5))
-    zeros = torch.zeros(3, 64)  # every logit 0: all 600 tie, more candidates than the screen rescores
+    kernel, screen = _screen_for(gguf_like(32 * (MAX_PANELS + 8), 64, "q8_0", seed=5))
+    zeros = torch.zeros(3, 64)  # every logit 0: all tie, in more panels than the screen rescores
     ids, _, fallbacks = screen.argmax(zeros)
-    assert fallbacks == 3 and ids.tolist() == [0, 0, 0] and MAX_CANDIDATES < 600
+    assert fallbacks == 3 and ids.tolist() == [0, 0, 0]
     bad = torch.randn(4, 64)
     bad[1, 3] = float("nan")
     bad[2, 0] = float("inf")
@@ -146,7 +146,13 @@ def test_engine_greedy_passes_get_the_argmax_of_their_logits(q4_target: LoadedMo
             else:
                 assert torch.equal(g, w)
     counts = screened.screen_counts
-    assert counts.rows > 0 and counts.candidates >= counts.rows - counts.fallbacks
+    assert counts.rows >= SCREEN_MIN_ROWS and counts.candidates >= counts.rows - counts.fallbacks
+    # a pass of fewer rows than SCREEN_MIN_ROWS: the full LM head is as fast there, same ids
+    before = counts.rows
+    (small,) = _engine_items(screened, random.Random(3), 1)
+    cache, pending, _, _ = small
+    (one,) = screened.score_trees([(cache, pending, torch.empty(0, dtype=torch.long), [])], [True])
+    assert one.shape == (1,) and counts.rows == before
     with pytest.raises(ValueError, match="flags"):
         screened.score_trees(_engine_items(screened, rng, 2), [True])
 
