@@ -30,7 +30,8 @@ HF_METHODS = ("hf-generate", "hf-pld", "hf-assisted")
 
 def _engine_args(args: argparse.Namespace) -> list[str]:
     """The target-process flags that pick the engine the benchmark measures."""
-    return ["--engine", args.engine, *(["--weight-format", args.weight_format] if args.weight_format else [])]
+    fmt = ["--weight-format", args.weight_format] if args.weight_format else []
+    return ["--engine", args.engine, *fmt, "--argmax-screen", args.argmax_screen]
 
 
 def add_bench_args(p: argparse.ArgumentParser) -> None:
@@ -96,6 +97,13 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="native engine weights: auto | dense | packed | q8 | q8a8 (q8a8 changes outputs vs fp32: "
         "compare with --reference vanilla)",
+    )
+    p.add_argument(
+        "--argmax-screen",
+        default="on",
+        choices=("on", "off"),
+        help="the target's greedy verification: each row's exact argmax from the int8 screen (on) or the "
+        "full LM head (off); the same tokens either way",
     )
     p.add_argument(
         "--reference",
@@ -293,6 +301,7 @@ def run_bench(args: argparse.Namespace) -> int:
                     device=args.device,
                     engine=args.engine,
                     weight_format=args.weight_format,
+                    argmax_screen=args.argmax_screen == "on",
                     redrafter_head=head if colocate else None,
                 ),
                 DraftConfig(
@@ -502,6 +511,7 @@ def write_outputs(args: argparse.Namespace, runs: list[Run], summary: dict[str, 
         "target": args.target,
         "draft_model": args.draft_model,
         "weight_format": args.weight_format,
+        "argmax_screen": args.argmax_screen,
         "reference": args.reference,
         "pld_placement": args.pld_placement,
         "command": " ".join(sys.argv),

@@ -14,7 +14,9 @@ cache of ``--context`` tokens, one forward pass over k new tokens:
 For each k, each engine's warm-up and timed passes run back to back on the same thread (as a
 dedicated server runs them; interleaving let one engine start on caches the other had just
 flushed), one engine right after the other so background load hits both alike; the median of
-``--repeats`` runs is reported. A benchmark, not a test.
+``--repeats`` runs is reported. Where the engine has the argmax screen, ``specd_greedy`` times
+the pass greedy verification runs (each row's argmax, not its logits), alternating with
+``specd``'s passes. A benchmark, not a test.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 DEFAULT_TOKENS = "1,2,4,8,16,32,64"
@@ -48,6 +51,15 @@ def add_bench_verify_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--tokens", default=DEFAULT_TOKENS, help=f"comma-separated k values (default {DEFAULT_TOKENS})")
     p.add_argument("--context", type=int, default=300, help="tokens already in the cache (default 300)")
+    p.add_argument(
+        "--prompts",
+        type=Path,
+        default=None,
+        help="real text instead of random tokens: contexts from this JSONL's first turns, continued by "
+        "the target's own greedy output, and chains of what it writes next (the argmax screen's work "
+        "depends on the logits: random tokens give flat ones)",
+    )
+    p.add_argument("--real-contexts", type=int, default=4, help="with --prompts: how many contexts (passes cycle)")
     p.add_argument("--repeats", type=int, default=15, help="timed passes per k and engine (median reported)")
     p.add_argument("--warmup", type=int, default=3, help="untimed passes per k and engine first")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
@@ -91,20 +103,34 @@ def run_bench_verify(args: argparse.Namespace) -> int:
     )
     vocab = engine.vocab_size
     rng = random.Random(0)
-    context = [rng.randrange(vocab) for _ in range(args.context + 1)]
     device = engine.device
 
     def sync() -> None:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 
-    # specd: the pending token + (k - 1) chain nodes over `context` committed tokens.
-    cache = engine.new_cache()
-    pending = engine.prefill(cache, context)
+    # specd: the pending token + (k - 1) chain nodes over `context` committed tokens. Random tokens
+    # by default; with --prompts, real text: each prompt (chat template) continued by the target's
+    # own greedy output to `context` tokens, and the chain is what the target writes next.
+    sessions: list[tuple[Any, int, list[int]]] = []  # (cache, pending token, the next tokens)
+    if args.prompts:
+        texts = _prompt_contexts(engine, loaded.tokenizer, args.prompts, args.real_contexts, args.context, max(tokens))
+        context = texts[0][0]
+        for ctx, after in texts:
+            cache = engine.new_cache()
+            sessions.append((cache, engine.prefill(cache, ctx), after))
+    else:
+        context = [rng.randrange(vocab) for _ in range(args.context + 1)]
+        cache = engine.new_cache()
+        sessions.append((cache, engine.prefill(cache, context), []))
+    turn = [0]
 
     def specd_pass(k: int, greedy: bool = False) -> None:
+        cache, pending, after = sessions[turn[0] % len(sessions)]
+        turn[0] += 1
         base = engine.cache_len(cache)
-        item = (cache, pending, torch.arange(-1, k - 2, device="cpu"), [rng.randrange(vocab) for _ in range(k - 1)])
+        chain = after[: k - 1] if after else [rng.randrange(vocab) for _ in range(k - 1)]
+        item = (cache, pending, torch.arange(-1, k - 2, device="cpu"), chain)
         if greedy:  # what greedy verification asks for: each row's argmax (the engine's screen, where it has one)
             engine.score_trees([item], [True])
         else:
@@ -130,18 +156,22 @@ def run_bench_verify(args: argparse.Namespace) -> int:
     with tqdm(total=total, desc="bench-verify", file=sys.stderr, disable=not sys.stderr.isatty()) as bar:
         for k in tokens:
             # Each engine's passes back to back (warm-up first), as a dedicated server runs them:
-            # interleaved, each engine's pass would start on caches the other had just flushed.
-            for name, run in runners.items():
+            # interleaved, each engine's pass would start on caches the other had just flushed. The
+            # specd engine's two kinds of pass (logits, greedy ids) share its weights: they alternate,
+            # so background load hits both alike.
+            for group in (("transformers",), tuple(n for n in runners if n != "transformers")):
                 for _ in range(args.warmup):
-                    run(k)
-                    bar.update()
+                    for name in group:
+                        runners[name](k)
+                        bar.update()
                 for _ in range(args.repeats):
-                    sync()
-                    start = time.perf_counter()
-                    run(k)
-                    sync()
-                    times[name][k].append((time.perf_counter() - start) * 1e3)
-                    bar.update()
+                    for name in group:
+                        sync()
+                        start = time.perf_counter()
+                        runners[name](k)
+                        sync()
+                        times[name][k].append((time.perf_counter() - start) * 1e3)
+                        bar.update()
     medians = {
         name: {str(k): round(statistics.median(v), 3) for k, v in per_k.items()} for name, per_k in times.items()
     }
@@ -152,6 +182,38 @@ def run_bench_verify(args: argparse.Namespace) -> int:
         return 0
     print(_table(medians, tokens, meta))
     return 0
+
+
+def _prompt_contexts(
+    engine: Any, tokenizer: Any, path: Any, count: int, context: int, longest: int
+) -> list[tuple[list[int], list[int]]]:
+    """``count`` real contexts from the first turns of ``path`` (JSONL, Spec-Bench's format): the
+    chat-templated prompt (its last ``context`` tokens) continued by the target's own greedy
+    output; returns (the ``context + 1`` tokens before the chain, the next ``longest`` tokens)."""
+    import torch
+
+    from orchestrator.request import GenerateParams
+    from orchestrator.text import prompt_tokens
+
+    turns = [json.loads(line)["turns"][0] for line in path.read_text().splitlines() if line.strip()]
+    if not turns:
+        raise SystemExit(f"specd bench-verify: no prompts in {path}")
+    step = max(1, len(turns) // count)
+    out = []
+    for text in turns[::step][:count]:
+        ids = prompt_tokens(tokenizer, GenerateParams(prompt=text))[-(context + 1) :]
+        cache = engine.new_cache()
+        pending = engine.prefill(cache, ids)
+        written: list[int] = []
+        empty = torch.zeros(0, dtype=torch.long)
+        while len(ids) + len(written) < context + 1 + longest:  # the target's own greedy continuation
+            (row,) = engine.score_trees([(cache, pending, empty, [])], [True])
+            engine.commit(cache, engine.cache_len(cache) - 1, [0])
+            written.append(pending)
+            pending = int(row[0])
+        full = ids + written + [pending]
+        out.append((full[-(longest + context + 1) : -longest], full[-longest:]))
+    return out
 
 
 def _meta(engine: Any, loaded: Any, torch: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -165,6 +227,7 @@ def _meta(engine: Any, loaded: Any, torch: Any, args: argparse.Namespace) -> dic
         "argmax_screen": getattr(engine, "screen", None) is not None,
         "kernel_simd": _kernel_simd(engine),
         "context": args.context,
+        "text": f"{args.prompts} ({args.real_contexts} contexts)" if args.prompts else "random tokens",
         "repeats": args.repeats,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,

@@ -41,6 +41,7 @@ GPU: dict[str, Any] = {
         "batchWindowMs": 2.5,
         "prefillChunk": 512,
         "prefixCacheMb": 4096,
+        "argmaxScreen": False,
         "gpu": {"enabled": True, "count": 2},
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
         "nodeSelector": {"gpu": "h100"},
@@ -377,6 +378,8 @@ def test_gpu_requests_and_model_flags():
         8192,
     )
     assert (ns.max_batch, ns.batch_window_ms, ns.prefill_chunk, ns.prefix_cache_mb) == (32, 2.5, 512, 4096)
+    assert ns.argmax_screen == "off"
+    assert parse_with_cli("target", args_of(render({}), "target")).argmax_screen == "on"  # the default
     draft = container(rendered.get("Deployment", "draft"))
     assert draft["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert flag(args_of(rendered, "draft"), "--draft-model") == "/models/llama-1b"

@@ -54,6 +54,23 @@ def test_bench_verify_json(tiny_target):
     assert bad.returncode != 0 and "--tokens" in bad.stderr
 
 
+def test_bench_verify_on_real_text(tiny_target, tmp_path):
+    """--prompts: contexts from a prompt file continued by the target itself (not random tokens)."""
+    prompts = tmp_path / "p.jsonl"
+    rows = [{"question_id": i, "category": "c", "turns": [f"Tell me about the number {i}."]} for i in range(3)]
+    prompts.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    done = _specd(
+        "bench-verify", "--target", str(tiny_target), "--device", "cpu", "--tokens", "1,4", "--context", "24",
+        "--repeats", "2", "--warmup", "1", "--prompts", str(prompts), "--real-contexts", "2",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "text=" in done.stdout and "(2 contexts)" in done.stdout and "| 4 |" in done.stdout
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    bad = _specd("bench-verify", "--target", str(tiny_target), "--prompts", str(empty), "--tokens", "1")
+    assert bad.returncode != 0 and "no prompts" in bad.stderr
+
+
 def test_bench_on_a_format_that_changes_outputs_checks_against_its_own_vanilla(tiny_target, tmp_path):
     """``--weight-format q8a8 --reference vanilla``: every specd run must equal specd's own target-only
     decoding on that engine (hf-generate, on fp32 weights, may differ)."""
