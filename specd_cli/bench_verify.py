@@ -225,6 +225,7 @@ def _meta(engine: Any, loaded: Any, torch: Any, args: argparse.Namespace) -> dic
         "weight_format": getattr(engine, "weight_format", "-"),
         "cuda_graphs": getattr(engine, "static", None) is not None,
         "argmax_screen": getattr(engine, "screen", None) is not None,
+        **_screen_work(engine),
         "kernel_simd": _kernel_simd(engine),
         "context": args.context,
         "text": f"{args.prompts} ({args.real_contexts} contexts)" if args.prompts else "random tokens",
@@ -232,6 +233,18 @@ def _meta(engine: Any, loaded: Any, torch: Any, args: argparse.Namespace) -> dic
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "hf_attention": loaded.model.config._attn_implementation,
+    }
+
+
+def _screen_work(engine: Any) -> dict[str, Any]:
+    """What the argmax screen did over the greedy passes: exact comparisons and fallbacks per row."""
+    counts, screen = getattr(engine, "screen_counts", None), getattr(engine, "screen", None)
+    if counts is None or screen is None or not counts.rows:
+        return {}
+    return {
+        "screen_mib": round(screen.nbytes() / 2**20, 1),
+        "screen_candidates_per_row": round(counts.candidates / counts.rows, 2),
+        "screen_fallback_rows": f"{counts.fallbacks}/{counts.rows}",
     }
 
 

@@ -442,7 +442,7 @@ class Q8ArgmaxScreen:
     Greedy verification needs only each row's argmax. The int8-activation product (VNNI: four
     times the multiply-adds per instruction) is within a proven bound of the exact one for every
     output (:func:`screen_coefficient`), so only the outputs whose upper bound reaches the best
-    lower bound can be the argmax: on real text about eight of SmolLM2's 49152. The panels of 32
+    lower bound can be the argmax: on real text a handful of SmolLM2's 49152. The panels of 32
     outputs holding them are rescored with the exact kernel's own code, and the first maximum
     among the candidates wins, as ``torch.argmax`` on the exact logits picks it: the same id,
     always. A row whose candidates fill more than ``max_panels`` panels (a flat row: logits of
