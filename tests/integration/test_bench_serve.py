@@ -48,5 +48,11 @@ def test_bench_serve_tiny_pair(tiny_target, tmp_path):
     # to 0, the four together do not
     assert sum(r["cpu_s"]["drafters"] for r in runs) > 0 and sum(r["cpu_s"]["orchestrator"] for r in runs) > 0
     md = (out / "results.md").read_text()
-    assert "method pld (drafted in: draft)" in md and "| 4 | 1 | 4 | 64 | 2 | 3 | 0 | 36 |" in md
+    assert "method pld (drafted in: draft)" in md and "| 4 | 1 | 4 | 64 | on | 2 | 3 | 0 | 36 |" in md
+    assert {r["argmax_screen"] for r in runs} == {"on"}  # the default (this tiny target has no q8 head)
+    bad = subprocess.run(
+        [*cmd[:4], "--argmax-screen", "maybe", "--out", str(tmp_path / "bad")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert bad.returncode != 0 and "--argmax-screen takes on and/or off" in bad.stderr
     assert (out / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
