@@ -103,43 +103,11 @@ def declare(lib: ctypes.CDLL) -> ctypes.CDLL:
     lib.q8_linear.argtypes = [ptr, i64, i64, ptr, ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int]
     lib.q8a8_linear.restype = ctypes.c_int
     lib.q8a8_linear.argtypes = [ptr, i64, i64, ptr, ptr, ptr, ptr, i64, ptr, ptr, ptr, ctypes.c_int, ctypes.c_int]
+    f32, c_int = ctypes.c_float, ctypes.c_int
     lib.q8a8_screen.restype = ctypes.c_int
-    lib.q8a8_screen.argtypes = [
-        ptr,
-        i64,
-        i64,
-        ptr,
-        ptr,
-        ptr,
-        ptr,
-        ptr,
-        ctypes.c_float,
-        i64,
-        ptr,
-        ptr,
-        ptr,
-        ptr,
-        ctypes.c_int,
-        ctypes.c_int,
-    ]
+    lib.q8a8_screen.argtypes = [ptr, i64, i64, *[ptr] * 5, f32, i64, *[ptr] * 4, c_int, c_int]
     lib.q8a8_pick.restype = None
-    lib.q8a8_pick.argtypes = [
-        ptr,
-        i64,
-        i64,
-        ptr,
-        ptr,
-        ptr,
-        i64,
-        ptr,
-        ptr,
-        ptr,
-        ptr,
-        ctypes.c_int,
-        ptr,
-        ptr,
-        ctypes.c_int,
-    ]
+    lib.q8a8_pick.argtypes = [ptr, i64, i64, ptr, ptr, ptr, i64, *[ptr] * 4, c_int, ptr, ptr, c_int]
     lib.q8a8_has_vnni.restype = ctypes.c_int
     lib.q8a8_path.restype = ctypes.c_int
     lib.q8a8_path.argtypes = [ctypes.c_int]

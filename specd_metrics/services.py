@@ -273,30 +273,19 @@ class _TargetCollector(Collector):
             p + "target_verify_served", "Verify calls served by those passes", value=st.verify_calls
         )
         yield CounterMetricFamily(p + "target_evictions", "Sessions evicted (LRU, caps)", value=st.evictions)
-        yield CounterMetricFamily(
-            p + "target_prefill_chunks", "Prompt chunks fed (k passes for one prompt count k)", value=st.prefill_chunks
+        counters = (
+            ("target_prefill_chunks", "Prompt chunks fed (k passes for one prompt count k)", st.prefill_chunks),
+            ("target_mixed_passes", "Verify passes that also fed a prompt chunk", st.mixed_passes),
+            ("target_prefix_cache_tokens", "Prompt tokens whose KV came from the prefix cache", st.prefix_cache_tokens),
+            ("target_argmax_screen_rows", "Greedy rows whose argmax came from the int8 screen", st.screen_rows),
+            ("target_argmax_screen_candidates", "Logits the screen rescored exactly", st.screen_candidates),
+            ("target_argmax_screen_fallbacks", "Screened rows that needed the full LM head", st.screen_fallbacks),
         )
-        yield CounterMetricFamily(
-            p + "target_mixed_passes", "Verify passes that also fed a prompt chunk", value=st.mixed_passes
-        )
-        yield CounterMetricFamily(
-            p + "target_prefix_cache_tokens", "Prompt tokens whose KV came from the prefix cache",
-            value=st.prefix_cache_tokens,
-        )  # fmt: skip
+        for name, doc, value in counters:
+            yield CounterMetricFamily(p + name, doc, value=value)
         yield GaugeMetricFamily(
             p + "target_prefix_cache_bytes", "KV memory the prefix cache holds", value=st.prefix_cache_bytes
         )
-        yield CounterMetricFamily(
-            p + "target_argmax_screen_rows", "Greedy rows whose argmax came from the int8 screen",
-            value=st.screen_rows,
-        )  # fmt: skip
-        yield CounterMetricFamily(
-            p + "target_argmax_screen_candidates", "Logits the screen rescored exactly", value=st.screen_candidates
-        )
-        yield CounterMetricFamily(
-            p + "target_argmax_screen_fallbacks", "Screened rows that needed the full LM head",
-            value=st.screen_fallbacks,
-        )  # fmt: skip
         yield histogram_family(p + "target_batch_size", "Verify calls per forward pass", st.batch_sizes, SIZE_BUCKETS)
 
 
