@@ -22,6 +22,7 @@ the pass greedy verification runs (each row's argmax, not its logits), alternati
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import statistics
@@ -123,11 +124,10 @@ def run_bench_verify(args: argparse.Namespace) -> int:
         context = [rng.randrange(vocab) for _ in range(args.context + 1)]
         cache = engine.new_cache()
         sessions.append((cache, engine.prefill(cache, context), []))
-    turn = [0]
+    turns = itertools.cycle(sessions)  # passes take the contexts in turn
 
     def specd_pass(k: int, greedy: bool = False) -> None:
-        cache, pending, after = sessions[turn[0] % len(sessions)]
-        turn[0] += 1
+        cache, pending, after = next(turns)
         base = engine.cache_len(cache)
         chain = after[: k - 1] if after else [rng.randrange(vocab) for _ in range(k - 1)]
         item = (cache, pending, torch.arange(-1, k - 2, device="cpu"), chain)
@@ -185,7 +185,7 @@ def run_bench_verify(args: argparse.Namespace) -> int:
 
 
 def _prompt_contexts(
-    engine: Any, tokenizer: Any, path: Any, count: int, context: int, longest: int
+    engine: Any, tokenizer: Any, path: Path, count: int, context: int, longest: int
 ) -> list[tuple[list[int], list[int]]]:
     """``count`` real contexts from the first turns of ``path`` (JSONL, Spec-Bench's format): the
     chat-templated prompt (its last ``context`` tokens) continued by the target's own greedy

@@ -62,9 +62,9 @@ class LayerWeights:
     down: LinearKernel  # [F] -> [E]
 
 
-# The argmax screen from this many rows of a pass: below, the full q8 LM head is as fast (one row
-# of SmolLM2 in a pass, 2 cores: 1.4 ms for the head, 2.0 for the screen; 4 rows: 2.2 both; 16 rows:
-# 6.8 against 3.8; docs/BENCHMARKS.md).
+# The argmax screen from this many rows of a pass: below, the full q8 LM head is as fast or faster
+# (it reads fewer bytes, and one or a few rows are bound by reading; `specd bench-verify --prompts`
+# in docs/BENCHMARKS.md: from 16 rows a greedy pass is cheaper, at 8 the two are even).
 SCREEN_MIN_ROWS = 8
 
 
