@@ -1,10 +1,12 @@
-"""The ``redrafter`` drafter: beam search over a trained ReDrafter head, packed into one tree.
+"""The ``redrafter`` drafter: beam search over a trained ReDrafter head, drafted as one tree.
 
 The head (:mod:`spec_decode.redrafter_head`, loaded from a checkpoint by
 :mod:`spec_decode.redrafter_checkpoint`) drafts from the target's final hidden state at the
 last accepted position, which the orchestrator asks the target for with every verify and
 forwards with the next propose (float16 bytes, ``2 E`` of them). Without a hidden state (the
-first step of a session, before any prefill result arrived) it proposes nothing.
+first step of a session, before any prefill result arrived) it proposes nothing. The tree is
+the search's most probable nodes (``head_tree`` "nodes", the default) or its packed beams
+("beams", the reference's tree): :func:`spec_decode.redrafter_head.head_tree`.
 """
 
 from __future__ import annotations
@@ -19,11 +21,9 @@ from spec_decode.redrafter_head import (
     DEFAULT_TOP_K,
     DEFAULT_WIDTH,
     ReDrafterHead,
-    beam_search,
-    beam_shape,
-    pack_beams,
+    head_tree,
 )
-from spec_decode.types import EMPTY_TREE, DraftOptions, DraftTree, SamplingParams
+from spec_decode.types import EMPTY_TREE, HEAD_TREES, DraftOptions, DraftTree, SamplingParams
 
 MAX_WIDTH = 64
 
@@ -34,6 +34,7 @@ class ReDrafterDrafter:
     def __init__(self, head: ReDrafterHead) -> None:
         self.head = head
         self.width, self.top_k = DEFAULT_WIDTH, DEFAULT_TOP_K
+        self.tree = ""  # HEAD_TREES ("" = "nodes")
         self.hidden: torch.Tensor | None = None  # [E]
         self.last_beam_tokens = 0  # tokens of the last beams before packing (for telemetry)
 
@@ -41,8 +42,13 @@ class ReDrafterDrafter:
         width = options.num_branches or DEFAULT_WIDTH
         if not 1 <= width <= MAX_WIDTH:
             raise InvalidArgument(f"redrafter beam width (num_branches) must be in [1, {MAX_WIDTH}], got {width}")
+        if options.head_tree not in ("", *HEAD_TREES):
+            raise InvalidArgument(
+                f"head_tree must be one of {', '.join(HEAD_TREES)} (or empty), got {options.head_tree!r}"
+            )
         self.width = width
         self.top_k = options.draft_top_k or DEFAULT_TOP_K
+        self.tree = options.head_tree
 
     def set_hidden_state(self, hidden: torch.Tensor) -> None:
         if hidden.shape != (self.head.config.hidden,):
@@ -62,13 +68,14 @@ class ReDrafterDrafter:
         sampling: SamplingParams,
         generator: torch.Generator | None,
     ) -> DraftTree:
-        # a small node budget (the orchestrator's tree budget) holds fewer beams: search no more
-        width, length = beam_shape(self.width, max_tokens or DEFAULT_LENGTH, max_nodes)
-        if self.hidden is None or length <= 0 or not context:
+        if self.hidden is None or max_nodes <= 0 or not context:
             return EMPTY_TREE
-        beams = beam_search(self.head, self.hidden, int(context[-1]), width, length, self.top_k)
-        self.last_beam_tokens = sum(len(b) for b in beams.tokens)
-        return pack_beams(beams, max_nodes)
+        # a small node budget (the orchestrator's tree budget) searches no more than it can hold
+        tree, self.last_beam_tokens = head_tree(
+            self.tree, self.head, self.hidden, int(context[-1]), self.width, max_tokens or DEFAULT_LENGTH,
+            max_nodes, self.top_k,
+        )  # fmt: skip
+        return tree
 
     def observe(self, num_draft: int, num_accepted: int, target_tokens: Sequence[int] = ()) -> None:
         """Nothing to learn online: the head is trained offline."""

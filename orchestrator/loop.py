@@ -174,6 +174,7 @@ class DecodeLoop:
             length=length,
             max_nodes=max_nodes,
             top_k=options.draft_top_k or REDRAFTER_TOP_K,
+            tree=options.head_tree,
         )
 
     def _draft(self) -> DraftTree:

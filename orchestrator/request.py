@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from spec_decode.beams import BeamParams
 from spec_decode.budget import TREE_BUDGETS
 from spec_decode.errors import InvalidArgument
-from spec_decode.types import DraftOptions, SamplingParams
+from spec_decode.types import HEAD_TREES, DraftOptions, SamplingParams
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class GenerateParams:
     ouroboros: OuroborosParams = field(default_factory=lambda: OuroborosParams())
     beam: BeamParams = field(default_factory=BeamParams)  # beam-sample / dsbd: width, min width, threshold
     tree_budget: str = ""  # "cost" | "max" | "" (the orchestrator's default): spec_decode/budget.py
+    head_tree: str = ""  # ReDrafter methods: "nodes" | "beams" | "" (= "nodes"): spec_decode/redrafter_head.py
 
     def validate(self, *, max_new_tokens_cap: int) -> GenerateParams:
         given = sum(bool(x) for x in (self.prompt, self.messages, self.prompt_token_ids))
@@ -80,6 +81,10 @@ class GenerateParams:
                 f"tree_budget must be one of {', '.join(TREE_BUDGETS)} (or empty for the server's default), "
                 f"got {self.tree_budget!r}"
             )
+        if self.head_tree not in ("", *HEAD_TREES):
+            raise InvalidArgument(
+                f"head_tree must be one of {', '.join(HEAD_TREES)} (or empty for nodes), got {self.head_tree!r}"
+            )
         for i, msg in enumerate(self.messages):
             if msg.role not in ("system", "user", "assistant"):
                 raise InvalidArgument(f"messages[{i}].role {msg.role!r} must be system, user or assistant")
@@ -96,6 +101,7 @@ class GenerateParams:
             num_tokens=self.num_draft_tokens or default_num_tokens,
             adaptive=self.adaptive_draft,
             num_branches=self.num_branches,
+            head_tree=self.head_tree,
             phrase_namespace=phrase_namespace,
             phrase_top_k=o.phrase_top_k,
             phrase_length=o.phrase_length,

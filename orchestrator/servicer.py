@@ -33,6 +33,7 @@ def params_from_pb(req: orchestrator_pb2.GenerateRequest) -> GenerateParams:
         adaptive_draft=req.adaptive_draft,
         num_branches=req.num_branches,
         tree_budget=req.tree_budget,
+        head_tree=req.head_tree,
         ignore_eos=req.ignore_eos,
         ouroboros=OuroborosParams(
             phrase_top_k=req.ouroboros.phrase_top_k,

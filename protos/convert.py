@@ -144,6 +144,7 @@ def colocated_draft_to_pb(spec: ColocatedDraft | None) -> target_pb2.ColocatedDr
         drafter=spec.drafter,
         max_ngram=spec.max_ngram,
         min_ngram=spec.min_ngram,
+        tree=spec.tree,
     )
 
 
@@ -158,6 +159,7 @@ def colocated_draft_from_pb(msg: target_pb2.ColocatedDraft, present: bool) -> Co
         msg.drafter or "redrafter",
         msg.max_ngram or 3,
         msg.min_ngram or 1,
+        msg.tree,
     ).validate()
 
 

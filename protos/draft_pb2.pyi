@@ -28,7 +28,7 @@ class DraftInfo(_message.Message):
     def __init__(self, vocab: _Optional[_Union[_common_pb2.VocabInfo, _Mapping]] = ..., drafters: _Optional[_Iterable[str]] = ..., device: _Optional[str] = ..., max_sessions: _Optional[int] = ..., active_sessions: _Optional[int] = ..., phrase_store: _Optional[str] = ...) -> None: ...
 
 class DraftOptions(_message.Message):
-    __slots__ = ("num_tokens", "adaptive", "max_ngram", "min_ngram", "num_branches", "draft_top_k", "phrase_namespace", "phrase_top_k", "phrase_length", "no_lookahead", "no_phrase_extension", "no_verification_phrases", "no_history_phrases")
+    __slots__ = ("num_tokens", "adaptive", "max_ngram", "min_ngram", "num_branches", "draft_top_k", "phrase_namespace", "phrase_top_k", "phrase_length", "no_lookahead", "no_phrase_extension", "no_verification_phrases", "no_history_phrases", "head_tree")
     NUM_TOKENS_FIELD_NUMBER: _ClassVar[int]
     ADAPTIVE_FIELD_NUMBER: _ClassVar[int]
     MAX_NGRAM_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +42,7 @@ class DraftOptions(_message.Message):
     NO_PHRASE_EXTENSION_FIELD_NUMBER: _ClassVar[int]
     NO_VERIFICATION_PHRASES_FIELD_NUMBER: _ClassVar[int]
     NO_HISTORY_PHRASES_FIELD_NUMBER: _ClassVar[int]
+    HEAD_TREE_FIELD_NUMBER: _ClassVar[int]
     num_tokens: int
     adaptive: bool
     max_ngram: int
@@ -55,7 +56,8 @@ class DraftOptions(_message.Message):
     no_phrase_extension: bool
     no_verification_phrases: bool
     no_history_phrases: bool
-    def __init__(self, num_tokens: _Optional[int] = ..., adaptive: _Optional[bool] = ..., max_ngram: _Optional[int] = ..., min_ngram: _Optional[int] = ..., num_branches: _Optional[int] = ..., draft_top_k: _Optional[int] = ..., phrase_namespace: _Optional[str] = ..., phrase_top_k: _Optional[int] = ..., phrase_length: _Optional[int] = ..., no_lookahead: _Optional[bool] = ..., no_phrase_extension: _Optional[bool] = ..., no_verification_phrases: _Optional[bool] = ..., no_history_phrases: _Optional[bool] = ...) -> None: ...
+    head_tree: str
+    def __init__(self, num_tokens: _Optional[int] = ..., adaptive: _Optional[bool] = ..., max_ngram: _Optional[int] = ..., min_ngram: _Optional[int] = ..., num_branches: _Optional[int] = ..., draft_top_k: _Optional[int] = ..., phrase_namespace: _Optional[str] = ..., phrase_top_k: _Optional[int] = ..., phrase_length: _Optional[int] = ..., no_lookahead: _Optional[bool] = ..., no_phrase_extension: _Optional[bool] = ..., no_verification_phrases: _Optional[bool] = ..., no_history_phrases: _Optional[bool] = ..., head_tree: _Optional[str] = ...) -> None: ...
 
 class ProposeRequest(_message.Message):
     __slots__ = ("session_id", "drafter", "offset", "tokens", "max_nodes", "options", "sampling", "has_feedback", "feedback_num_draft", "feedback_num_accepted", "feedback_target_tokens", "hidden_state")

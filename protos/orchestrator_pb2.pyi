@@ -16,7 +16,7 @@ class ChatMessage(_message.Message):
     def __init__(self, role: _Optional[str] = ..., content: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("prompt", "messages", "raw", "method", "max_new_tokens", "sampling", "num_draft_tokens", "adaptive_draft", "ignore_eos", "prompt_token_ids", "num_branches", "ouroboros", "beam", "tree_budget")
+    __slots__ = ("prompt", "messages", "raw", "method", "max_new_tokens", "sampling", "num_draft_tokens", "adaptive_draft", "ignore_eos", "prompt_token_ids", "num_branches", "ouroboros", "beam", "tree_budget", "head_tree")
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
@@ -31,6 +31,7 @@ class GenerateRequest(_message.Message):
     OUROBOROS_FIELD_NUMBER: _ClassVar[int]
     BEAM_FIELD_NUMBER: _ClassVar[int]
     TREE_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    HEAD_TREE_FIELD_NUMBER: _ClassVar[int]
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[ChatMessage]
     raw: bool
@@ -45,7 +46,8 @@ class GenerateRequest(_message.Message):
     ouroboros: OuroborosOptions
     beam: _common_pb2.BeamParams
     tree_budget: str
-    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., raw: _Optional[bool] = ..., method: _Optional[str] = ..., max_new_tokens: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., num_draft_tokens: _Optional[int] = ..., adaptive_draft: _Optional[bool] = ..., ignore_eos: _Optional[bool] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., num_branches: _Optional[int] = ..., ouroboros: _Optional[_Union[OuroborosOptions, _Mapping]] = ..., beam: _Optional[_Union[_common_pb2.BeamParams, _Mapping]] = ..., tree_budget: _Optional[str] = ...) -> None: ...
+    head_tree: str
+    def __init__(self, prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[ChatMessage, _Mapping]]] = ..., raw: _Optional[bool] = ..., method: _Optional[str] = ..., max_new_tokens: _Optional[int] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., num_draft_tokens: _Optional[int] = ..., adaptive_draft: _Optional[bool] = ..., ignore_eos: _Optional[bool] = ..., prompt_token_ids: _Optional[_Iterable[int]] = ..., num_branches: _Optional[int] = ..., ouroboros: _Optional[_Union[OuroborosOptions, _Mapping]] = ..., beam: _Optional[_Union[_common_pb2.BeamParams, _Mapping]] = ..., tree_budget: _Optional[str] = ..., head_tree: _Optional[str] = ...) -> None: ...
 
 class OuroborosOptions(_message.Message):
     __slots__ = ("phrase_top_k", "phrase_length", "no_lookahead", "no_phrase_extension", "no_verification_phrases", "no_history_phrases")

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/target.proto\x12\x08specd.v1\x1a\x13protos/common.proto\"\x13\n\x11TargetInfoRequest\"\x89\x02\n\nTargetInfo\x12\"\n\x05vocab\x18\x01 \x01(\x0b\x32\x13.specd.v1.VocabInfo\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x14\n\x0cmax_sessions\x18\x04 \x01(\x05\x12\x16\n\x0emax_tree_nodes\x18\x05 \x01(\x05\x12\x13\n\x0bmax_context\x18\x06 \x01(\x05\x12\x17\n\x0f\x61\x63tive_sessions\x18\x07 \x01(\x05\x12\x17\n\x0fmax_draft_top_k\x18\x08 \x01(\x05\x12\x13\n\x0bhidden_size\x18\t \x01(\x05\x12\x12\n\ndraft_head\x18\n \x01(\x08\x12\x1a\n\x12\x63olocated_drafters\x18\x0b \x03(\t\"\x88\x01\n\x0e\x43olocatedDraft\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06length\x18\x02 \x01(\x05\x12\x11\n\tmax_nodes\x18\x03 \x01(\x05\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x0f\n\x07\x64rafter\x18\x05 \x01(\t\x12\x11\n\tmax_ngram\x18\x06 \x01(\x05\x12\x11\n\tmin_ngram\x18\x07 \x01(\x05\"\xb7\x01\n\x0ePrefillRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x03(\x05\x12*\n\x08sampling\x18\x03 \x01(\x0b\x32\x18.specd.v1.SamplingParams\x12\x1b\n\x13return_hidden_state\x18\x04 \x01(\x08\x12\x31\n\x0f\x63olocated_draft\x18\x05 \x01(\x0b\x32\x18.specd.v1.ColocatedDraft\"\x92\x01\n\x0fPrefillResponse\x12\x13\n\x0b\x63ontext_len\x18\x01 \x01(\x05\x12\x12\n\ncompute_ms\x18\x02 \x01(\x01\x12\x18\n\x10\x65victed_sessions\x18\x03 \x01(\x05\x12\x14\n\x0chidden_state\x18\x04 \x01(\x0c\x12&\n\tnext_tree\x18\x05 \x01(\x0b\x32\x13.specd.v1.DraftTree\"\xb4\x01\n\rVerifyRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12!\n\x04tree\x18\x02 \x01(\x0b\x32\x13.specd.v1.DraftTree\x12\x1c\n\x14return_target_tokens\x18\x03 \x01(\x08\x12\x1b\n\x13return_hidden_state\x18\x04 \x01(\x08\x12\x31\n\x0f\x63olocated_draft\x18\x05 \x01(\x0b\x32\x18.specd.v1.ColocatedDraft\"\xe2\x01\n\x0eVerifyResponse\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x01 \x03(\x05\x12\x16\n\x0e\x61\x63\x63\x65pted_nodes\x18\x02 \x03(\x05\x12\x12\n\nnext_token\x18\x03 \x01(\x05\x12\r\n\x05\x62onus\x18\x04 \x01(\x08\x12\x13\n\x0b\x63ontext_len\x18\x05 \x01(\x05\x12\x12\n\ncompute_ms\x18\x06 \x01(\x01\x12\x15\n\rtarget_tokens\x18\x07 \x03(\x05\x12\x14\n\x0chidden_state\x18\x08 \x01(\x0c\x12&\n\tnext_tree\x18\t \x01(\x0b\x32\x13.specd.v1.DraftTree\"$\n\x0eReleaseRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"\xbd\x01\n\x11\x42\x65\x61mVerifyRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12$\n\x06\x66orest\x18\x02 \x01(\x0b\x32\x14.specd.v1.BeamForest\x12$\n\x06params\x18\x03 \x01(\x0b\x32\x14.specd.v1.BeamParams\x12\x15\n\reos_token_ids\x18\x04 \x03(\x05\x12\x1c\n\x14return_hidden_states\x18\x05 \x01(\x08\x12\x13\n\x0btokens_left\x18\x06 \x01(\x05\"\xd0\x01\n\x12\x42\x65\x61mVerifyResponse\x12#\n\x05\x62\x65\x61ms\x18\x01 \x03(\x0b\x32\x14.specd.v1.BeamUpdate\x12&\n\x08\x66inished\x18\x02 \x03(\x0b\x32\x14.specd.v1.BeamUpdate\x12\x0e\n\x06widths\x18\x03 \x03(\x05\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x05\x12\x0f\n\x07\x64rafted\x18\x05 \x01(\x05\x12\x11\n\tcompute_s\x18\x06 \x01(\x01\x12\x10\n\x08kv_bytes\x18\x07 \x01(\x03\x12\x15\n\rhidden_states\x18\x08 \x03(\x0c\x32\xd0\x02\n\rTargetService\x12\x39\n\x04Info\x12\x1b.specd.v1.TargetInfoRequest\x1a\x14.specd.v1.TargetInfo\x12>\n\x07Prefill\x12\x18.specd.v1.PrefillRequest\x1a\x19.specd.v1.PrefillResponse\x12;\n\x06Verify\x12\x17.specd.v1.VerifyRequest\x1a\x18.specd.v1.VerifyResponse\x12>\n\x07Release\x12\x18.specd.v1.ReleaseRequest\x1a\x19.specd.v1.ReleaseResponse\x12G\n\nBeamVerify\x12\x1b.specd.v1.BeamVerifyRequest\x1a\x1c.specd.v1.BeamVerifyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13protos/target.proto\x12\x08specd.v1\x1a\x13protos/common.proto\"\x13\n\x11TargetInfoRequest\"\x89\x02\n\nTargetInfo\x12\"\n\x05vocab\x18\x01 \x01(\x0b\x32\x13.specd.v1.VocabInfo\x12\x0e\n\x06\x64\x65vice\x18\x02 \x01(\t\x12\r\n\x05\x64type\x18\x03 \x01(\t\x12\x14\n\x0cmax_sessions\x18\x04 \x01(\x05\x12\x16\n\x0emax_tree_nodes\x18\x05 \x01(\x05\x12\x13\n\x0bmax_context\x18\x06 \x01(\x05\x12\x17\n\x0f\x61\x63tive_sessions\x18\x07 \x01(\x05\x12\x17\n\x0fmax_draft_top_k\x18\x08 \x01(\x05\x12\x13\n\x0bhidden_size\x18\t \x01(\x05\x12\x12\n\ndraft_head\x18\n \x01(\x08\x12\x1a\n\x12\x63olocated_drafters\x18\x0b \x03(\t\"\x96\x01\n\x0e\x43olocatedDraft\x12\r\n\x05width\x18\x01 \x01(\x05\x12\x0e\n\x06length\x18\x02 \x01(\x05\x12\x11\n\tmax_nodes\x18\x03 \x01(\x05\x12\r\n\x05top_k\x18\x04 \x01(\x05\x12\x0f\n\x07\x64rafter\x18\x05 \x01(\t\x12\x11\n\tmax_ngram\x18\x06 \x01(\x05\x12\x11\n\tmin_ngram\x18\x07 \x01(\x05\x12\x0c\n\x04tree\x18\x08 \x01(\t\"\xb7\x01\n\x0ePrefillRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x15\n\rprompt_tokens\x18\x02 \x03(\x05\x12*\n\x08sampling\x18\x03 \x01(\x0b\x32\x18.specd.v1.SamplingParams\x12\x1b\n\x13return_hidden_state\x18\x04 \x01(\x08\x12\x31\n\x0f\x63olocated_draft\x18\x05 \x01(\x0b\x32\x18.specd.v1.ColocatedDraft\"\x92\x01\n\x0fPrefillResponse\x12\x13\n\x0b\x63ontext_len\x18\x01 \x01(\x05\x12\x12\n\ncompute_ms\x18\x02 \x01(\x01\x12\x18\n\x10\x65victed_sessions\x18\x03 \x01(\x05\x12\x14\n\x0chidden_state\x18\x04 \x01(\x0c\x12&\n\tnext_tree\x18\x05 \x01(\x0b\x32\x13.specd.v1.DraftTree\"\xb4\x01\n\rVerifyRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12!\n\x04tree\x18\x02 \x01(\x0b\x32\x13.specd.v1.DraftTree\x12\x1c\n\x14return_target_tokens\x18\x03 \x01(\x08\x12\x1b\n\x13return_hidden_state\x18\x04 \x01(\x08\x12\x31\n\x0f\x63olocated_draft\x18\x05 \x01(\x0b\x32\x18.specd.v1.ColocatedDraft\"\xe2\x01\n\x0eVerifyResponse\x12\x17\n\x0f\x61\x63\x63\x65pted_tokens\x18\x01 \x03(\x05\x12\x16\n\x0e\x61\x63\x63\x65pted_nodes\x18\x02 \x03(\x05\x12\x12\n\nnext_token\x18\x03 \x01(\x05\x12\r\n\x05\x62onus\x18\x04 \x01(\x08\x12\x13\n\x0b\x63ontext_len\x18\x05 \x01(\x05\x12\x12\n\ncompute_ms\x18\x06 \x01(\x01\x12\x15\n\rtarget_tokens\x18\x07 \x03(\x05\x12\x14\n\x0chidden_state\x18\x08 \x01(\x0c\x12&\n\tnext_tree\x18\t \x01(\x0b\x32\x13.specd.v1.DraftTree\"$\n\x0eReleaseRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"#\n\x0fReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"\xbd\x01\n\x11\x42\x65\x61mVerifyRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12$\n\x06\x66orest\x18\x02 \x01(\x0b\x32\x14.specd.v1.BeamForest\x12$\n\x06params\x18\x03 \x01(\x0b\x32\x14.specd.v1.BeamParams\x12\x15\n\reos_token_ids\x18\x04 \x03(\x05\x12\x1c\n\x14return_hidden_states\x18\x05 \x01(\x08\x12\x13\n\x0btokens_left\x18\x06 \x01(\x05\"\xd0\x01\n\x12\x42\x65\x61mVerifyResponse\x12#\n\x05\x62\x65\x61ms\x18\x01 \x03(\x0b\x32\x14.specd.v1.BeamUpdate\x12&\n\x08\x66inished\x18\x02 \x03(\x0b\x32\x14.specd.v1.BeamUpdate\x12\x0e\n\x06widths\x18\x03 \x03(\x05\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x04 \x01(\x05\x12\x0f\n\x07\x64rafted\x18\x05 \x01(\x05\x12\x11\n\tcompute_s\x18\x06 \x01(\x01\x12\x10\n\x08kv_bytes\x18\x07 \x01(\x03\x12\x15\n\rhidden_states\x18\x08 \x03(\x0c\x32\xd0\x02\n\rTargetService\x12\x39\n\x04Info\x12\x1b.specd.v1.TargetInfoRequest\x1a\x14.specd.v1.TargetInfo\x12>\n\x07Prefill\x12\x18.specd.v1.PrefillRequest\x1a\x19.specd.v1.PrefillResponse\x12;\n\x06Verify\x12\x17.specd.v1.VerifyRequest\x1a\x18.specd.v1.VerifyResponse\x12>\n\x07Release\x12\x18.specd.v1.ReleaseRequest\x1a\x19.specd.v1.ReleaseResponse\x12G\n\nBeamVerify\x12\x1b.specd.v1.BeamVerifyRequest\x1a\x1c.specd.v1.BeamVerifyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,23 +37,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TARGETINFO']._serialized_start=76
   _globals['_TARGETINFO']._serialized_end=341
   _globals['_COLOCATEDDRAFT']._serialized_start=344
-  _globals['_COLOCATEDDRAFT']._serialized_end=480
-  _globals['_PREFILLREQUEST']._serialized_start=483
-  _globals['_PREFILLREQUEST']._serialized_end=666
-  _globals['_PREFILLRESPONSE']._serialized_start=669
-  _globals['_PREFILLRESPONSE']._serialized_end=815
-  _globals['_VERIFYREQUEST']._serialized_start=818
-  _globals['_VERIFYREQUEST']._serialized_end=998
-  _globals['_VERIFYRESPONSE']._serialized_start=1001
-  _globals['_VERIFYRESPONSE']._serialized_end=1227
-  _globals['_RELEASEREQUEST']._serialized_start=1229
-  _globals['_RELEASEREQUEST']._serialized_end=1265
-  _globals['_RELEASERESPONSE']._serialized_start=1267
-  _globals['_RELEASERESPONSE']._serialized_end=1302
-  _globals['_BEAMVERIFYREQUEST']._serialized_start=1305
-  _globals['_BEAMVERIFYREQUEST']._serialized_end=1494
-  _globals['_BEAMVERIFYRESPONSE']._serialized_start=1497
-  _globals['_BEAMVERIFYRESPONSE']._serialized_end=1705
-  _globals['_TARGETSERVICE']._serialized_start=1708
-  _globals['_TARGETSERVICE']._serialized_end=2044
+  _globals['_COLOCATEDDRAFT']._serialized_end=494
+  _globals['_PREFILLREQUEST']._serialized_start=497
+  _globals['_PREFILLREQUEST']._serialized_end=680
+  _globals['_PREFILLRESPONSE']._serialized_start=683
+  _globals['_PREFILLRESPONSE']._serialized_end=829
+  _globals['_VERIFYREQUEST']._serialized_start=832
+  _globals['_VERIFYREQUEST']._serialized_end=1012
+  _globals['_VERIFYRESPONSE']._serialized_start=1015
+  _globals['_VERIFYRESPONSE']._serialized_end=1241
+  _globals['_RELEASEREQUEST']._serialized_start=1243
+  _globals['_RELEASEREQUEST']._serialized_end=1279
+  _globals['_RELEASERESPONSE']._serialized_start=1281
+  _globals['_RELEASERESPONSE']._serialized_end=1316
+  _globals['_BEAMVERIFYREQUEST']._serialized_start=1319
+  _globals['_BEAMVERIFYREQUEST']._serialized_end=1508
+  _globals['_BEAMVERIFYRESPONSE']._serialized_start=1511
+  _globals['_BEAMVERIFYRESPONSE']._serialized_end=1719
+  _globals['_TARGETSERVICE']._serialized_start=1722
+  _globals['_TARGETSERVICE']._serialized_end=2058
 # @@protoc_insertion_point(module_scope)

@@ -38,7 +38,7 @@ class TargetInfo(_message.Message):
     def __init__(self, vocab: _Optional[_Union[_common_pb2.VocabInfo, _Mapping]] = ..., device: _Optional[str] = ..., dtype: _Optional[str] = ..., max_sessions: _Optional[int] = ..., max_tree_nodes: _Optional[int] = ..., max_context: _Optional[int] = ..., active_sessions: _Optional[int] = ..., max_draft_top_k: _Optional[int] = ..., hidden_size: _Optional[int] = ..., draft_head: _Optional[bool] = ..., colocated_drafters: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ColocatedDraft(_message.Message):
-    __slots__ = ("width", "length", "max_nodes", "top_k", "drafter", "max_ngram", "min_ngram")
+    __slots__ = ("width", "length", "max_nodes", "top_k", "drafter", "max_ngram", "min_ngram", "tree")
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     LENGTH_FIELD_NUMBER: _ClassVar[int]
     MAX_NODES_FIELD_NUMBER: _ClassVar[int]
@@ -46,6 +46,7 @@ class ColocatedDraft(_message.Message):
     DRAFTER_FIELD_NUMBER: _ClassVar[int]
     MAX_NGRAM_FIELD_NUMBER: _ClassVar[int]
     MIN_NGRAM_FIELD_NUMBER: _ClassVar[int]
+    TREE_FIELD_NUMBER: _ClassVar[int]
     width: int
     length: int
     max_nodes: int
@@ -53,7 +54,8 @@ class ColocatedDraft(_message.Message):
     drafter: str
     max_ngram: int
     min_ngram: int
-    def __init__(self, width: _Optional[int] = ..., length: _Optional[int] = ..., max_nodes: _Optional[int] = ..., top_k: _Optional[int] = ..., drafter: _Optional[str] = ..., max_ngram: _Optional[int] = ..., min_ngram: _Optional[int] = ...) -> None: ...
+    tree: str
+    def __init__(self, width: _Optional[int] = ..., length: _Optional[int] = ..., max_nodes: _Optional[int] = ..., top_k: _Optional[int] = ..., drafter: _Optional[str] = ..., max_ngram: _Optional[int] = ..., min_ngram: _Optional[int] = ..., tree: _Optional[str] = ...) -> None: ...
 
 class PrefillRequest(_message.Message):
     __slots__ = ("session_id", "prompt_tokens", "sampling", "return_hidden_state", "colocated_draft")

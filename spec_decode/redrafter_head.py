@@ -15,8 +15,13 @@ lose drafts whose token is outside it.
 :func:`beam_search` runs the head for ``length`` steps keeping ``width`` beams (top-k warped
 log-probabilities, summed along the beam); :func:`pack_beams` merges the beams' shared
 prefixes into one draft tree (ReDrafter's dynamic tree attention: fewer nodes, same beams).
-The tree's nodes are point masses (beam search is deterministic), which the target's
-acceptance handles exactly for greedy and sampled requests alike (docs/ALGORITHMS.md §4.2).
+:func:`best_nodes_tree` runs the same search but keeps, instead of the surviving beams'
+prefixes, the ``max_nodes`` most probable nodes of every expansion it made (EAGLE-2's
+selection over ReDrafter's search; docs/ALGORITHMS.md §12): siblings that the beams pruned
+come back where they are likelier than the beams' deep tails. :func:`head_tree` picks one of
+the two (``HEAD_TREES``). Either tree's nodes are point masses (the search is deterministic),
+which the target's acceptance handles exactly for greedy and sampled requests alike
+(docs/ALGORITHMS.md §4.2).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from spec_decode.tree import merge_paths
-from spec_decode.types import DraftTree
+from spec_decode.types import HEAD_TREES, DraftTree
 
 DEFAULT_WIDTH = 10  # the reference code's beam shape (10, 4)
 DEFAULT_LENGTH = 4
@@ -197,3 +202,91 @@ def pack_beams(beams: Beams, max_nodes: int) -> DraftTree:
         nodes.update(new)
         paths.append(list(beam))
     return merge_paths(paths)
+
+
+@torch.inference_mode()
+def best_nodes_tree(
+    head: ReDrafterHead,
+    hidden: torch.Tensor,  # [E] the target's hidden state after the last accepted token
+    last_token: int,
+    width: int,
+    length: int,
+    max_nodes: int,
+    top_k: int = DEFAULT_TOP_K,
+) -> DraftTree:
+    """The ``max_nodes`` most probable nodes that a ``(width, length)`` beam search scores.
+
+    The search is :func:`beam_search`'s (each depth keeps the ``width`` best children by summed
+    top-k warped log-probability), but every child it scored stays a candidate: the best
+    ``min(top_k, max_nodes)`` children of each beam at each depth (no node can keep more). The
+    tree keeps the ``max_nodes`` candidates with the highest summed log-probability, ties to the
+    shallower and earlier one. A child's score is its parent's plus a log-probability <= 0 (and
+    float addition is monotonic), so the parent ranks first: the kept nodes are a tree, listed
+    best first, parents before children, and cutting it to its first ``n`` nodes leaves the best
+    ``n``-node tree of the candidates.
+    """
+    if width < 1 or length < 1 or top_k < 1:
+        raise ValueError(f"search shape ({width}, {length}) and top_k {top_k} must be positive")
+    if max_nodes <= 0:
+        return DraftTree()
+    dev = head.w.weight.device
+    h = hidden.to(dev, head.w.weight.dtype)[None]  # [1, E]
+    state = head.initial_state(1)  # [1, E]
+    prev = torch.tensor([last_token], device=dev)  # [B]
+    scores = torch.zeros(1, device=dev)  # [B] summed log-probabilities of the beams
+    ids = torch.full((1,), -1, dtype=torch.long, device=dev)  # [B] each beam's candidate index (-1: root)
+    cand_scores, cand_parents, cand_tokens = [], [], []
+    count = 0
+    for _ in range(length):
+        logits, state = head.step(h.expand(ids.shape[0], -1), state, prev)  # [B, V'], [B, E]
+        k = min(top_k, logits.shape[-1])
+        top_logits, top_index = logits.topk(k, dim=-1)  # [B, k] sorted
+        c = min(k, max_nodes)  # candidates per beam: no node keeps more children than the tree has nodes
+        logp = torch.log_softmax(top_logits.float(), dim=-1)[:, :c]  # [B, c] top-k warping
+        total = (scores[:, None] + logp).reshape(-1)  # [B c]
+        token = head.to_token_ids(top_index[:, :c]).reshape(-1)  # [B c]
+        cand_scores.append(total)
+        cand_parents.append(ids.repeat_interleave(c))
+        cand_tokens.append(token)
+        keep = total.topk(min(width, total.shape[0])).indices  # [B'] the next depth's beams
+        ids, scores, state, prev = count + keep, total[keep], state[keep // c], token[keep]
+        count += total.shape[0]
+    score = torch.cat(cand_scores)  # [M] candidates in depth order
+    parent = torch.cat(cand_parents)  # [M] candidate index of the parent (-1: the pending token)
+    tokens = torch.cat(cand_tokens)  # [M]
+    order = torch.sort(-score, stable=True).indices[:max_nodes]  # [N] best first; ties: shallower, earlier
+    node_of = torch.full((count,), -1, dtype=torch.long, device=dev)  # candidate -> tree node
+    node_of[order] = torch.arange(order.shape[0], device=dev)
+    chosen_parent = parent[order]  # [N]
+    parents = torch.where(chosen_parent < 0, chosen_parent, node_of[chosen_parent.clamp(min=0)])  # [N]
+    if bool((parents >= torch.arange(order.shape[0], device=dev)).any()):
+        raise AssertionError("best_nodes_tree: a kept node ranks before its parent")  # the docstring's invariant
+    return DraftTree(tuple(tokens[order].tolist()), tuple(parents.tolist()))
+
+
+def head_tree(
+    mode: str,
+    head: ReDrafterHead,
+    hidden: torch.Tensor,  # [E]
+    last_token: int,
+    width: int,
+    length: int,
+    max_nodes: int,
+    top_k: int = DEFAULT_TOP_K,
+) -> tuple[DraftTree, int]:
+    """The head's draft tree in ``mode`` (``HEAD_TREES``; "" = "nodes") within ``max_nodes``, and the
+    beam tokens the search held (beams x length) for telemetry. ``(width, length)`` is the search."""
+    if mode not in ("", *HEAD_TREES):
+        raise ValueError(f"head tree {mode!r} is not one of {', '.join(HEAD_TREES)}")
+    if mode == "beams":
+        width, length = beam_shape(width, length, max_nodes)  # what the node budget can hold
+        if length <= 0:
+            return DraftTree(), 0
+        beams = beam_search(head, hidden, last_token, width, length, top_k)
+        return pack_beams(beams, max_nodes), sum(len(b) for b in beams.tokens)
+    # the beams' own search (so both trees cost the same to draft), as many nodes as its beam tokens
+    nodes = min(max_nodes, width * length)
+    width, length = beam_shape(width, length, nodes)
+    if length <= 0:
+        return DraftTree(), 0
+    return best_nodes_tree(head, hidden, last_token, width, length, nodes, top_k), width * length

@@ -141,6 +141,7 @@ class DraftOptions:
     min_ngram: int = 0
     num_branches: int = 0
     draft_top_k: int = 0
+    head_tree: str = ""  # redrafter / hybrid: "nodes" or "beams" (HEAD_TREES below)
     # Ouroboros: the pool's namespace (the target's vocabulary fingerprint), phrases tried
     # per key token, n of the learned n-grams, and one switch per part (all on by default).
     phrase_namespace: str = ""
@@ -179,6 +180,10 @@ class TargetInfo:
     colocated_drafters: tuple[str, ...] = ()  # what Prefill/Verify can draft the next tree with
 
 
+# How a ReDrafter head's search becomes a draft tree (spec_decode.redrafter_head.head_tree): "nodes"
+# keeps the most probable nodes the search expanded (the default), "beams" the packed surviving
+# beams (the reference's tree).
+HEAD_TREES = ("nodes", "beams")
 COLOCATED_DRAFTERS = ("redrafter", "prompt_lookup")  # what a target may draft with itself
 
 
@@ -189,8 +194,8 @@ class ColocatedDraft:
     ``drafter`` names the co-located drafter (the draft service's drafter names):
 
     - ``"redrafter"``: beam search over the target's ReDrafter head (``width`` beams of ``length``
-      tokens, top-``top_k`` warping) from the hidden state of the last accepted row, packed into
-      one tree;
+      tokens, top-``top_k`` warping) from the hidden state of the last accepted row, drafted as
+      one tree of its most probable nodes (``tree`` "nodes" or "") or of its packed beams ("beams");
     - ``"prompt_lookup"``: prompt lookup over the session's own tokens (``width`` distinct
       continuations of ``length`` tokens, suffix n-grams of ``max_ngram`` down to ``min_ngram``).
 
@@ -204,6 +209,7 @@ class ColocatedDraft:
     drafter: str = "redrafter"
     max_ngram: int = 3
     min_ngram: int = 1
+    tree: str = ""  # redrafter: "nodes" ("" too) or "beams" (HEAD_TREES)
 
     def validate(self) -> ColocatedDraft:
         if self.drafter not in COLOCATED_DRAFTERS:
@@ -222,6 +228,8 @@ class ColocatedDraft:
                 f"length={self.length}, max_nodes={self.max_nodes}, top_k={self.top_k}, "
                 f"ngram={self.min_ngram}..{self.max_ngram}"
             )
+        if self.tree not in ("", *HEAD_TREES):
+            raise InvalidArgument(f"co-located draft tree must be one of {', '.join(HEAD_TREES)}, got {self.tree!r}")
         return self
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from spec_decode.budget import TREE_BUDGETS
+from spec_decode.types import HEAD_TREES
 from specd_cli.bench_beams import add_beam_bench_args, is_beam_bench, run_beam_bench, sequence_logprob
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -44,7 +45,8 @@ def add_bench_args(p: argparse.ArgumentParser) -> None:
         default="",
         help="comma-separated; default: hf-generate,vanilla,pld,hf-pld (+ sps,hf-assisted with --draft-model); "
         "with any of beam-sample,dsbd,dsbd-keep-best,hf-beam-sample the beam benchmark runs (sampled); a specd "
-        "method with :max or :cost (e.g. pld:max) runs with that per-request tree budget",
+        "method with :max or :cost (e.g. pld:max) runs with that per-request tree budget; redrafter or hybrid "
+        "with @beams or @nodes (e.g. redrafter@beams:max) drafts that head tree (default nodes)",
     )
     p.add_argument(
         "--transport",
@@ -258,7 +260,7 @@ def run_bench(args: argparse.Namespace) -> int:
     if unknown:
         raise SystemExit(f"specd bench: unknown methods {unknown}; known: {SPECD_METHODS + HF_METHODS}")
     for m in methods:
-        _tree_budget(m)  # a bad ':budget' suffix fails before anything starts
+        _tree_budget(m), _head_tree(m)  # a bad ':budget' or '@tree' suffix fails before anything starts
     if "hf-generate" not in methods:
         methods.insert(0, "hf-generate")  # the baseline every speedup is relative to
     if args.reference == "vanilla":  # the reference runs first on every prompt
@@ -326,6 +328,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 num_branches=args.num_branches,
                 disable_parts=disabled,
                 tree_budget=_tree_budget(method),
+                head_tree=_head_tree(method),
             )
             return list(res.token_ids), res.stats
         res = clients["inproc"].generate(
@@ -337,6 +340,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 num_branches=args.num_branches,
                 ouroboros=OuroborosParams.without(disabled),
                 tree_budget=_tree_budget(method),
+                head_tree=_head_tree(method),
             )
         )
         return list(res.token_ids), res.stats
@@ -424,14 +428,27 @@ def _pool_warmup(
             run_specd(transport, method, prompt)
 
 
+def _name(method: str) -> str:
+    """A method's name without its ``@head_tree`` and ``:budget`` suffixes (``redrafter@beams:max`` -> redrafter)."""
+    return method.partition(":")[0].partition("@")[0]
+
+
 def _base(method: str) -> str:
-    name = method.partition(":")[0]
+    name = _name(method)
     return "ouroboros" if name.startswith(ABLATION) else name
 
 
 def _disabled_parts(method: str) -> list[str]:
-    name = method.partition(":")[0]
+    name = _name(method)
     return name[len(ABLATION) :].split("+") if name.startswith(ABLATION) else []
+
+
+def _head_tree(method: str) -> str:
+    """The head tree a method name asks for: ``redrafter@beams`` -> "beams", ``redrafter`` -> "" (nodes)."""
+    tree = method.partition(":")[0].partition("@")[2]
+    if tree and tree not in HEAD_TREES:
+        raise SystemExit(f"specd bench: {method!r}: the head tree after '@' must be one of {HEAD_TREES}")
+    return tree
 
 
 def _tree_budget(method: str) -> str:

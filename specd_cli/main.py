@@ -18,6 +18,7 @@ from typing import Any
 
 from draft_service.train_prompts import KINDS as PROMPT_KINDS
 from spec_decode.budget import TREE_BUDGETS
+from spec_decode.types import HEAD_TREES
 
 DEFAULT_PORT = 50051
 
@@ -491,6 +492,7 @@ def _generate_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         num_branches=args.num_branches,
         ignore_eos=args.ignore_eos,
         tree_budget=args.tree_budget,
+        head_tree=args.head_tree,
         phrase_top_k=args.phrase_top_k,
         phrase_length=args.phrase_length,
         disable_parts=[p for p in args.ouroboros_disable.split(",") if p],
@@ -790,6 +792,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("", *TREE_BUDGETS),
         help="draft nodes per step: cost (chosen per step from measured cost and acceptance) or max (the cap); "
         "default: the orchestrator's --tree-budget",
+    )
+    p.add_argument(
+        "--head-tree",
+        default="",
+        choices=("", *HEAD_TREES),
+        help="redrafter/hybrid: the tree the head's beam search drafts, nodes (its most probable nodes, "
+        "the default) or beams (its packed beams, the ReDrafter reference's tree)",
     )
     p.add_argument("--phrase-top-k", type=int, default=0, help="ouroboros: pool phrases per key token (0 = default)")
     p.add_argument("--phrase-length", type=int, default=0, help="ouroboros: phrase length N-1 (0 = default)")

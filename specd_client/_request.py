@@ -31,6 +31,7 @@ def build_request(
     length_penalty: float | None = None,
     keep_best_beam: bool = False,
     tree_budget: str = "",
+    head_tree: str = "",
 ) -> orchestrator_pb2.GenerateRequest:
     """``prompt`` is text, a list of :class:`Message`, or a list of token ids.
 
@@ -39,7 +40,9 @@ def build_request(
     ``beam_width`` (0 = 4), ``min_beam_width``, ``width_threshold`` (0 = fixed width),
     ``length_penalty`` and ``keep_best_beam`` tune methods "beam-sample" and "dsbd".
     ``tree_budget`` ("cost" or "max"; "" = the server's default) sets how many draft nodes
-    each step asks for.
+    each step asks for. ``head_tree`` ("nodes" or "beams"; "" = "nodes") sets the tree a ReDrafter
+    head drafts (methods "redrafter", "hybrid"): the beam search's most probable nodes, or its
+    packed beams.
     """
     known = ("lookahead", "phrase_extension", "verification_phrases", "history_phrases")
     unknown = [p for p in disable_parts if p not in known]
@@ -57,6 +60,7 @@ def build_request(
         num_branches=num_branches,
         ignore_eos=ignore_eos,
         tree_budget=tree_budget,
+        head_tree=head_tree,
         ouroboros=orchestrator_pb2.OuroborosOptions(
             phrase_top_k=phrase_top_k,
             phrase_length=phrase_length,

@@ -61,7 +61,8 @@ class SpecdClient:
         **options: Any,
     ) -> GenerationResult:
         """Generate a whole completion. ``options``: method, max_new_tokens, temperature,
-        top_k, top_p, seed, raw, num_draft_tokens, adaptive_draft, num_branches, ignore_eos."""
+        top_k, top_p, seed, raw, num_draft_tokens, adaptive_draft, num_branches, ignore_eos, tree_budget,
+        head_tree and the Ouroboros and beam knobs (all of :func:`specd_client._request.build_request`)."""
         req = build_request(prompt, **options)
         try:
             resp = self._stub.Generate(req, timeout=timeout or self.timeout, metadata=self._metadata)

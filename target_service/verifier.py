@@ -30,7 +30,7 @@ from spec_decode.model_thread import model_thread
 from spec_decode.models import LoadedModel, load_model
 from spec_decode.prompt_lookup import PromptLookupDrafter
 from spec_decode.redrafter_checkpoint import load_head, read_checkpoint
-from spec_decode.redrafter_head import ReDrafterHead, beam_search, beam_shape, pack_beams
+from spec_decode.redrafter_head import ReDrafterHead, head_tree
 from spec_decode.sampling import make_generator, warp_probs
 from spec_decode.tree import validate_tree
 from spec_decode.types import (
@@ -215,12 +215,11 @@ class TargetVerifier:
         return self._head_tree(hidden, token, spec)
 
     def _head_tree(self, hidden: torch.Tensor | None, token: int, spec: ColocatedDraft) -> DraftTree:
-        """The co-located head's packed beams after ``token`` from ``hidden`` ([E]); empty without a state."""
-        width, length = beam_shape(spec.width, spec.length, spec.max_nodes)  # what the node budget can hold
-        if hidden is None or length <= 0 or self._head is None:
+        """The co-located head's tree after ``token`` from ``hidden`` ([E]); empty without a state."""
+        if hidden is None or spec.max_nodes <= 0 or self._head is None:
             return EMPTY_TREE
-        beams = beam_search(self._head, hidden, token, width, length, spec.top_k)
-        return pack_beams(beams, spec.max_nodes)
+        tree, _ = head_tree(spec.tree, self._head, hidden, token, spec.width, spec.length, spec.max_nodes, spec.top_k)
+        return tree
 
     @staticmethod
     def _lookup_tree(session: Session, spec: ColocatedDraft) -> DraftTree:

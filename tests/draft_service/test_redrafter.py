@@ -22,7 +22,7 @@ from spec_decode.redrafter_checkpoint import load_head, read_checkpoint, save_he
 from spec_decode.redrafter_head import HeadConfig, ReDrafterHead, beam_search
 from spec_decode.types import DraftOptions, SamplingParams
 from specd_cli.stack import build_inprocess, start_thread_stack
-from specd_client import SpecdClient
+from specd_client import InvalidArgumentError, SpecdClient
 from specd_kernels.linear import logits_kernel
 from specd_kernels.q8 import Q8Linear
 
@@ -62,14 +62,16 @@ def _with_head(tiny_target: Path, head_dir: Path):
     return dataclasses.replace(config, draft=dataclasses.replace(config.draft, redrafter_head=str(head_dir)))
 
 
-def test_redrafter_is_lossless_and_drafts_beams(tiny_target: Path, head_dir: Path) -> None:
+@pytest.mark.parametrize("head_tree", ["nodes", "beams"])
+def test_redrafter_is_lossless_and_drafts_beams(tiny_target: Path, head_dir: Path, head_tree: str) -> None:
     orch = build_inprocess(_with_head(tiny_target, head_dir))
     accepted = 0
     for prompt in ([1000, 2000, 3000, 1000, 2000], [42, 43, 44, 45, 42, 43], [777] * 6):
         expected = greedy_reference(tiny_target, prompt, 20, torch.float64)
         params = GenerateParams(
-            prompt_token_ids=tuple(prompt), method="redrafter", max_new_tokens=20, tree_budget="max"
-        )
+            prompt_token_ids=tuple(prompt), method="redrafter", max_new_tokens=20, tree_budget="max",
+            head_tree=head_tree,
+        )  # fmt: skip
         result = orch.generate(params)
         assert list(result.token_ids) == expected
         assert result.stats.draft_tokens > 20  # beams from the first step on (the prefill's hidden state)
@@ -79,14 +81,17 @@ def test_redrafter_is_lossless_and_drafts_beams(tiny_target: Path, head_dir: Pat
     assert accepted > 0  # the identity-projection head guesses the target's next token now and then
 
 
-def test_hybrid_merges_phrases_and_beams_losslessly(tiny_target: Path, head_dir: Path) -> None:
+@pytest.mark.parametrize("head_tree", ["", "beams"])
+def test_hybrid_merges_phrases_and_beams_losslessly(tiny_target: Path, head_dir: Path, head_tree: str) -> None:
     """The hybrid's trees hold both the phrase drafter's and the head's drafts; greedy output is
     the target's own, sampling runs, and the phrase pool learns from the rows of its own nodes."""
     orch = build_inprocess(_with_head(tiny_target, head_dir))
     accepted = 0
     for prompt in ([1000, 2000, 3000, 1000, 2000, 3000, 1000], [42, 43, 44, 45, 42, 43], [777] * 6):
         expected = greedy_reference(tiny_target, prompt, 24, torch.float64)
-        params = GenerateParams(prompt_token_ids=tuple(prompt), method="hybrid", max_new_tokens=24, tree_budget="max")
+        params = GenerateParams(
+            prompt_token_ids=tuple(prompt), method="hybrid", max_new_tokens=24, tree_budget="max", head_tree=head_tree
+        )
         result = orch.generate(params)
         assert list(result.token_ids) == expected
         assert result.stats.draft_tokens > 24
@@ -131,11 +136,18 @@ def test_redrafter_over_grpc(tiny_target: Path, head_dir: Path) -> None:
     try:
         with SpecdClient(stack.address, timeout=120) as client:
             prompt = [5, 6, 7, 5, 6]
-            result = client.generate(prompt, method="redrafter", max_new_tokens=16)
-            assert list(result.token_ids) == greedy_reference(tiny_target, prompt, 16, torch.float64)
-            assert result.stats.draft_tokens > 0
+            want = greedy_reference(tiny_target, prompt, 16, torch.float64)
+            for tree in ("", "beams"):
+                result = client.generate(prompt, method="redrafter", max_new_tokens=16, head_tree=tree)
+                assert list(result.token_ids) == want
+                assert result.stats.draft_tokens > 0
+            with pytest.raises(InvalidArgumentError, match="head_tree must be one of nodes, beams"):
+                client.generate(prompt, method="redrafter", max_new_tokens=4, head_tree="wide")
     finally:
         stack.stop()
+    worker = DraftWorker.from_config(DraftConfig(device="cpu", redrafter_head=str(head_dir)))
+    with pytest.raises(InvalidArgument, match="head_tree"):  # the draft service checks it too
+        worker.propose("s", "redrafter", 0, [1, 2], 8, DraftOptions(head_tree="wide"), SamplingParams())
 
 
 def test_the_shipped_smollm2_head_loads_and_agrees_with_the_target() -> None:
@@ -364,6 +376,10 @@ def test_colocated_head_over_grpc_and_its_refusals(tiny_target: Path, head_dir: 
         assert first.next_tree is not None and 0 < first.next_tree.size <= 9
         step = target_client.verify("s1", first.next_tree, colocated_draft=ColocatedDraft(2, 2, 4))
         assert step.next_tree is not None and step.next_tree.size <= 4
+        beams = target_client.verify("s1", step.next_tree, colocated_draft=ColocatedDraft(2, 2, 4, tree="beams"))
+        assert beams.next_tree is not None and 0 < beams.next_tree.size <= 4
+        with pytest.raises(InvalidArgument, match="tree must be one of nodes, beams"):
+            target_client.verify("s1", DraftTree((), ()), colocated_draft=ColocatedDraft(2, 2, 4, tree="wide"))
         with pytest.raises(InvalidArgument, match="width"):
             target_client.verify("s1", DraftTree((), ()), colocated_draft=ColocatedDraft(0, 2, 4))
     finally:

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 from testkit import snap_linears_to_q4_1
 
 
@@ -119,3 +120,19 @@ def test_bench_linear_json(tiny_target):
         assert all(set(per_m) == {"1", "3"} and min(per_m.values()) > 0 for per_m in by_format.values())
     bad = _specd("bench-linear", "--target", str(tiny_target), "--formats", "int3")
     assert bad.returncode != 0 and "--formats" in bad.stderr
+
+
+def test_bench_method_names_carry_a_head_tree_and_a_budget():
+    from specd_cli.bench import _base, _disabled_parts, _head_tree, _tree_budget
+
+    assert [_base(m) for m in ("redrafter@beams:max", "hybrid@nodes", "pld:cost", "ouroboros-without-lookahead")] == [
+        "redrafter",
+        "hybrid",
+        "pld",
+        "ouroboros",
+    ]
+    assert [_head_tree(m) for m in ("redrafter@beams:max", "hybrid@nodes", "redrafter:max")] == ["beams", "nodes", ""]
+    assert _tree_budget("redrafter@beams:max") == "max"
+    assert _disabled_parts("ouroboros-without-lookahead+history_phrases:max") == ["lookahead", "history_phrases"]
+    with pytest.raises(SystemExit, match="head tree after '@'"):
+        _head_tree("redrafter@wide:max")

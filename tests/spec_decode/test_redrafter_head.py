@@ -1,13 +1,23 @@
-"""ReDrafter head: the recurrence, beam search against a plain reference, dynamic-tree packing."""
+"""ReDrafter head: the recurrence, beam search against a plain reference, dynamic-tree packing, best-node trees."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 import torch
 
-from spec_decode.redrafter_head import Beams, HeadConfig, ReDrafterHead, beam_search, pack_beams
+from spec_decode.redrafter_head import (
+    Beams,
+    HeadConfig,
+    ReDrafterHead,
+    beam_search,
+    beam_shape,
+    best_nodes_tree,
+    head_tree,
+    pack_beams,
+)
 from spec_decode.tree import path_to
 
 V, E = 12, 8
@@ -114,3 +124,75 @@ def test_pack_beams_shares_prefixes_and_keeps_every_beam() -> None:
     small = pack_beams(beams, max_nodes=5)  # best beams first; the one that does not fit is cut
     small_paths = {tuple(small.tokens[i] for i in path_to(n, small.parents)) for n in range(small.size)}
     assert small.size == 5 and (1, 2, 3) in small_paths and (1, 2, 4) in small_paths and (1, 5) in small_paths
+
+
+def _node_paths(tree) -> list[tuple[int, ...]]:
+    return [tuple(tree.tokens[i] for i in path_to(n, tree.parents)) for n in range(tree.size)]
+
+
+def _path_score(head: ReDrafterHead, h: torch.Tensor, last: int, path: tuple[int, ...], top_k: int) -> float:
+    """Summed top-k warped log-probability of ``path`` under the head, one plain step at a time."""
+    state, prev, score = head.initial_state(1), torch.tensor([last]), 0.0
+    for tok in path:
+        logits, state = head.step(h[None], state, prev)
+        top = logits[0].topk(min(top_k, logits.shape[-1]))
+        logp = dict(zip(top.indices.tolist(), torch.log_softmax(top.values, -1).tolist(), strict=True))
+        score += logp[tok]
+        prev = torch.tensor([tok])
+    return score
+
+
+def test_best_nodes_tree_of_a_full_search_is_the_most_probable_nodes() -> None:
+    """When the search expands every path (width >= V ** length), the tree is exactly the
+    ``max_nodes`` most probable token paths of the head, by brute force over all of them."""
+    head = make_head(5)
+    h = torch.randn(E, generator=torch.Generator().manual_seed(3))
+    every = [(a,) for a in range(V)] + [(a, b) for a in range(V) for b in range(V)]
+    score = {path: _path_score(head, h, 4, path, V) for path in every}
+    for max_nodes in (1, 5, 17, 40, len(every)):
+        tree = best_nodes_tree(head, h, 4, width=V * V, length=2, max_nodes=max_nodes, top_k=V)
+        paths = _node_paths(tree)
+        assert tree.size == max_nodes and len(set(paths)) == max_nodes
+        assert all(p < i for i, p in enumerate(tree.parents))  # parents first
+        got = sorted(score[p] for p in paths)
+        want = sorted(score.values())[-max_nodes:]
+        assert got == pytest.approx(want, abs=1e-5)  # the most probable ones (ties may pick either path)
+        kept = [score[p] for p in paths]
+        assert all(a >= b - 1e-6 for a, b in itertools.pairwise(kept))  # listed best first
+
+
+@pytest.mark.parametrize(("width", "length"), [(1, 4), (3, 3), (10, 4)])
+def test_best_nodes_tree_holds_the_beams_and_its_cuts_are_its_prefixes(width: int, length: int) -> None:
+    """The search is beam search's, so with room for every candidate the tree holds every beam;
+    the tree cut to n nodes is the first n nodes of a bigger one (what the tree budget relies on)."""
+    head = make_head(6)
+    h = torch.randn(E, generator=torch.Generator().manual_seed(1))
+    beams = beam_search(head, h, 3, width, length, top_k=6)
+    full = best_nodes_tree(head, h, 3, width, length, max_nodes=10_000, top_k=6)
+    assert set(beams.tokens) <= set(_node_paths(full))
+    assert full.size == sum(6 * min(width, 6**d) for d in range(length))  # every candidate: top_k per beam
+    for n in (1, 3, 8):
+        cut = best_nodes_tree(head, h, 3, width, length, max_nodes=n, top_k=6)
+        assert (cut.tokens, cut.parents) == (full.tokens[:n], full.parents[:n])
+    chain = best_nodes_tree(head, h, 3, 1, length, max_nodes=64, top_k=6)  # width 1: greedy + siblings
+    assert _node_paths(chain)[0] == beam_search(head, h, 3, 1, 1, top_k=6).tokens[0]
+
+
+def test_head_tree_modes_budgets_and_refusals() -> None:
+    head = make_head(7)
+    h = torch.randn(E)
+    beams_tree, tokens = head_tree("beams", head, h, 2, 4, 3, max_nodes=64, top_k=6)
+    packed = pack_beams(beam_search(head, h, 2, 4, 3, top_k=6), 64)
+    assert (beams_tree.tokens, beams_tree.parents, tokens) == (packed.tokens, packed.parents, 12)
+    nodes_tree, searched = head_tree("", head, h, 2, 4, 3, max_nodes=64, top_k=6)
+    assert nodes_tree.size == 12 and searched == 12  # as many nodes as the beams' tokens
+    assert head_tree("nodes", head, h, 2, 4, 3, max_nodes=64, top_k=6)[0] == nodes_tree
+    small, searched = head_tree("nodes", head, h, 2, 4, 3, max_nodes=5, top_k=6)
+    assert small == best_nodes_tree(head, h, 2, 3, 3, 5, top_k=6) and searched == 9  # the beams' search: (3, 3)
+    assert beam_shape(4, 3, 5) == (3, 3)
+    assert head_tree("nodes", head, h, 2, 4, 3, max_nodes=0)[0].size == 0
+    assert head_tree("beams", head, h, 2, 4, 3, max_nodes=0)[0].size == 0
+    with pytest.raises(ValueError, match="head tree"):
+        head_tree("wide", head, h, 2, 4, 3, max_nodes=8)
+    with pytest.raises(ValueError, match="positive"):
+        best_nodes_tree(head, h, 2, 0, 3, 8)
