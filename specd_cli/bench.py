@@ -272,82 +272,82 @@ def run_bench(args: argparse.Namespace) -> int:
     hf = HFRunner(args.target, args.draft_model, args.device)
     stack = None
     clients: dict[str, Any] = {}
-    if "grpc" in transports and any(_base(m) in SPECD_METHODS for m in methods):
-        head, colocate = args.redrafter_head, args.redrafter_placement == "target"
-        stack = start_process_stack(
-            phrase_store=args.phrase_store,
-            target=args.target,
-            draft_model=args.draft_model,
-            port=free_port(),
-            target_port=free_port(),
-            draft_port=free_port(),
-            device=args.device,
-            extra_target_args=[*_engine_args(args), *(["--redrafter-head", head] if head and colocate else [])],
-            extra_draft_args=[
-                *(["--verify-lookahead"] if args.verify_lookahead else []),
-                *(["--redrafter-head", head] if head and not colocate else []),
-            ],
-            extra_orchestrator_args=["--pld-placement", args.pld_placement],
-        )
-        clients["grpc"] = SpecdClient(stack.address, timeout=1800)
-    head, colocate = args.redrafter_head, args.redrafter_placement == "target"
-    if "inproc" in transports and any(_base(m) in SPECD_METHODS for m in methods):
-        from draft_service.service import DraftConfig
-        from orchestrator.service import OrchestratorConfig
-        from target_service.verifier import TargetConfig
-
-        clients["inproc"] = build_inprocess(
-            StackConfig(
-                TargetConfig(
-                    model=args.target,
-                    device=args.device,
-                    engine=args.engine,
-                    weight_format=args.weight_format,
-                    argmax_screen=args.argmax_screen == "on",
-                    redrafter_head=head if colocate else None,
-                ),
-                DraftConfig(
-                    draft_model=args.draft_model,
-                    device=args.device or "auto",
-                    phrase_store_url=args.phrase_store,
-                    verify_lookahead=args.verify_lookahead,
-                    redrafter_head=None if colocate else head,
-                ),
-                OrchestratorConfig(pld_placement=args.pld_placement),
+    try:  # from the first child process on: the stack stops whatever happens
+        if "grpc" in transports and any(_base(m) in SPECD_METHODS for m in methods):
+            head, colocate = args.redrafter_head, args.redrafter_placement == "target"
+            stack = start_process_stack(
+                phrase_store=args.phrase_store,
+                target=args.target,
+                draft_model=args.draft_model,
+                port=free_port(),
+                target_port=free_port(),
+                draft_port=free_port(),
+                device=args.device,
+                extra_target_args=[*_engine_args(args), *(["--redrafter-head", head] if head and colocate else [])],
+                extra_draft_args=[
+                    *(["--verify-lookahead"] if args.verify_lookahead else []),
+                    *(["--redrafter-head", head] if head and not colocate else []),
+                ],
+                extra_orchestrator_args=["--pld-placement", args.pld_placement],
             )
-        )
+            clients["grpc"] = SpecdClient(stack.address, timeout=1800)
+        head, colocate = args.redrafter_head, args.redrafter_placement == "target"
+        if "inproc" in transports and any(_base(m) in SPECD_METHODS for m in methods):
+            from draft_service.service import DraftConfig
+            from orchestrator.service import OrchestratorConfig
+            from target_service.verifier import TargetConfig
 
-    def run_specd(transport: str, method: str, prompt: list[int]) -> tuple[list[int], Any]:
-        disabled = _disabled_parts(method)
-        if transport == "grpc":
-            res = clients["grpc"].generate(
-                prompt,
-                method=_base(method),
-                max_new_tokens=args.max_new_tokens,
-                num_draft_tokens=args.num_draft_tokens,
-                num_branches=args.num_branches,
-                disable_parts=disabled,
-                tree_budget=_tree_budget(method),
-                head_tree=_head_tree(method),
+            clients["inproc"] = build_inprocess(
+                StackConfig(
+                    TargetConfig(
+                        model=args.target,
+                        device=args.device,
+                        engine=args.engine,
+                        weight_format=args.weight_format,
+                        argmax_screen=args.argmax_screen == "on",
+                        redrafter_head=head if colocate else None,
+                    ),
+                    DraftConfig(
+                        draft_model=args.draft_model,
+                        device=args.device or "auto",
+                        phrase_store_url=args.phrase_store,
+                        verify_lookahead=args.verify_lookahead,
+                        redrafter_head=None if colocate else head,
+                    ),
+                    OrchestratorConfig(pld_placement=args.pld_placement),
+                )
+            )
+
+        def run_specd(transport: str, method: str, prompt: list[int]) -> tuple[list[int], Any]:
+            disabled = _disabled_parts(method)
+            if transport == "grpc":
+                res = clients["grpc"].generate(
+                    prompt,
+                    method=_base(method),
+                    max_new_tokens=args.max_new_tokens,
+                    num_draft_tokens=args.num_draft_tokens,
+                    num_branches=args.num_branches,
+                    disable_parts=disabled,
+                    tree_budget=_tree_budget(method),
+                    head_tree=_head_tree(method),
+                )
+                return list(res.token_ids), res.stats
+            res = clients["inproc"].generate(
+                GenerateParams(
+                    prompt_token_ids=tuple(prompt),
+                    method=_base(method),
+                    max_new_tokens=args.max_new_tokens,
+                    num_draft_tokens=args.num_draft_tokens,
+                    num_branches=args.num_branches,
+                    ouroboros=OuroborosParams.without(disabled),
+                    tree_budget=_tree_budget(method),
+                    head_tree=_head_tree(method),
+                )
             )
             return list(res.token_ids), res.stats
-        res = clients["inproc"].generate(
-            GenerateParams(
-                prompt_token_ids=tuple(prompt),
-                method=_base(method),
-                max_new_tokens=args.max_new_tokens,
-                num_draft_tokens=args.num_draft_tokens,
-                num_branches=args.num_branches,
-                ouroboros=OuroborosParams.without(disabled),
-                tree_budget=_tree_budget(method),
-                head_tree=_head_tree(method),
-            )
-        )
-        return list(res.token_ids), res.stats
 
-    jobs = [(m, t) for m in methods for t in (transports if _base(m) in SPECD_METHODS else ["local"])]
-    runs: list[Run] = []
-    try:
+        jobs = [(m, t) for m in methods for t in (transports if _base(m) in SPECD_METHODS else ["local"])]
+        runs: list[Run] = []
         # Warm-up (not recorded): first calls pay one-off costs (allocations, thread pools).
         warm = hf.prompt_ids("Say hello.")
         for method, transport in jobs:

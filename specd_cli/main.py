@@ -893,8 +893,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that stop gracefully on SIGTERM by themselves (servers and `up`, which drain first).
+SELF_STOPPING = ("target", "draft", "orchestrator", "up")
+
+
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds like Ctrl-C: `finally` blocks stop the child stacks
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command not in SELF_STOPPING:
+        import signal
+
+        # bench, bench-serve, demo, train-redrafter...: a SIGTERM (timeout, kill, a CI runner) must
+        # not leave the target/draft/orchestrator processes they started running
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     from specd_metrics.logs import configure_logging
 
     configure_logging(

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 from testkit import snap_linears_to_q4_1
@@ -136,3 +139,52 @@ def test_bench_method_names_carry_a_head_tree_and_a_budget():
     assert _disabled_parts("ouroboros-without-lookahead+history_phrases:max") == ["lookahead", "history_phrases"]
     with pytest.raises(SystemExit, match="head tree after '@'"):
         _head_tree("redrafter@wide:max")
+
+
+def _children(pid: int) -> list[int]:
+    """Live processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid and fields[0] != "Z":  # ppid; zombies are already gone
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_a_terminated_bench_stops_the_stack_it_started(tiny_target, tmp_path):
+    """SIGTERM (a timeout, a CI runner) reaches `specd bench` while its target, draft service and
+    orchestrator run: it exits 143 and none of them is left running."""
+    prompts = tmp_path / "prompts.jsonl"
+    rows = [{"question_id": i, "category": "writing", "turns": [f"Write line {i} about the sea."]} for i in range(200)]
+    prompts.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    cmd = [
+        sys.executable, "-m", "specd_cli.main", "bench", "--target", str(tiny_target), "--device", "cpu",
+        "--prompts", str(prompts), "--per-category", "200", "--max-new-tokens", "64", "--methods", "vanilla",
+        "--out", str(tmp_path / "bench"),
+    ]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline, seen = time.monotonic() + 240, []
+        while time.monotonic() < deadline and len(seen) < 3 and proc.poll() is None:
+            seen = sorted(set(seen) | set(_children(proc.pid)))  # target, draft, then the orchestrator
+            time.sleep(0.05)
+        assert len(seen) >= 3, f"the stack never started: {proc.poll()}"
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 128 + signal.SIGTERM
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    time.sleep(0.5)
+    alive = [pid for pid in seen if Path(f"/proc/{pid}").exists() and not _is_zombie(pid)]
+    assert not alive, f"left running: {alive}"
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
