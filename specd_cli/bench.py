@@ -141,6 +141,7 @@ class Run:
     network_s: float = 0.0
     orchestrate_s: float = 0.0
     prefill_s: float = 0.0
+    draft_tokens: int = 0  # draft nodes verified over the run (specd methods; 0 for the HF peers)
     logprob_per_token: float | None = None  # --score: the transformers target's mean log p per new token
 
 
@@ -366,6 +367,7 @@ def run_bench(args: argparse.Namespace) -> int:
                 if method in HF_METHODS:
                     tokens, wall, steps = hf.run(method, prompt, args.max_new_tokens, args.hf_pld_tokens)
                     phases: dict[str, float] = {}
+                    drafted = 0
                 else:
                     tokens, stats = run_specd(transport, method, prompt)
                     wall, steps = stats.wall_s, stats.target_steps
@@ -373,6 +375,7 @@ def run_bench(args: argparse.Namespace) -> int:
                         k: getattr(stats.phases, k)
                         for k in ("draft_s", "verify_s", "network_s", "orchestrate_s", "prefill_s")
                     }
+                    drafted = stats.draft_tokens
                 if method == args.reference:
                     reference = tokens
                 diff = _first_diff(tokens, reference)
@@ -391,6 +394,7 @@ def run_bench(args: argparse.Namespace) -> int:
                         diff is None,
                         diff,
                         **phases,
+                        draft_tokens=drafted,
                         logprob_per_token=score,
                     )
                 )

@@ -2,7 +2,8 @@
 
 ``python -m specd_cli.bench_phases bench-results/RUN/results.json [--skip QID,...]`` prints, per
 method (and pass): tokens/s relative to ``hf-generate`` over the same prompts, τ, and per target
-step the wall, verify, draft and network milliseconds, with the prefill's share of wall time.
+step the wall, verify, draft and network milliseconds, with the prefill's share of wall time, and
+the draft nodes verified per step (runs recorded before 2026-12-04 have none: 0).
 ``--skip`` leaves prompts out (e.g. one the machine was disturbed on). ``--by-category`` adds a
 markdown table of τ per category (new tokens over target steps, pooled over the category's prompts).
 """
@@ -14,7 +15,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-KEYS = ("wall_s", "new_tokens", "target_steps", "draft_s", "verify_s", "network_s", "prefill_s")
+KEYS = ("wall_s", "new_tokens", "target_steps", "draft_s", "verify_s", "network_s", "prefill_s", "draft_tokens")
 
 
 def summarize(runs: list[dict], skip: set[str]) -> list[str]:
@@ -34,7 +35,8 @@ def summarize(runs: list[dict], skip: set[str]) -> list[str]:
         lines.append(
             f"{method} [pass {pass_no}]: {speedup:.2f}x hf-generate, tau {t['new_tokens'] / steps:.2f}; ms/step wall "
             f"{per_step['wall']:.1f} verify {per_step['verify']:.1f} draft {per_step['draft']:.1f} "
-            f"network {per_step['network']:.1f}; prefill {100 * t['prefill_s'] / wall:.0f}% of wall"
+            f"network {per_step['network']:.1f}; prefill {100 * t['prefill_s'] / wall:.0f}% of wall; "
+            f"draft nodes/step {t['draft_tokens'] / steps:.1f}"
         )
     return lines
 

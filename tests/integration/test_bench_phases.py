@@ -13,8 +13,8 @@ def _run(method: str, qid: str, wall: float, steps: int, verify: float = 0.0) ->
 
 
 def test_speedup_tau_and_phases_with_a_prompt_left_out(tmp_path, capsys):
-    runs = [_run("hf-generate", "1", 4.0, 100), _run("pld", "1", 2.0, 50, verify=1.5)]
-    runs += [_run("hf-generate", "2", 4.0, 100), _run("pld", "2", 8.0, 50, verify=7.0)]  # a disturbed prompt
+    runs = [_run("hf-generate", "1", 4.0, 100), dict(_run("pld", "1", 2.0, 50, verify=1.5), draft_tokens=150)]
+    runs += [_run("hf-generate", "2", 4.0, 100), dict(_run("pld", "2", 8.0, 50, verify=7.0), draft_tokens=50)]
     path = tmp_path / "results.json"
     path.write_text(json.dumps({"runs": runs}))
     main([str(path)])
@@ -23,7 +23,8 @@ def test_speedup_tau_and_phases_with_a_prompt_left_out(tmp_path, capsys):
     main([str(path), "--skip", "2"])
     one = capsys.readouterr().out
     assert "pld [pass 1]: 2.00x hf-generate, tau 2.00; ms/step wall 40.0 verify 30.0" in one
-    assert "prefill 5% of wall" in one
+    assert "prefill 5% of wall; draft nodes/step 3.0" in one
+    assert "draft nodes/step 2.0" in both  # 200 nodes over 100 steps
 
 
 def test_tau_by_category_pools_tokens_over_steps(tmp_path, capsys):
