@@ -36,7 +36,6 @@ class ReDrafterDrafter:
         self.width, self.top_k = DEFAULT_WIDTH, DEFAULT_TOP_K
         self.tree = ""  # HEAD_TREES ("" = "nodes")
         self.hidden: torch.Tensor | None = None  # [E]
-        self.last_beam_tokens = 0  # tokens of the last beams before packing (for telemetry)
 
     def configure(self, options: DraftOptions) -> None:
         width = options.num_branches or DEFAULT_WIDTH
@@ -71,11 +70,10 @@ class ReDrafterDrafter:
         if self.hidden is None or max_nodes <= 0 or not context:
             return EMPTY_TREE
         # a small node budget (the orchestrator's tree budget) searches no more than it can hold
-        tree, self.last_beam_tokens = head_tree(
+        return head_tree(
             self.tree, self.head, self.hidden, int(context[-1]), self.width, max_tokens or DEFAULT_LENGTH,
             max_nodes, self.top_k,
         )  # fmt: skip
-        return tree
 
     def observe(self, num_draft: int, num_accepted: int, target_tokens: Sequence[int] = ()) -> None:
         """Nothing to learn online: the head is trained offline."""

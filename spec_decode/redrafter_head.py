@@ -153,7 +153,51 @@ def beam_shape(width: int, length: int, max_nodes: int) -> tuple[int, int]:
     return min(width, max_nodes - length + 1), length
 
 
+@dataclass(frozen=True)
+class _Candidates:
+    """Every child a beam search scored, depth by depth (tensors on the head's device)."""
+
+    score: torch.Tensor  # [M] summed top-k warped log-probabilities of each candidate's path
+    parent: torch.Tensor  # [M] candidate index of its parent (-1: the pending token)
+    token: torch.Tensor  # [M] target token ids
+    beams: torch.Tensor  # [W'] candidate indices of the last depth's beams, best first
+
+
 @torch.inference_mode()  # drafting only: no autograd graph (callers on the model thread may not disable it)
+def _search(
+    head: ReDrafterHead, hidden: torch.Tensor, last_token: int, width: int, length: int, top_k: int, per_beam: int
+) -> _Candidates:
+    """Beam search over the head, keeping the best ``min(top_k, per_beam)`` children of each beam at
+    each depth as candidates; each depth's ``width`` beams are the best of them. With ``per_beam >=
+    width`` those are beam search's own beams: no beam can put more than ``width`` children into the
+    next depth."""
+    if width < 1 or length < 1 or top_k < 1:
+        raise ValueError(f"beam shape ({width}, {length}) and top_k {top_k} must be positive")
+    dev = head.w.weight.device
+    h = hidden.to(dev, head.w.weight.dtype)[None]  # [1, E]
+    state = head.initial_state(1)  # [1, E]
+    prev = torch.tensor([last_token], device=dev)  # [B]
+    scores = torch.zeros(1, device=dev)  # [B] summed log-probabilities of the beams
+    ids = torch.full((1,), -1, dtype=torch.long, device=dev)  # [B] each beam's candidate index (-1: root)
+    cand_scores, cand_parents, cand_tokens = [], [], []
+    count = 0
+    for _ in range(length):
+        logits, state = head.step(h.expand(ids.shape[0], -1), state, prev)  # [B, V'], [B, E]
+        k = min(top_k, logits.shape[-1])
+        top_logits, top_index = logits.topk(k, dim=-1)  # [B, k] sorted
+        c = min(k, per_beam)
+        logp = torch.log_softmax(top_logits.float(), dim=-1)[:, :c]  # [B, c] top-k warping: renormalised over k
+        total = (scores[:, None] + logp).reshape(-1)  # [B c]
+        token = head.to_token_ids(top_index[:, :c]).reshape(-1)  # [B c]
+        cand_scores.append(total)
+        cand_parents.append(ids.repeat_interleave(c))
+        cand_tokens.append(token)
+        keep = total.topk(min(width, total.shape[0])).indices  # [B'] the next depth's beams, best first
+        ids, scores, state, prev = count + keep, total[keep], state[keep // c], token[keep]
+        count += total.shape[0]
+    return _Candidates(torch.cat(cand_scores), torch.cat(cand_parents), torch.cat(cand_tokens), ids)
+
+
 def beam_search(
     head: ReDrafterHead,
     hidden: torch.Tensor,  # [E] the target's hidden state after the last accepted token
@@ -163,27 +207,16 @@ def beam_search(
     top_k: int = DEFAULT_TOP_K,
 ) -> Beams:
     """The ``width`` best beams of ``length`` tokens under the head (top-k warped log-probs)."""
-    if width < 1 or length < 1 or top_k < 1:
-        raise ValueError(f"beam shape ({width}, {length}) and top_k {top_k} must be positive")
-    dev = head.w.weight.device
-    with torch.inference_mode():  # drafting: no autograd graph (and the head's logits kernel runs)
-        h = hidden.to(dev, head.w.weight.dtype)[None]  # [1, E]
-        state = head.initial_state(1)  # [1, E]
-        prev = torch.tensor([last_token], device=dev)  # [1]
-        seqs = torch.zeros(1, 0, dtype=torch.long, device=dev)  # [B, j]
-        scores = torch.zeros(1, device=dev)  # [B]
-        for _ in range(length):
-            logits, state = head.step(h.expand(seqs.shape[0], -1), state, prev)  # [B, V'], [B, E]
-            k = min(top_k, logits.shape[-1])
-            top_logits, top_index = logits.topk(k, dim=-1)  # [B, k]
-            logp = torch.log_softmax(top_logits.float(), dim=-1)  # top-k warping: renormalised over the k
-            total = (scores[:, None] + logp).reshape(-1)  # [B k]
-            keep = total.topk(min(width, total.shape[0])).indices  # [B'] best first
-            beam, slot = keep // k, keep % k
-            token = head.to_token_ids(top_index[beam, slot])  # [B']
-            seqs = torch.cat([seqs[beam], token[:, None]], dim=1)  # [B', j+1]
-            scores, state, prev = total[keep], state[beam], token
-    return Beams(tuple(tuple(int(t) for t in row) for row in seqs.tolist()), tuple(float(s) for s in scores))
+    found = _search(head, hidden, last_token, width, length, top_k, per_beam=width)
+    parent, token = found.parent.tolist(), found.token.tolist()
+    rows = []
+    for i in found.beams.tolist():  # each beam back to the root: at most width x length steps
+        row = []
+        while i >= 0:
+            row.append(token[i])
+            i = parent[i]
+        rows.append(tuple(reversed(row)))
+    return Beams(tuple(rows), tuple(float(x) for x in found.score[found.beams].tolist()))
 
 
 def pack_beams(beams: Beams, max_nodes: int) -> DraftTree:
@@ -204,7 +237,6 @@ def pack_beams(beams: Beams, max_nodes: int) -> DraftTree:
     return merge_paths(paths)
 
 
-@torch.inference_mode()
 def best_nodes_tree(
     head: ReDrafterHead,
     hidden: torch.Tensor,  # [E] the target's hidden state after the last accepted token
@@ -225,43 +257,19 @@ def best_nodes_tree(
     best first, parents before children, and cutting it to its first ``n`` nodes leaves the best
     ``n``-node tree of the candidates.
     """
-    if width < 1 or length < 1 or top_k < 1:
-        raise ValueError(f"search shape ({width}, {length}) and top_k {top_k} must be positive")
     if max_nodes <= 0:
+        _search(head, hidden, last_token, width, length, top_k, per_beam=1)  # the same ValueErrors
         return DraftTree()
-    dev = head.w.weight.device
-    h = hidden.to(dev, head.w.weight.dtype)[None]  # [1, E]
-    state = head.initial_state(1)  # [1, E]
-    prev = torch.tensor([last_token], device=dev)  # [B]
-    scores = torch.zeros(1, device=dev)  # [B] summed log-probabilities of the beams
-    ids = torch.full((1,), -1, dtype=torch.long, device=dev)  # [B] each beam's candidate index (-1: root)
-    cand_scores, cand_parents, cand_tokens = [], [], []
-    count = 0
-    for _ in range(length):
-        logits, state = head.step(h.expand(ids.shape[0], -1), state, prev)  # [B, V'], [B, E]
-        k = min(top_k, logits.shape[-1])
-        top_logits, top_index = logits.topk(k, dim=-1)  # [B, k] sorted
-        c = min(k, max_nodes)  # candidates per beam: no node keeps more children than the tree has nodes
-        logp = torch.log_softmax(top_logits.float(), dim=-1)[:, :c]  # [B, c] top-k warping
-        total = (scores[:, None] + logp).reshape(-1)  # [B c]
-        token = head.to_token_ids(top_index[:, :c]).reshape(-1)  # [B c]
-        cand_scores.append(total)
-        cand_parents.append(ids.repeat_interleave(c))
-        cand_tokens.append(token)
-        keep = total.topk(min(width, total.shape[0])).indices  # [B'] the next depth's beams
-        ids, scores, state, prev = count + keep, total[keep], state[keep // c], token[keep]
-        count += total.shape[0]
-    score = torch.cat(cand_scores)  # [M] candidates in depth order
-    parent = torch.cat(cand_parents)  # [M] candidate index of the parent (-1: the pending token)
-    tokens = torch.cat(cand_tokens)  # [M]
-    order = torch.sort(-score, stable=True).indices[:max_nodes]  # [N] best first; ties: shallower, earlier
-    node_of = torch.full((count,), -1, dtype=torch.long, device=dev)  # candidate -> tree node
+    found = _search(head, hidden, last_token, width, length, top_k, per_beam=max(width, max_nodes))
+    dev = found.score.device
+    order = torch.sort(-found.score, stable=True).indices[:max_nodes]  # [N] best first; ties: shallower, earlier
+    node_of = torch.full_like(found.parent, -1)  # [M] candidate -> tree node
     node_of[order] = torch.arange(order.shape[0], device=dev)
-    chosen_parent = parent[order]  # [N]
+    chosen_parent = found.parent[order]  # [N]
     parents = torch.where(chosen_parent < 0, chosen_parent, node_of[chosen_parent.clamp(min=0)])  # [N]
     if bool((parents >= torch.arange(order.shape[0], device=dev)).any()):
         raise AssertionError("best_nodes_tree: a kept node ranks before its parent")  # the docstring's invariant
-    return DraftTree(tuple(tokens[order].tolist()), tuple(parents.tolist()))
+    return DraftTree(tuple(found.token[order].tolist()), tuple(parents.tolist()))
 
 
 def head_tree(
@@ -273,20 +281,16 @@ def head_tree(
     length: int,
     max_nodes: int,
     top_k: int = DEFAULT_TOP_K,
-) -> tuple[DraftTree, int]:
-    """The head's draft tree in ``mode`` (``HEAD_TREES``; "" = "nodes") within ``max_nodes``, and the
-    beam tokens the search held (beams x length) for telemetry. ``(width, length)`` is the search."""
+) -> DraftTree:
+    """The head's draft tree in ``mode`` (``HEAD_TREES``; "" = "nodes") within ``max_nodes``, from a
+    ``(width, length)`` search cut to what the budget can hold (:func:`beam_shape`)."""
     if mode not in ("", *HEAD_TREES):
         raise ValueError(f"head tree {mode!r} is not one of {', '.join(HEAD_TREES)}")
-    if mode == "beams":
-        width, length = beam_shape(width, length, max_nodes)  # what the node budget can hold
-        if length <= 0:
-            return DraftTree(), 0
-        beams = beam_search(head, hidden, last_token, width, length, top_k)
-        return pack_beams(beams, max_nodes), sum(len(b) for b in beams.tokens)
-    # the beams' own search (so both trees cost the same to draft), as many nodes as its beam tokens
-    nodes = min(max_nodes, width * length)
+    # the best-node tree holds as many nodes as the beams have tokens; both run the same search
+    nodes = max_nodes if mode == "beams" else min(max_nodes, width * length)
     width, length = beam_shape(width, length, nodes)
     if length <= 0:
-        return DraftTree(), 0
-    return best_nodes_tree(head, hidden, last_token, width, length, nodes, top_k), width * length
+        return DraftTree()
+    if mode == "beams":
+        return pack_beams(beam_search(head, hidden, last_token, width, length, top_k), nodes)
+    return best_nodes_tree(head, hidden, last_token, width, length, nodes, top_k)

@@ -218,8 +218,7 @@ class TargetVerifier:
         """The co-located head's tree after ``token`` from ``hidden`` ([E]); empty without a state."""
         if hidden is None or spec.max_nodes <= 0 or self._head is None:
             return EMPTY_TREE
-        tree, _ = head_tree(spec.tree, self._head, hidden, token, spec.width, spec.length, spec.max_nodes, spec.top_k)
-        return tree
+        return head_tree(spec.tree, self._head, hidden, token, spec.width, spec.length, spec.max_nodes, spec.top_k)
 
     @staticmethod
     def _lookup_tree(session: Session, spec: ColocatedDraft) -> DraftTree:

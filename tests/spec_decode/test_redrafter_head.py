@@ -181,17 +181,17 @@ def test_best_nodes_tree_holds_the_beams_and_its_cuts_are_its_prefixes(width: in
 def test_head_tree_modes_budgets_and_refusals() -> None:
     head = make_head(7)
     h = torch.randn(E)
-    beams_tree, tokens = head_tree("beams", head, h, 2, 4, 3, max_nodes=64, top_k=6)
+    beams_tree = head_tree("beams", head, h, 2, 4, 3, max_nodes=64, top_k=6)
     packed = pack_beams(beam_search(head, h, 2, 4, 3, top_k=6), 64)
-    assert (beams_tree.tokens, beams_tree.parents, tokens) == (packed.tokens, packed.parents, 12)
-    nodes_tree, searched = head_tree("", head, h, 2, 4, 3, max_nodes=64, top_k=6)
-    assert nodes_tree.size == 12 and searched == 12  # as many nodes as the beams' tokens
-    assert head_tree("nodes", head, h, 2, 4, 3, max_nodes=64, top_k=6)[0] == nodes_tree
-    small, searched = head_tree("nodes", head, h, 2, 4, 3, max_nodes=5, top_k=6)
-    assert small == best_nodes_tree(head, h, 2, 3, 3, 5, top_k=6) and searched == 9  # the beams' search: (3, 3)
+    assert (beams_tree.tokens, beams_tree.parents) == (packed.tokens, packed.parents)
+    nodes_tree = head_tree("", head, h, 2, 4, 3, max_nodes=64, top_k=6)
+    assert nodes_tree.size == 12  # as many nodes as the beams' tokens (4 x 3)
+    assert head_tree("nodes", head, h, 2, 4, 3, max_nodes=64, top_k=6) == nodes_tree
+    small = head_tree("nodes", head, h, 2, 4, 3, max_nodes=5, top_k=6)
+    assert small == best_nodes_tree(head, h, 2, 3, 3, 5, top_k=6)  # the beams' search under the budget: (3, 3)
     assert beam_shape(4, 3, 5) == (3, 3)
-    assert head_tree("nodes", head, h, 2, 4, 3, max_nodes=0)[0].size == 0
-    assert head_tree("beams", head, h, 2, 4, 3, max_nodes=0)[0].size == 0
+    assert head_tree("nodes", head, h, 2, 4, 3, max_nodes=0).size == 0
+    assert head_tree("beams", head, h, 2, 4, 3, max_nodes=0).size == 0
     with pytest.raises(ValueError, match="head tree"):
         head_tree("wide", head, h, 2, 4, 3, max_nodes=8)
     with pytest.raises(ValueError, match="positive"):
