@@ -148,13 +148,36 @@ def path_to(node: int, parents: tuple[int, ...] | list[int]) -> list[int]:
 
 
 def truncate_tree(tree: DraftTree, max_nodes: int) -> DraftTree:
-    """The first ``max_nodes`` nodes of ``tree`` (a valid tree: parents come before children)."""
+    """The first ``max_nodes`` nodes of ``tree`` (a valid tree: parents come before children),
+    with their draft probabilities."""
     if tree.size <= max_nodes:
         return tree
     keep = max(0, max_nodes)
     if any(p >= i for i, p in enumerate(tree.parents[:keep])):
         raise ValueError("truncate_tree needs every parent before its children")
-    return DraftTree(tuple(tree.tokens[:keep]), tuple(tree.parents[:keep]))
+    return DraftTree(tuple(tree.tokens[:keep]), tuple(tree.parents[:keep]), tuple(tree.draft_probs[:keep]))
+
+
+def node_depths(parents: tuple[int, ...] | list[int]) -> list[int]:
+    """Depth per node (root children have depth 1) of a tree whose parents come first."""
+    depths: list[int] = []
+    for parent in parents:
+        depths.append(1 if parent < 0 else depths[parent] + 1)
+    return depths
+
+
+def cut_depth(tree: DraftTree, max_depth: int) -> DraftTree:
+    """``tree`` without the nodes deeper than ``max_depth`` (whole levels go; the rest keep their
+    order, parents and draft probabilities). A step over a tree emits at most its depth + 1 tokens,
+    so this is how a tree is fitted to the tokens a request has left."""
+    depths = node_depths(tree.parents)
+    if max(depths, default=0) <= max_depth:
+        return tree
+    kept = [i for i, d in enumerate(depths) if d <= max_depth]
+    new_index = {old: new for new, old in enumerate(kept)}
+    parents = tuple(-1 if tree.parents[i] < 0 else new_index[tree.parents[i]] for i in kept)
+    probs = tuple(tree.draft_probs[i] for i in kept) if tree.draft_probs else ()
+    return DraftTree(tuple(tree.tokens[i] for i in kept), parents, probs)
 
 
 def merge_paths(paths: list[list[int]]) -> DraftTree:

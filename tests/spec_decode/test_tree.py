@@ -13,10 +13,13 @@ from spec_decode.errors import InvalidArgument
 from spec_decode.tree import (
     ancestor_matrix,
     children_lists,
+    cut_depth,
     merge_paths,
+    node_depths,
     path_to,
     tree_depths,
     tree_pass_inputs,
+    truncate_tree,
     validate_tree,
 )
 from spec_decode.types import EMPTY_TREE, DraftTree, SparseProbs
@@ -305,3 +308,53 @@ def test_empty_entry_marks_a_point_mass_node():
     """A mixed tree: node 0 sampled with q, node 1 a point mass (empty SparseProbs) is valid."""
     tree = DraftTree((1, 2), (-1, 0), (SparseProbs((1, 2), (0.5, 0.5)), SparseProbs()))
     validate_tree(tree, vocab_size=VOCAB, max_nodes=6, max_top_k=3)
+
+
+# --- truncate_tree / node_depths / cut_depth ---------------------------------------------------
+
+
+def _q(token: int) -> SparseProbs:
+    return SparseProbs((token, 9), (0.75, 0.25))
+
+
+def test_truncate_tree_keeps_the_first_nodes_with_their_draft_probs() -> None:
+    tree = DraftTree((4, 5, 6), (-1, 0, -1), (_q(4), _q(5), _q(6)))
+    assert truncate_tree(tree, 2) == DraftTree((4, 5), (-1, 0), (_q(4), _q(5)))
+    assert truncate_tree(tree, 3) is tree
+    assert truncate_tree(tree, -1) == EMPTY_TREE
+    assert truncate_tree(DraftTree((4, 5), (-1, 0)), 1) == DraftTree((4,), (-1,))
+
+
+def test_cut_depth_hand_example() -> None:
+    #   root -> 0 -> 1 -> 3
+    #        -> 2 -> 4
+    #             -> 5 -> 6
+    tree = DraftTree((10, 11, 12, 13, 14, 15, 16), (-1, 0, -1, 1, 2, 2, 5), tuple(_q(t) for t in range(10, 17)))
+    assert node_depths(tree.parents) == [1, 2, 1, 3, 2, 2, 3]
+    two = cut_depth(tree, 2)
+    assert two.tokens == (10, 11, 12, 14, 15)
+    assert two.parents == (-1, 0, -1, 2, 2)
+    assert two.draft_probs == (_q(10), _q(11), _q(12), _q(14), _q(15))
+    assert cut_depth(tree, 1) == DraftTree((10, 12), (-1, -1), (_q(10), _q(12)))
+    assert cut_depth(tree, 0) == EMPTY_TREE
+    assert cut_depth(tree, 3) is tree
+    assert cut_depth(DraftTree.chain([1, 2, 3]), 2) == DraftTree.chain([1, 2])  # no probs stay no probs
+
+
+def _root_paths(tokens: tuple[int, ...], parents: tuple[int, ...] | list[int]) -> set[tuple[int, ...]]:
+    return {tuple(tokens[j] for j in path_to(i, parents)) for i in range(len(parents))}
+
+
+@settings(max_examples=200, deadline=None)
+@given(parent_lists(), st.integers(0, 12))
+def test_cut_depth_keeps_exactly_the_shallow_paths(parents: list[int], max_depth: int) -> None:
+    """The cut tree is valid and holds exactly the root paths of the original no longer than
+    ``max_depth``, each node with the draft probabilities it had."""
+    tokens = tuple(range(100, 100 + len(parents)))  # distinct: a path names its nodes
+    tree = DraftTree(tokens, tuple(parents), tuple(_q(t) for t in tokens))
+    cut = cut_depth(tree, max_depth)
+    validate_tree(cut, vocab_size=200, max_nodes=len(parents), max_top_k=2)
+    assert max(node_depths(cut.parents), default=0) <= max_depth
+    expected = {p for p in _root_paths(tokens, parents) if len(p) <= max_depth}
+    assert _root_paths(cut.tokens, cut.parents) == expected
+    assert cut.draft_probs == tuple(_q(t) for t in cut.tokens)
