@@ -40,6 +40,7 @@ from spec_decode.prompt_lookup import PromptLookupDrafter
 from spec_decode.redrafter_checkpoint import load_head, read_checkpoint
 from spec_decode.redrafter_head import ReDrafterHead
 from spec_decode.sampling import make_generator
+from spec_decode.tree import node_depths
 from spec_decode.types import EMPTY_TREE, DraftInfo, DraftOptions, ProposeResult, SamplingParams, VocabInfo
 from specd_kernels.linear import logits_kernel
 
@@ -204,15 +205,17 @@ class DraftWorker:
         options: DraftOptions,
         sampling: SamplingParams,
         hidden_state: bytes = b"",
+        max_depth: int = 0,
     ) -> ProposeResult:
         """Append ``tokens`` at ``offset`` to the session's history and propose a tree.
 
         ``hidden_state``: the target's final hidden state at the last accepted position (float16
-        bytes), which the ``redrafter`` drafter drafts from. Runs on the service's single model
-        thread (see :mod:`spec_decode.model_thread`).
+        bytes), which the ``redrafter`` drafter drafts from. ``max_depth`` (0: none) caps the draft
+        length for this call only (the request's last tokens); the session's length is unchanged.
+        Runs on the service's single model thread (see :mod:`spec_decode.model_thread`).
         """
         return self._model_thread.run(
-            self._propose, session_id, drafter, offset, tokens, max_nodes, options, sampling, hidden_state
+            self._propose, session_id, drafter, offset, tokens, max_nodes, options, sampling, hidden_state, max_depth
         )
 
     def _propose(
@@ -225,6 +228,7 @@ class DraftWorker:
         options: DraftOptions,
         sampling: SamplingParams,
         hidden_state: bytes = b"",
+        max_depth: int = 0,
     ) -> ProposeResult:
         """Append ``tokens`` at ``offset`` to the session's history and propose a tree.
 
@@ -236,6 +240,8 @@ class DraftWorker:
         """
         new_tokens = self._check_request(session_id, drafter, offset, tokens, max_nodes, sampling)
         length = self._check_length(options)
+        if max_depth < 0:
+            raise InvalidArgument(f"max_depth must be >= 0 (0 = no cap), got {max_depth}")
         if drafter in _PHRASE_DRAFTERS and not options.phrase_namespace:
             raise InvalidArgument(
                 f"the {drafter} drafter needs options.phrase_namespace (the target's vocabulary fingerprint)"
@@ -264,10 +270,11 @@ class DraftWorker:
             start = time.perf_counter()
             tree = EMPTY_TREE
             if max_nodes > 0:
-                tree = impl.propose(session.history, length, max_nodes, sampling, session.generator)
+                depth = min(length, max_depth) if max_depth else length  # never deeper than the tokens left
+                tree = impl.propose(session.history, depth, max_nodes, sampling, session.generator)
             compute_s = time.perf_counter() - start
             session.last_drafter, session.last_adaptive = drafter, options.adaptive
-            session.last_length, session.last_depth = length, _depth(tree.parents)
+            session.last_length, session.last_depth = length, max(node_depths(tree.parents), default=0)
             session.last_size = tree.size
             return ProposeResult(tree=tree, context_len=len(session.history), compute_s=compute_s)
 
@@ -565,13 +572,6 @@ class DraftWorker:
 def _draft_seed(seed: int | None) -> int | None:
     """The draft's stream differs from the target's, which is seeded with ``seed`` itself."""
     return None if seed is None else seed + 1
-
-
-def _depth(parents: tuple[int, ...]) -> int:
-    depths: list[int] = []
-    for parent in parents:
-        depths.append(1 if parent < 0 else depths[parent] + 1)
-    return max(depths, default=0)
 
 
 def _free(session: _Session) -> None:

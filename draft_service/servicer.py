@@ -75,6 +75,7 @@ class DraftServicer(draft_pb2_grpc.DraftServiceServicer):
             convert.draft_options_from_pb(request.options),
             convert.sampling_from_pb(request.sampling).validate(),
             request.hidden_state,
+            request.max_depth,
         )
         return draft_pb2.ProposeResponse(
             tree=convert.tree_to_pb(result.tree),

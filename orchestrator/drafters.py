@@ -173,9 +173,12 @@ class ReplicaClient(GrpcDraftClient):
         options: DraftOptions,
         sampling: SamplingParams,
         hidden_state: bytes = b"",
+        max_depth: int = 0,
     ) -> ProposeResult:
         with self._unless_closed():
-            return super().propose(session_id, drafter, offset, tokens, max_nodes, options, sampling, hidden_state)
+            return super().propose(
+                session_id, drafter, offset, tokens, max_nodes, options, sampling, hidden_state, max_depth
+            )
 
     def release(self, session_id: str) -> bool:
         with self._unless_closed():

@@ -36,7 +36,7 @@ from spec_decode.errors import (
 )
 from spec_decode.prompt_lookup import DEFAULT_MAX_NGRAM, DEFAULT_MIN_NGRAM
 from spec_decode.stats import LoopStats
-from spec_decode.tree import truncate_tree
+from spec_decode.tree import cut_depth, truncate_tree
 from spec_decode.types import (
     COLOCATED_DRAFTERS,
     EMPTY_TREE,
@@ -143,15 +143,22 @@ class DecodeLoop:
     def _prefill(self) -> None:
         with self.stats.time("prefill"):
             result = self._target.prefill(
-                self.session_id, self._prompt, self._params.sampling, self._want_hidden, self._colocated_draft()
+                self.session_id, self._prompt, self._params.sampling, self._want_hidden, self._colocated_draft(0)
             )
         self._hidden = result.hidden_state
         self._next_tree = result.next_tree
 
-    def _colocated_draft(self) -> ColocatedDraft | None:
+    def _colocated_draft(self, emitted_first: int = 1) -> ColocatedDraft | None:
         """What to ask a co-located drafter for: the request's tree shape within the next step's node
-        allowance. The target drafts the next step's tree now, so its tree budget is chosen now too."""
+        allowance. The target drafts the next step's tree now, so its tree budget is chosen now too.
+
+        ``emitted_first``: the fewest tokens emitted before that step (0 at a prefill, 1 at a verify):
+        the tree is drafted no deeper than the tokens that step can have left, an upper bound that
+        :meth:`_draft` then cuts to the tokens it does have left."""
         if not self._colocated:
+            return None
+        max_depth = self._max_depth() - emitted_first
+        if max_depth <= 0:  # the next step, if any, is the last token: the target's own
             return None
         max_nodes = self._limits.max_tree_nodes
         if self._node_share is not None:
@@ -159,7 +166,7 @@ class DecodeLoop:
         max_nodes = self._budgeted(max_nodes)
         self._next_budget = max_nodes
         options = self._options
-        length = options.num_tokens or self._method.default_num_tokens
+        length = min(options.num_tokens or self._method.default_num_tokens, max_depth)
         if self._method.drafter == "prompt_lookup":
             return ColocatedDraft(
                 width=options.num_branches or 1,
@@ -182,10 +189,12 @@ class DecodeLoop:
         self._requested = 0
         if not self._colocated and (self._drafters is None or self._method.drafter is None):
             return EMPTY_TREE
-        max_nodes = self._max_nodes()
+        max_depth = self._max_depth()  # the depth cap; the node cap is the target's and the load's
+        max_nodes = self._max_nodes() if max_depth > 0 else 0
         if self._colocated:  # the target drafted it with the last result, within the budget chosen then
             self._requested = min(max_nodes, self._next_budget)
-            return truncate_tree(self._next_tree or EMPTY_TREE, self._requested)
+            tree = cut_depth(self._next_tree or EMPTY_TREE, max_depth)  # drafted to an upper bound
+            return truncate_tree(tree, self._requested)
         max_nodes = self._budgeted(max_nodes)
         self._requested = max_nodes
         drafters = self._drafters
@@ -195,7 +204,7 @@ class DecodeLoop:
         failed = False
         while (replica := self._route()) is not None:
             try:
-                return self._propose(replica, max_nodes, context_len)
+                return self._propose(replica, max_nodes, max_depth, context_len)
             except (Unavailable, DeadlineExceeded, Cancelled) as err:
                 log.warning("session %s: drafter %s failed (%s)", self.session_id, replica.address, err)
                 if isinstance(err, DeadlineExceeded):  # a slow drafter: this step goes on without it
@@ -213,15 +222,16 @@ class DecodeLoop:
             return limit
         return self._budget.choose(limit, self._concurrency() if self._concurrency else 1)
 
+    def _max_depth(self) -> int:
+        """How deep this step's tree may go: a step emits at most depth + 1 tokens (the target always
+        adds one of its own), so the tokens the request has left, less one. Only the depth: a wide
+        tree fits the last tokens as well as a chain does."""
+        return self._params.max_new_tokens - len(self.tokens) - 1
+
     def _max_nodes(self) -> int:
-        """Draft nodes this step may use: the target's cap, the context left, the token budget, the load share."""
+        """Draft nodes this step may use: the target's cap, the context left, the load share."""
         context_len = len(self._prompt) + len(self.tokens)
-        remaining = self._params.max_new_tokens - len(self.tokens)
-        max_nodes = min(
-            self._limits.max_tree_nodes,
-            self._limits.max_context - context_len - 1,
-            remaining - 1,  # the target always adds one token of its own
-        )
+        max_nodes = min(self._limits.max_tree_nodes, self._limits.max_context - context_len - 1)
         if self._node_share is not None:
             max_nodes = min(max_nodes, self._node_share())
         return max(0, max_nodes)
@@ -245,7 +255,9 @@ class DecodeLoop:
         self._sent_to_draft = 0  # the new replica rebuilds the state from the whole context
         return replica
 
-    def _propose(self, replica: Replica, max_nodes: int, context_len: int) -> DraftTree:
+    def _propose(self, replica: Replica, max_nodes: int, max_depth: int, context_len: int) -> DraftTree:
+        """The replica's tree. A drafter drafts no deeper than ``max_depth``; one that did anyway (an
+        older draft service) still costs nothing in tokens: :meth:`_accept` stops at the budget."""
         assert self._method.drafter is not None
         new_tokens = self._unsent_tokens()  # only what the drafter has not seen: O(step), not O(context)
         start = time.perf_counter()
@@ -259,6 +271,7 @@ class DecodeLoop:
                 self._options,
                 self._params.sampling,
                 hidden_state=self._hidden,
+                max_depth=max_depth,
             )
         except (FailedPrecondition, NotFound) as err:
             if self._sent_to_draft == 0:
@@ -274,6 +287,7 @@ class DecodeLoop:
                 self._options,
                 self._params.sampling,
                 hidden_state=self._hidden,
+                max_depth=max_depth,
             )
         self._sent_to_draft = context_len
         self.stats.phases.draft_s += result.compute_s

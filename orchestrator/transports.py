@@ -163,6 +163,7 @@ class GrpcDraftClient:
         options: DraftOptions,
         sampling: SamplingParams,
         hidden_state: bytes = b"",
+        max_depth: int = 0,
     ) -> ProposeResult:
         feedback = self._feedback.pop(session_id, None)
         req = draft_pb2.ProposeRequest(
@@ -178,6 +179,7 @@ class GrpcDraftClient:
             feedback_num_accepted=feedback[1] if feedback else 0,
             feedback_target_tokens=feedback[2] if feedback else (),
             hidden_state=hidden_state,
+            max_depth=max_depth,
         )
         resp = call(self._stub.Propose, req, self._t.propose)
         return ProposeResult(convert.tree_from_pb(resp.tree), resp.context_len, resp.compute_ms / 1e3)

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from protos import common_pb2 as protos_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/draft.proto\x12\x08specd.v1\x1a\x13protos/common.proto\"\x12\n\x10\x44raftInfoRequest\"\x96\x01\n\tDraftInfo\x12\"\n\x05vocab\x18\x01 \x01(\x0b\x32\x13.specd.v1.VocabInfo\x12\x10\n\x08\x64rafters\x18\x02 \x03(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x14\n\x0cmax_sessions\x18\x04 \x01(\x05\x12\x17\n\x0f\x61\x63tive_sessions\x18\x05 \x01(\x05\x12\x14\n\x0cphrase_store\x18\x06 \x01(\t\"\xcf\x02\n\x0c\x44raftOptions\x12\x12\n\nnum_tokens\x18\x01 \x01(\x05\x12\x10\n\x08\x61\x64\x61ptive\x18\x02 \x01(\x08\x12\x11\n\tmax_ngram\x18\x03 \x01(\x05\x12\x11\n\tmin_ngram\x18\x04 \x01(\x05\x12\x14\n\x0cnum_branches\x18\x05 \x01(\x05\x12\x13\n\x0b\x64raft_top_k\x18\x06 \x01(\x05\x12\x18\n\x10phrase_namespace\x18\x07 \x01(\t\x12\x14\n\x0cphrase_top_k\x18\x08 \x01(\x05\x12\x15\n\rphrase_length\x18\t \x01(\x05\x12\x14\n\x0cno_lookahead\x18\n \x01(\x08\x12\x1b\n\x13no_phrase_extension\x18\x0b \x01(\x08\x12\x1f\n\x17no_verification_phrases\x18\x0c \x01(\x08\x12\x1a\n\x12no_history_phrases\x18\r \x01(\x08\x12\x11\n\thead_tree\x18\x0e \x01(\t\"\xc4\x02\n\x0eProposeRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64rafter\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x05\x12\x0e\n\x06tokens\x18\x04 \x03(\x05\x12\x11\n\tmax_nodes\x18\x05 \x01(\x05\x12\'\n\x07options\x18\x06 \x01(\x0b\x32\x16.specd.v1.DraftOptions\x12*\n\x08sampling\x18\x07 \x01(\x0b\x32\x18.specd.v1.SamplingParams\x12\x14\n\x0chas_feedback\x18\x08 \x01(\x08\x12\x1a\n\x12\x66\x65\x65\x64\x62\x61\x63k_num_draft\x18\t \x01(\x05\x12\x1d\n\x15\x66\x65\x65\x64\x62\x61\x63k_num_accepted\x18\n \x01(\x05\x12\x1e\n\x16\x66\x65\x65\x64\x62\x61\x63k_target_tokens\x18\x0b \x03(\x05\x12\x14\n\x0chidden_state\x18\x0c \x01(\x0c\"]\n\x0fProposeResponse\x12!\n\x04tree\x18\x01 \x01(\x0b\x32\x13.specd.v1.DraftTree\x12\x12\n\ncompute_ms\x18\x02 \x01(\x01\x12\x13\n\x0b\x63ontext_len\x18\x03 \x01(\x05\"d\n\x0eObserveRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tnum_draft\x18\x02 \x01(\x05\x12\x14\n\x0cnum_accepted\x18\x03 \x01(\x05\x12\x15\n\rtarget_tokens\x18\x04 \x03(\x05\"*\n\x0fObserveResponse\x12\x17\n\x0fnext_num_tokens\x18\x01 \x01(\x05\")\n\x13\x44raftReleaseRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"(\n\x14\x44raftReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"\x1b\n\tTokenList\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\"\xbd\x02\n\x13ProposeBeamsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12%\n\x08\x63ontexts\x18\x02 \x03(\x0b\x32\x13.specd.v1.TokenList\x12%\n\x07updates\x18\x03 \x03(\x0b\x32\x14.specd.v1.BeamUpdate\x12\x13\n\x0b\x62\x65\x61m_scores\x18\x04 \x03(\x01\x12\r\n\x05\x64\x65pth\x18\x05 \x01(\x05\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x11\n\tmax_nodes\x18\x07 \x01(\x05\x12*\n\x08sampling\x18\x08 \x01(\x0b\x32\x18.specd.v1.SamplingParams\x12\x13\n\x0b\x64raft_top_k\x18\t \x01(\x05\x12\x15\n\reos_token_ids\x18\n \x03(\x05\x12\x0f\n\x07\x64rafter\x18\x0b \x01(\t\x12\x15\n\rhidden_states\x18\x0c \x03(\x0c\"O\n\x14ProposeBeamsResponse\x12$\n\x06\x66orest\x18\x01 \x01(\x0b\x32\x14.specd.v1.BeamForest\x12\x11\n\tcompute_s\x18\x02 \x01(\x01\x32\xe0\x02\n\x0c\x44raftService\x12\x37\n\x04Info\x12\x1a.specd.v1.DraftInfoRequest\x1a\x13.specd.v1.DraftInfo\x12>\n\x07Propose\x12\x18.specd.v1.ProposeRequest\x1a\x19.specd.v1.ProposeResponse\x12>\n\x07Observe\x12\x18.specd.v1.ObserveRequest\x1a\x19.specd.v1.ObserveResponse\x12H\n\x07Release\x12\x1d.specd.v1.DraftReleaseRequest\x1a\x1e.specd.v1.DraftReleaseResponse\x12M\n\x0cProposeBeams\x12\x1d.specd.v1.ProposeBeamsRequest\x1a\x1e.specd.v1.ProposeBeamsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12protos/draft.proto\x12\x08specd.v1\x1a\x13protos/common.proto\"\x12\n\x10\x44raftInfoRequest\"\x96\x01\n\tDraftInfo\x12\"\n\x05vocab\x18\x01 \x01(\x0b\x32\x13.specd.v1.VocabInfo\x12\x10\n\x08\x64rafters\x18\x02 \x03(\t\x12\x0e\n\x06\x64\x65vice\x18\x03 \x01(\t\x12\x14\n\x0cmax_sessions\x18\x04 \x01(\x05\x12\x17\n\x0f\x61\x63tive_sessions\x18\x05 \x01(\x05\x12\x14\n\x0cphrase_store\x18\x06 \x01(\t\"\xcf\x02\n\x0c\x44raftOptions\x12\x12\n\nnum_tokens\x18\x01 \x01(\x05\x12\x10\n\x08\x61\x64\x61ptive\x18\x02 \x01(\x08\x12\x11\n\tmax_ngram\x18\x03 \x01(\x05\x12\x11\n\tmin_ngram\x18\x04 \x01(\x05\x12\x14\n\x0cnum_branches\x18\x05 \x01(\x05\x12\x13\n\x0b\x64raft_top_k\x18\x06 \x01(\x05\x12\x18\n\x10phrase_namespace\x18\x07 \x01(\t\x12\x14\n\x0cphrase_top_k\x18\x08 \x01(\x05\x12\x15\n\rphrase_length\x18\t \x01(\x05\x12\x14\n\x0cno_lookahead\x18\n \x01(\x08\x12\x1b\n\x13no_phrase_extension\x18\x0b \x01(\x08\x12\x1f\n\x17no_verification_phrases\x18\x0c \x01(\x08\x12\x1a\n\x12no_history_phrases\x18\r \x01(\x08\x12\x11\n\thead_tree\x18\x0e \x01(\t\"\xd7\x02\n\x0eProposeRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64rafter\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x05\x12\x0e\n\x06tokens\x18\x04 \x03(\x05\x12\x11\n\tmax_nodes\x18\x05 \x01(\x05\x12\'\n\x07options\x18\x06 \x01(\x0b\x32\x16.specd.v1.DraftOptions\x12*\n\x08sampling\x18\x07 \x01(\x0b\x32\x18.specd.v1.SamplingParams\x12\x14\n\x0chas_feedback\x18\x08 \x01(\x08\x12\x1a\n\x12\x66\x65\x65\x64\x62\x61\x63k_num_draft\x18\t \x01(\x05\x12\x1d\n\x15\x66\x65\x65\x64\x62\x61\x63k_num_accepted\x18\n \x01(\x05\x12\x1e\n\x16\x66\x65\x65\x64\x62\x61\x63k_target_tokens\x18\x0b \x03(\x05\x12\x14\n\x0chidden_state\x18\x0c \x01(\x0c\x12\x11\n\tmax_depth\x18\r \x01(\x05\"]\n\x0fProposeResponse\x12!\n\x04tree\x18\x01 \x01(\x0b\x32\x13.specd.v1.DraftTree\x12\x12\n\ncompute_ms\x18\x02 \x01(\x01\x12\x13\n\x0b\x63ontext_len\x18\x03 \x01(\x05\"d\n\x0eObserveRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x11\n\tnum_draft\x18\x02 \x01(\x05\x12\x14\n\x0cnum_accepted\x18\x03 \x01(\x05\x12\x15\n\rtarget_tokens\x18\x04 \x03(\x05\"*\n\x0fObserveResponse\x12\x17\n\x0fnext_num_tokens\x18\x01 \x01(\x05\")\n\x13\x44raftReleaseRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"(\n\x14\x44raftReleaseResponse\x12\x10\n\x08released\x18\x01 \x01(\x08\"\x1b\n\tTokenList\x12\x0e\n\x06tokens\x18\x01 \x03(\x05\"\xbd\x02\n\x13ProposeBeamsRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12%\n\x08\x63ontexts\x18\x02 \x03(\x0b\x32\x13.specd.v1.TokenList\x12%\n\x07updates\x18\x03 \x03(\x0b\x32\x14.specd.v1.BeamUpdate\x12\x13\n\x0b\x62\x65\x61m_scores\x18\x04 \x03(\x01\x12\r\n\x05\x64\x65pth\x18\x05 \x01(\x05\x12\r\n\x05width\x18\x06 \x01(\x05\x12\x11\n\tmax_nodes\x18\x07 \x01(\x05\x12*\n\x08sampling\x18\x08 \x01(\x0b\x32\x18.specd.v1.SamplingParams\x12\x13\n\x0b\x64raft_top_k\x18\t \x01(\x05\x12\x15\n\reos_token_ids\x18\n \x03(\x05\x12\x0f\n\x07\x64rafter\x18\x0b \x01(\t\x12\x15\n\rhidden_states\x18\x0c \x03(\x0c\"O\n\x14ProposeBeamsResponse\x12$\n\x06\x66orest\x18\x01 \x01(\x0b\x32\x14.specd.v1.BeamForest\x12\x11\n\tcompute_s\x18\x02 \x01(\x01\x32\xe0\x02\n\x0c\x44raftService\x12\x37\n\x04Info\x12\x1a.specd.v1.DraftInfoRequest\x1a\x13.specd.v1.DraftInfo\x12>\n\x07Propose\x12\x18.specd.v1.ProposeRequest\x1a\x19.specd.v1.ProposeResponse\x12>\n\x07Observe\x12\x18.specd.v1.ObserveRequest\x1a\x19.specd.v1.ObserveResponse\x12H\n\x07Release\x12\x1d.specd.v1.DraftReleaseRequest\x1a\x1e.specd.v1.DraftReleaseResponse\x12M\n\x0cProposeBeams\x12\x1d.specd.v1.ProposeBeamsRequest\x1a\x1e.specd.v1.ProposeBeamsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,23 +39,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DRAFTOPTIONS']._serialized_start=227
   _globals['_DRAFTOPTIONS']._serialized_end=562
   _globals['_PROPOSEREQUEST']._serialized_start=565
-  _globals['_PROPOSEREQUEST']._serialized_end=889
-  _globals['_PROPOSERESPONSE']._serialized_start=891
-  _globals['_PROPOSERESPONSE']._serialized_end=984
-  _globals['_OBSERVEREQUEST']._serialized_start=986
-  _globals['_OBSERVEREQUEST']._serialized_end=1086
-  _globals['_OBSERVERESPONSE']._serialized_start=1088
-  _globals['_OBSERVERESPONSE']._serialized_end=1130
-  _globals['_DRAFTRELEASEREQUEST']._serialized_start=1132
-  _globals['_DRAFTRELEASEREQUEST']._serialized_end=1173
-  _globals['_DRAFTRELEASERESPONSE']._serialized_start=1175
-  _globals['_DRAFTRELEASERESPONSE']._serialized_end=1215
-  _globals['_TOKENLIST']._serialized_start=1217
-  _globals['_TOKENLIST']._serialized_end=1244
-  _globals['_PROPOSEBEAMSREQUEST']._serialized_start=1247
-  _globals['_PROPOSEBEAMSREQUEST']._serialized_end=1564
-  _globals['_PROPOSEBEAMSRESPONSE']._serialized_start=1566
-  _globals['_PROPOSEBEAMSRESPONSE']._serialized_end=1645
-  _globals['_DRAFTSERVICE']._serialized_start=1648
-  _globals['_DRAFTSERVICE']._serialized_end=2000
+  _globals['_PROPOSEREQUEST']._serialized_end=908
+  _globals['_PROPOSERESPONSE']._serialized_start=910
+  _globals['_PROPOSERESPONSE']._serialized_end=1003
+  _globals['_OBSERVEREQUEST']._serialized_start=1005
+  _globals['_OBSERVEREQUEST']._serialized_end=1105
+  _globals['_OBSERVERESPONSE']._serialized_start=1107
+  _globals['_OBSERVERESPONSE']._serialized_end=1149
+  _globals['_DRAFTRELEASEREQUEST']._serialized_start=1151
+  _globals['_DRAFTRELEASEREQUEST']._serialized_end=1192
+  _globals['_DRAFTRELEASERESPONSE']._serialized_start=1194
+  _globals['_DRAFTRELEASERESPONSE']._serialized_end=1234
+  _globals['_TOKENLIST']._serialized_start=1236
+  _globals['_TOKENLIST']._serialized_end=1263
+  _globals['_PROPOSEBEAMSREQUEST']._serialized_start=1266
+  _globals['_PROPOSEBEAMSREQUEST']._serialized_end=1583
+  _globals['_PROPOSEBEAMSRESPONSE']._serialized_start=1585
+  _globals['_PROPOSEBEAMSRESPONSE']._serialized_end=1664
+  _globals['_DRAFTSERVICE']._serialized_start=1667
+  _globals['_DRAFTSERVICE']._serialized_end=2019
 # @@protoc_insertion_point(module_scope)

@@ -60,7 +60,7 @@ class DraftOptions(_message.Message):
     def __init__(self, num_tokens: _Optional[int] = ..., adaptive: _Optional[bool] = ..., max_ngram: _Optional[int] = ..., min_ngram: _Optional[int] = ..., num_branches: _Optional[int] = ..., draft_top_k: _Optional[int] = ..., phrase_namespace: _Optional[str] = ..., phrase_top_k: _Optional[int] = ..., phrase_length: _Optional[int] = ..., no_lookahead: _Optional[bool] = ..., no_phrase_extension: _Optional[bool] = ..., no_verification_phrases: _Optional[bool] = ..., no_history_phrases: _Optional[bool] = ..., head_tree: _Optional[str] = ...) -> None: ...
 
 class ProposeRequest(_message.Message):
-    __slots__ = ("session_id", "drafter", "offset", "tokens", "max_nodes", "options", "sampling", "has_feedback", "feedback_num_draft", "feedback_num_accepted", "feedback_target_tokens", "hidden_state")
+    __slots__ = ("session_id", "drafter", "offset", "tokens", "max_nodes", "options", "sampling", "has_feedback", "feedback_num_draft", "feedback_num_accepted", "feedback_target_tokens", "hidden_state", "max_depth")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     DRAFTER_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
@@ -73,6 +73,7 @@ class ProposeRequest(_message.Message):
     FEEDBACK_NUM_ACCEPTED_FIELD_NUMBER: _ClassVar[int]
     FEEDBACK_TARGET_TOKENS_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_STATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_DEPTH_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     drafter: str
     offset: int
@@ -85,7 +86,8 @@ class ProposeRequest(_message.Message):
     feedback_num_accepted: int
     feedback_target_tokens: _containers.RepeatedScalarFieldContainer[int]
     hidden_state: bytes
-    def __init__(self, session_id: _Optional[str] = ..., drafter: _Optional[str] = ..., offset: _Optional[int] = ..., tokens: _Optional[_Iterable[int]] = ..., max_nodes: _Optional[int] = ..., options: _Optional[_Union[DraftOptions, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., has_feedback: _Optional[bool] = ..., feedback_num_draft: _Optional[int] = ..., feedback_num_accepted: _Optional[int] = ..., feedback_target_tokens: _Optional[_Iterable[int]] = ..., hidden_state: _Optional[bytes] = ...) -> None: ...
+    max_depth: int
+    def __init__(self, session_id: _Optional[str] = ..., drafter: _Optional[str] = ..., offset: _Optional[int] = ..., tokens: _Optional[_Iterable[int]] = ..., max_nodes: _Optional[int] = ..., options: _Optional[_Union[DraftOptions, _Mapping]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., has_feedback: _Optional[bool] = ..., feedback_num_draft: _Optional[int] = ..., feedback_num_accepted: _Optional[int] = ..., feedback_target_tokens: _Optional[_Iterable[int]] = ..., hidden_state: _Optional[bytes] = ..., max_depth: _Optional[int] = ...) -> None: ...
 
 class ProposeResponse(_message.Message):
     __slots__ = ("tree", "compute_ms", "context_len")

@@ -78,6 +78,7 @@ class DraftAPI(Protocol):
         options: DraftOptions,
         sampling: SamplingParams,
         hidden_state: bytes = b"",
+        max_depth: int = 0,
     ) -> ProposeResult:
         """Append ``tokens`` at ``offset`` to the session's history and propose a tree.
 
@@ -85,7 +86,8 @@ class DraftAPI(Protocol):
         later call sends only the tokens emitted since the previous call. An offset that
         does not match the session's length raises FailedPrecondition (the caller then
         resends the whole context with offset 0); an unknown session with offset > 0
-        raises NotFound.
+        raises NotFound. ``max_depth`` (0: none) caps the tree's depth below the draft length:
+        the tokens the request has left minus the one the target adds.
         """
         ...
 

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import torch
 
+from spec_decode.tree import node_depths
+from spec_decode.types import DraftTree
 from specd_cli.demo import free_port
 
 
@@ -61,6 +63,34 @@ def stack_config(target: Path, draft: Path | None, *, dtype: str = "float64", **
         DraftConfig(draft_model=str(draft) if draft else None, device="cpu", dtype=dtype),
         OrchestratorConfig(max_new_tokens=256),
     )
+
+
+def record_steps(orch) -> list[tuple[DraftTree, int]]:  # type: ignore[no-untyped-def]
+    """Wrap an in-process stack's target so that every Verify appends (the tree it verified, the
+    tokens it emitted) to the list returned; the wrapped call is the real one."""
+    steps: list[tuple[DraftTree, int]] = []
+    verify = orch._target.verify
+
+    def recording(session_id, tree, *args, **kwargs):  # type: ignore[no-untyped-def]
+        result = verify(session_id, tree, *args, **kwargs)
+        steps.append((tree, len(result.acceptance.emitted)))
+        return result
+
+    orch._target.verify = recording
+    return steps
+
+
+def late_wide_steps(steps: list[tuple[DraftTree, int]], max_new_tokens: int) -> int:
+    """Check that no step's tree was deeper than the tokens it had left allow (a step emits at most
+    depth + 1); return how many trees had more nodes than that (width the last tokens keep)."""
+    done, wide = 0, 0
+    for tree, emitted in steps:
+        fits = max_new_tokens - done - 1
+        depth = max(node_depths(tree.parents), default=0)
+        assert depth <= max(fits, 0), (done, depth, fits)
+        wide += tree.size > fits
+        done += emitted
+    return wide
 
 
 def redis_server_binary() -> str:

@@ -16,6 +16,7 @@ from spec_decode.api import DraftAPI
 from spec_decode.errors import FailedPrecondition, InvalidArgument, NotFound
 from spec_decode.models import check_same_vocab, load_tokenizer
 from spec_decode.sampling import make_generator
+from spec_decode.tree import cut_depth, node_depths
 from spec_decode.types import DraftOptions, DraftTree, ProposeResult, SamplingParams
 
 GREEDY = SamplingParams()
@@ -120,6 +121,7 @@ def test_model_drafter_without_a_model_is_a_failed_precondition(worker: DraftWor
         ({"session_id": ""}, "session_id"),
         ({"offset": -1}, "offset"),
         ({"max_nodes": -2}, "max_nodes"),
+        ({"max_depth": -1}, "max_depth"),
         ({"tokens": [1, -5]}, "token id -5"),
         ({"options": DraftOptions(num_tokens=40)}, "num_tokens"),
         ({"options": DraftOptions(num_tokens=-1)}, "num_tokens"),
@@ -176,6 +178,20 @@ def test_max_nodes_bounds_the_tree(worker: DraftWorker) -> None:
     branchy = [1, 2, 3, 0, 1, 2, 4, 0, 1, 2, 5, 0, 1, 2]
     tree = pl(worker, "b", 0, branchy, max_nodes=7, options=DraftOptions(num_branches=3, num_tokens=4)).tree
     assert tree.size == 7 and tree.parents.count(-1) == 2
+
+
+def test_max_depth_caps_the_draft_length_for_one_call(worker: DraftWorker) -> None:
+    """A request's last tokens cap the tree's depth, not its width, and only for that call: the
+    session's draft length (and what Observe reports) stays the request's."""
+    branchy = [1, 2, 3, 0, 1, 2, 4, 0, 1, 2, 5, 0, 1, 2]
+    opts = DraftOptions(num_branches=3, num_tokens=4)
+    full = worker.propose("b", "prompt_lookup", 0, branchy, 32, opts, GREEDY).tree
+    cut = worker.propose("b", "prompt_lookup", len(branchy), [], 32, opts, GREEDY, max_depth=2).tree
+    assert max(node_depths(full.parents)) == 4 and full.parents.count(-1) == 3
+    assert cut == cut_depth(full, 2) and cut.size > 2  # every branch, two tokens deep
+    assert worker.observe("b", cut.size, 0) == 4
+    assert worker.propose("b", "prompt_lookup", len(branchy), [], 32, opts, GREEDY, max_depth=9).tree == full
+    assert worker.propose("b", "prompt_lookup", len(branchy), [], 32, opts, GREEDY, max_depth=0).tree == full
 
 
 def test_fixed_length_and_observe(worker: DraftWorker) -> None:

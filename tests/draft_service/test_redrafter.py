@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from testkit import greedy_reference, stack_config
+from testkit import greedy_reference, late_wide_steps, record_steps, stack_config
 
 from draft_service.service import DraftConfig, DraftWorker
 from orchestrator.request import GenerateParams
@@ -268,7 +268,10 @@ def _colocated(tiny_target: Path, head_dir: Path, placement: str = "auto"):
 
 def test_colocated_head_drafts_the_same_trees_without_a_draft_service(tiny_target: Path, head_dir: Path) -> None:
     """The head inside the target service drafts exactly what it drafts in a draft service (same
-    trees, so the same acceptance), the output stays the target's own, and no draft session opens."""
+    trees, so the same acceptance), the output stays the target's own, and no draft session opens.
+    (In a request's last steps the co-located tree is drafted one step early, to the depth the
+    tokens left can at most allow, and cut to the depth they do allow; after a step that emitted
+    only one token, as every step here does, the two are the same depth.)"""
     colocated = build_inprocess(_colocated(tiny_target, head_dir))
     remote = build_inprocess(_with_head(tiny_target, head_dir))
     assert colocated.target_info.draft_head and "redrafter" in colocated.methods
@@ -298,6 +301,26 @@ def test_colocated_head_drafts_the_same_trees_without_a_draft_service(tiny_targe
                 sampling=SamplingParams(temperature=1.0, seed=1),
             )
         )
+
+
+@pytest.mark.parametrize("where", ["colocated", "draft service"])
+def test_the_heads_last_trees_fit_the_tokens_left_in_depth_not_in_nodes(
+    tiny_target: Path, head_dir: Path, where: str
+) -> None:
+    """In a request's last steps the head's trees are no deeper than the tokens left allow, yet keep
+    more nodes than that: the draft service drafts to the cap it is sent, and the co-located head
+    (which drafts the next tree during this step's Verify, before that step's tokens left are
+    known) drafts to an upper bound that the orchestrator then cuts by depth."""
+    config = _colocated(tiny_target, head_dir) if where == "colocated" else _with_head(tiny_target, head_dir)
+    orch = build_inprocess(config)
+    steps = record_steps(orch)
+    for prompt in ([1000, 2000, 3000, 1000, 2000], [42, 43, 44, 45, 42, 43]):
+        steps.clear()
+        params = GenerateParams(
+            prompt_token_ids=tuple(prompt), method="redrafter", max_new_tokens=12, tree_budget="max"
+        )
+        assert list(orch.generate(params).token_ids) == greedy_reference(tiny_target, prompt, 12, torch.float64)
+        assert late_wide_steps(steps, 12) > 0
 
 
 def test_colocated_head_drafts_within_the_tree_budget(tiny_target: Path, head_dir: Path) -> None:

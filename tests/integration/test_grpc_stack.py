@@ -10,7 +10,7 @@ import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from testkit import greedy_reference, stack_config
 
-from protos import common_pb2, target_pb2, target_pb2_grpc
+from protos import common_pb2, draft_pb2, draft_pb2_grpc, target_pb2, target_pb2_grpc
 from specd_cli.stack import build_inprocess, start_thread_stack
 from specd_client import (
     AsyncSpecdClient,
@@ -169,6 +169,30 @@ def test_target_rejects_hostile_trees(target_stub, tree, code, needle):
         assert ok.context_len == 4
     finally:
         target_stub.Release(target_pb2.ReleaseRequest(session_id="hostile"))
+
+
+def test_draft_propose_caps_depth_and_refuses_a_negative_one(stack):
+    """Propose's max_depth over gRPC: the tree is no deeper than asked, and a negative depth is an
+    INVALID_ARGUMENT that names the field (the session is not touched)."""
+    with grpc.insecure_channel(f"127.0.0.1:{stack.draft.port}") as channel:
+        stub = draft_pb2_grpc.DraftServiceStub(channel)
+        tokens = [7, 8, 9, 1, 7, 8, 9, 2, 7, 8, 9, 3, 7, 8]
+        options = draft_pb2.DraftOptions(num_tokens=4, num_branches=3)
+        ask = draft_pb2.ProposeRequest(
+            session_id="deep", drafter="prompt_lookup", tokens=tokens, max_nodes=16, options=options
+        )
+        try:
+            full = stub.Propose(ask).tree
+            ask.max_depth = 2  # offset 0 again: the same context
+            shallow = stub.Propose(ask).tree
+            assert len(full.tokens) == 10 and max(full.parents) > 0  # 9 -> {3, 2, 1} -> 7 -> 8
+            assert list(shallow.tokens) == [9, 3, 2, 1] and list(shallow.parents) == [-1, 0, 0, 0]
+            ask.max_depth = -1
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Propose(ask)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "max_depth" in err.value.details()
+        finally:
+            stub.Release(draft_pb2.DraftReleaseRequest(session_id="deep"))
 
 
 def test_target_unknown_session_and_bad_prefill(target_stub):

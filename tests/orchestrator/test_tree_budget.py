@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from testkit import greedy_reference, stack_config
+from testkit import greedy_reference, late_wide_steps, record_steps, stack_config
 
 from orchestrator.request import GenerateParams
 from spec_decode.errors import InvalidArgument
@@ -77,3 +77,21 @@ def test_seeded_sampling_keeps_the_cap_so_a_seed_repeats(orch):
     first, second = _run(orch, "", sampling=sampling), _run(orch, "", sampling=sampling)
     assert first.token_ids == second.token_ids
     assert first.stats.draft_tokens == second.stats.draft_tokens
+
+
+def test_the_last_tokens_cap_a_trees_depth_not_its_width(tiny_target):
+    """Near the end of a request a step can emit at most the tokens left, so its tree may be no
+    deeper than that less one (the target's own token), but as wide as ever: the draft service
+    drafts to that depth (nothing is cut after drafting, so a drafter learning from the target's
+    rows of its tree still gets them all), and the output stays the target's own."""
+    orch = build_inprocess(stack_config(tiny_target, None))
+    steps = record_steps(orch)
+    prompt = [7, 8, 9, 1, 7, 8, 9, 2, 7, 8, 9, 3, 7, 8]
+    params = GenerateParams(
+        prompt_token_ids=tuple(prompt), method="ouroboros", max_new_tokens=16, tree_budget="max", num_draft_tokens=6
+    )
+    expected = greedy_reference(tiny_target, prompt, 16, torch.float64)
+    for _ in range(2):  # the second request also drafts from the phrases the first one taught the pool
+        steps.clear()
+        assert list(orch.generate(params).token_ids) == expected
+        assert late_wide_steps(steps, 16) > 0
